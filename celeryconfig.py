@@ -1,0 +1,78 @@
+"""Celery configuration of the fleet, built from tierflow's one settings object.
+
+- JSON only, on every queue: a pickled or otherwise non-JSON message is refused by kombu.
+- One queue per tier plus ``router`` and ``maintenance``; tasks are routed by name.
+- ``acks_late`` + ``task_reject_on_worker_lost``: a message is acknowledged only after its task
+  finished, and goes back to the queue when the worker dies. Writes are idempotent, so the
+  redelivery never charges twice (see :mod:`workers.persistence`).
+- The hard time limit stays below Redis' visibility timeout (checked in settings), or a slow task
+  would be handed to a second worker while the first still runs it.
+- Prefetch: 1 by default, so a CPU worker never hoards jobs another worker could take;
+  ``tierflow worker`` raises it for I/O-bound tiers (see ``workers.pools``).
+"""
+
+from kombu import Exchange, Queue
+
+from tierflow.constants import (
+    ALL_QUEUES,
+    MAINTENANCE_QUEUE,
+    ROUTER_QUEUE,
+    TASK_ROUTE_JOB,
+    TASK_RUN_ATTEMPT,
+    TASK_SWEEP,
+)
+from tierflow.settings import get_settings
+
+_settings = get_settings()
+
+broker_url = _settings.broker_url
+broker_connection_retry_on_startup = True
+broker_transport_options = {
+    "visibility_timeout": _settings.visibility_timeout,
+    "global_keyprefix": f"{_settings.key_prefix}:q:",
+    "priority_steps": list(range(10)),
+    "sep": ":",
+    "queue_order_strategy": "priority",
+}
+if broker_url and broker_url.startswith("rediss://"):
+    import ssl
+
+    broker_use_ssl = {"ssl_cert_reqs": ssl.CERT_REQUIRED}
+
+task_serializer = "json"
+result_serializer = "json"
+accept_content = ["json"]
+event_serializer = "json"
+result_accept_content = ["json"]
+task_ignore_result = True  # results live in PostgreSQL; waiters are woken over Redis pub/sub
+result_backend = None
+
+task_acks_late = True
+task_reject_on_worker_lost = True
+task_acks_on_failure = True
+task_acks_on_timeout = True
+task_soft_time_limit = _settings.task_soft_time_limit
+task_time_limit = _settings.task_time_limit
+task_track_started = False
+task_send_sent_event = True  # Flower shows queued jobs
+worker_send_task_events = True
+worker_prefetch_multiplier = 1
+worker_cancel_long_running_tasks_on_connection_loss = True
+worker_hijack_root_logger = False
+worker_consumer = "workers.poison:DeadLetterConsumer"
+
+_exchange = Exchange("tierflow", type="direct")
+task_queues = [Queue(name, _exchange, routing_key=name) for name in ALL_QUEUES]
+task_default_queue = ROUTER_QUEUE
+task_default_exchange = "tierflow"
+task_default_routing_key = ROUTER_QUEUE
+task_routes = {
+    TASK_ROUTE_JOB: {"queue": ROUTER_QUEUE, "routing_key": ROUTER_QUEUE},
+    TASK_SWEEP: {"queue": MAINTENANCE_QUEUE, "routing_key": MAINTENANCE_QUEUE},
+    # run_attempt is sent to tier.<name> explicitly by whoever enqueues it.
+    TASK_RUN_ATTEMPT: {"queue": "tier.local_fast", "routing_key": "tier.local_fast"},
+}
+
+beat_schedule = {
+    "sweep-stuck-jobs": {"task": TASK_SWEEP, "schedule": 30.0},
+}

@@ -1,0 +1,144 @@
+"""The client API daemons use: ``submit_job`` and the handle it returns."""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from collections.abc import Iterator
+from datetime import datetime
+from typing import Any
+
+from pydantic import ValidationError
+
+from schemas.jobs import JobRequest, JobResult
+from tierflow.constants import TERMINAL_STATUSES
+from tierflow.errors import JobNotFound, JobValidationError, JobWaitTimeout
+from tierflow.redis_client import get_keys, get_redis
+from tierflow.settings import get_settings
+from workers import persistence
+
+log = logging.getLogger(__name__)
+
+
+def _validation_message(exc: ValidationError) -> str:
+    return "; ".join(
+        f"{'.'.join(str(p) for p in err['loc']) or 'job'}: {err['msg']}" for err in exc.errors()
+    )
+
+
+class JobHandle:
+    """A submitted job. ``created`` is False when an idempotency key matched an earlier job."""
+
+    def __init__(self, job_id: str, created: bool = True) -> None:
+        self.job_id = job_id
+        self.created = created
+
+    def __repr__(self) -> str:
+        return f"JobHandle({self.job_id!r})"
+
+    def result(self) -> JobResult:
+        """The job's state now, without waiting."""
+        found = persistence.job_result(self.job_id)
+        if found is None:
+            raise JobNotFound(self.job_id)
+        return found
+
+    def wait(self, timeout: float = 300.0) -> JobResult:
+        """Block until the job is finished, woken by a Redis notification; ``timeout`` in seconds.
+
+        Raises :class:`JobWaitTimeout` when it runs out (the job goes on in the fleet).
+        """
+        for _ in self.events(timeout):
+            pass
+        return self.result()
+
+    def stream(self, timeout: float = 300.0) -> Iterator[dict[str, Any]]:
+        """Chunks ``{delta, text, done, provider}`` as the model writes them (jobs submitted with
+        ``stream=True``). A ``{"type": "reset"}`` event means the answer so far was discarded
+        (quality gate or error) and another tier starts over."""
+        for event in self.events(timeout):
+            if event.get("type") in ("chunk", "reset"):
+                yield event
+
+    def events(self, timeout: float) -> Iterator[dict[str, Any]]:
+        """Every event of the job until it finishes; subscribes before reading the state."""
+        deadline = time.monotonic() + timeout
+        pubsub = get_redis().pubsub(ignore_subscribe_messages=True)
+        pubsub.subscribe(get_keys().job_channel(self.job_id))
+        try:
+            if self.result().status in TERMINAL_STATUSES:
+                return
+            while True:
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    raise JobWaitTimeout(f"job {self.job_id} not finished after {timeout}s")
+                message = pubsub.get_message(timeout=min(left, 5.0))
+                if message is None:
+                    # Reconnects are silent in redis-py; a rare cheap check covers a lost event.
+                    if self.result().status in TERMINAL_STATUSES:
+                        return
+                    continue
+                event = json.loads(message["data"])
+                yield event
+                if event.get("type") == "done":
+                    return
+        finally:
+            pubsub.close()
+
+
+def submit_job(
+    prompt: str,
+    action_type: str = "unknown",
+    context: dict[str, Any] | None = None,
+    *,
+    idempotency_key: str | None = None,
+    priority: int = 5,
+    deadline: datetime | None = None,
+    metadata: dict[str, Any] | None = None,
+    stream: bool = False,
+    allow_degraded: bool = False,
+) -> JobHandle:
+    """Store a job and send it to the router; return its handle at once.
+
+    Raises :class:`JobValidationError` naming the bad field (nothing is stored then). The same
+    ``idempotency_key`` always returns the same job, which is sent only once.
+    """
+    from workers.tasks import enqueue_route
+
+    settings = get_settings()
+    try:
+        request = JobRequest(
+            prompt=prompt,
+            action_type=action_type,
+            context=context or {},
+            idempotency_key=idempotency_key,
+            priority=priority,
+            deadline=deadline,
+            metadata=metadata or {},
+            stream=stream,
+            allow_degraded=allow_degraded,
+        )
+    except ValidationError as exc:
+        raise JobValidationError(_validation_message(exc)) from None
+    problems = request.size_problems(settings.llm.inputs)
+    if problems:
+        raise JobValidationError("; ".join(problems))
+    job_id, created = persistence.create_job(request, settings.job_deadline_s)
+    if created:
+        try:
+            enqueue_route(job_id, request.priority)
+        except Exception:
+            # The job is accepted and durable: it stays queued in PostgreSQL and the sweeper
+            # sends it to the router once the broker is back.
+            log.warning(
+                "broker unavailable; job %s stays queued for the sweeper", job_id, exc_info=True
+            )
+    return JobHandle(job_id, created)
+
+
+def get_job(job_id: str) -> JobHandle:
+    """A handle to an existing job (raises JobNotFound)."""
+    handle = JobHandle(job_id, created=False)
+    handle.result()
+    return handle

@@ -1,0 +1,116 @@
+"""Tier selection and the fallback chain, as the first seed's ``route_request`` does, plus modes.
+
+Order of decisions, each recorded in ``TierPlan.reasons``:
+
+1. classify (see :mod:`router.classify`);
+2. quality-critical jobs (``affects_system_state``, ``user_visible_output``, actions
+   ``spawn_daemon`` and ``exec``) go to the API tier;
+3. otherwise SIMPLE → local_fast, MODERATE → local_quality (api_fallback when
+   ``prefer_local`` is false), COMPLEX → api_fallback;
+4. an ``action_tier_overrides`` entry replaces the tier chosen above (it is the operator's word);
+5. the fallback chain follows the seed (local_fast → local_quality → api_fallback), cut to
+   ``max_fallback_attempts`` fallbacks;
+6. the fleet mode filters the chain: ``local`` drops the API tier, ``cloud`` keeps only it.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+from router.classify import classify_task
+from tierflow.config import LLMConfig
+from tierflow.constants import LOCAL_TIERS, TIER_ORDER, Complexity, Mode, Tier
+
+QUALITY_CRITICAL_ACTIONS = frozenset({"spawn_daemon", "exec"})
+QUALITY_CRITICAL_FLAGS = ("affects_system_state", "user_visible_output")
+
+
+@dataclass(frozen=True)
+class TierPlan:
+    """Where a job goes: ``chain[0]`` first, then each fallback in order."""
+
+    complexity: Complexity
+    tier: Tier
+    chain: list[Tier]
+    mode: Mode
+    quality_critical: bool
+    reasons: list[str] = field(default_factory=list)
+    error: str | None = None  # set when the mode leaves no tier to try
+
+    def to_json(self) -> dict[str, Any]:
+        data = asdict(self)
+        data["chain"] = [t.value for t in self.chain]
+        data["tier"] = self.tier.value
+        data["complexity"] = self.complexity.value
+        data["mode"] = self.mode.value
+        return data
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> TierPlan:
+        return cls(
+            complexity=Complexity(data["complexity"]),
+            tier=Tier(data["tier"]),
+            chain=[Tier(t) for t in data["chain"]],
+            mode=Mode(data["mode"]),
+            quality_critical=bool(data["quality_critical"]),
+            reasons=list(data.get("reasons", [])),
+            error=data.get("error"),
+        )
+
+
+def plan_job(
+    action_type: str, prompt: str, context: dict[str, Any], config: LLMConfig, mode: Mode
+) -> TierPlan:
+    """Plan one job. Pure: reads no service, calls no model."""
+    routing = config.routing
+    classification = classify_task(
+        action_type, prompt, context, Complexity(routing.default_complexity)
+    )
+    reasons = list(classification.reasons)
+    complexity = classification.complexity
+
+    flags = [f for f in QUALITY_CRITICAL_FLAGS if context.get(f)]
+    quality_critical = bool(flags) or action_type in QUALITY_CRITICAL_ACTIONS
+    if quality_critical:
+        tier = Tier.API_FALLBACK
+        why = ", ".join(flags) if flags else f"action {action_type}"
+        reasons.append(f"quality-critical ({why}): api_fallback")
+    elif complexity is Complexity.SIMPLE:
+        tier = Tier.LOCAL_FAST
+        reasons.append("simple: local_fast")
+    elif complexity is Complexity.MODERATE:
+        tier = Tier.LOCAL_QUALITY if routing.prefer_local else Tier.API_FALLBACK
+        reasons.append(f"moderate with prefer_local={routing.prefer_local}: {tier.value}")
+    else:
+        tier = Tier.API_FALLBACK
+        reasons.append("complex: api_fallback")
+
+    override = routing.action_tier_overrides.get(action_type)
+    if override is not None and override is not tier:
+        reasons.append(f"action_tier_overrides[{action_type}] = {override.value}")
+        tier = override
+
+    start = TIER_ORDER.index(tier)
+    fallbacks = list(TIER_ORDER[start + 1 :])[: routing.max_fallback_attempts]
+    chain = [tier, *fallbacks]
+    if fallbacks:
+        reasons.append("fallback chain: " + " → ".join(t.value for t in chain))
+
+    error = None
+    if mode is Mode.LOCAL:
+        kept = [t for t in chain if t in LOCAL_TIERS]
+        if not kept:
+            # The job asked for the API; in local mode the best local tier stands in for it.
+            kept = [Tier.LOCAL_QUALITY]
+            reasons.append("mode local: API tier replaced by local_quality")
+        elif kept != chain:
+            reasons.append("mode local: API tier removed from the chain")
+        chain = kept
+    elif mode is Mode.CLOUD:
+        if chain != [Tier.API_FALLBACK]:
+            reasons.append("mode cloud: API tier only")
+        chain = [Tier.API_FALLBACK]
+    if not any(config.tier_models(t) for t in chain):
+        error = f"mode {mode.value}: no enabled model in tiers {[t.value for t in chain]}"
+    return TierPlan(complexity, chain[0], chain, mode, quality_critical, reasons, error)

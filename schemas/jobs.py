@@ -1,0 +1,120 @@
+"""What a daemon submits (:class:`JobRequest`) and what it gets back (:class:`JobResult`)."""
+
+from __future__ import annotations
+
+import json
+from datetime import UTC, datetime
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+from tierflow.config import InputLimits
+
+ACTION_PATTERN = r"^[a-z][a-z0-9_]{0,63}$"
+
+
+class JobRequest(BaseModel):
+    """A job as submitted. Sizes are checked against ``inputs:`` of the config by ``check_sizes``.
+
+    ``deadline`` is an absolute UTC time after which the sweeper fails the job; ``priority`` runs
+    0 (lowest) to 9 (highest), as the broker's priority does.
+    """
+
+    model_config = ConfigDict(extra="forbid", str_strip_whitespace=False)
+
+    prompt: str = Field(min_length=1)
+    action_type: str = Field(default="unknown", pattern=ACTION_PATTERN)
+    context: dict[str, Any] = Field(default_factory=dict)
+    idempotency_key: str | None = Field(default=None, min_length=1, max_length=200)
+    priority: int = Field(default=5, ge=0, le=9)
+    deadline: datetime | None = None
+    metadata: dict[str, Any] = Field(default_factory=dict)
+    stream: bool = False
+    allow_degraded: bool = False
+
+    @field_validator("prompt")
+    @classmethod
+    def _not_blank(cls, value: str) -> str:
+        if not value.strip():
+            raise ValueError("prompt is blank")
+        if "\x00" in value:
+            raise ValueError("prompt contains a NUL character")
+        return value
+
+    @field_validator("deadline")
+    @classmethod
+    def _aware(cls, value: datetime | None) -> datetime | None:
+        if value is not None and value.tzinfo is None:
+            raise ValueError("deadline must be timezone-aware (UTC)")
+        return value
+
+    @field_validator("context", "metadata")
+    @classmethod
+    def _json_safe(cls, value: dict[str, Any]) -> dict[str, Any]:
+        try:
+            json.dumps(value, allow_nan=False)
+        except (TypeError, ValueError) as exc:
+            raise ValueError(f"must be JSON-serialisable: {exc}") from None
+        if "\x00" in json.dumps(value):
+            raise ValueError("contains a NUL character")
+        return value
+
+    def size_problems(self, limits: InputLimits) -> list[str]:
+        """Every way this request exceeds the configured input limits (empty when it fits)."""
+        problems = []
+        if len(self.prompt) > limits.max_prompt_chars:
+            problems.append(
+                f"prompt: {len(self.prompt)} characters, limit is {limits.max_prompt_chars}"
+            )
+        for name, limit in (
+            ("context", limits.max_context_bytes),
+            ("metadata", limits.max_metadata_bytes),
+        ):
+            size = len(json.dumps(getattr(self, name)).encode())
+            if size > limit:
+                problems.append(f"{name}: {size} bytes of JSON, limit is {limit}")
+        return problems
+
+
+class AttemptSummary(BaseModel):
+    attempt_no: int
+    tier: str
+    model: str | None
+    status: str
+    error: str | None = None
+    quality: float | None = None
+    issues: list[str] = Field(default_factory=list)
+    input_tokens: int = 0
+    output_tokens: int = 0
+    cost_usd: float = 0.0
+    latency_ms: float | None = None
+
+
+class JobResult(BaseModel):
+    """A job's outcome. Costs are US dollars; latency is submit → finish in milliseconds."""
+
+    job_id: str
+    status: str
+    text: str | None = None
+    tier: str | None = None
+    model: str | None = None
+    provider: str | None = None
+    attempts: list[AttemptSummary] = Field(default_factory=list)
+    cost_usd: float = 0.0
+    api_baseline_cost_usd: float = 0.0
+    quality: float | None = None
+    latency_ms: float | None = None
+    error: str | None = None
+    degraded: bool = False
+    fake: bool = False
+    input_tokens: int = 0
+    output_tokens: int = 0
+    finished_at: datetime | None = None
+
+    @property
+    def ok(self) -> bool:
+        return self.status == "succeeded"
+
+
+def utcnow() -> datetime:
+    return datetime.now(UTC)

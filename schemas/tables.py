@@ -1,0 +1,135 @@
+"""SQLAlchemy tables: jobs, their attempts, mode switches and dead letters.
+
+Idempotency lives here: ``jobs.idempotency_key`` and ``attempts (job_id, attempt_no)`` are unique,
+so a redelivered message can never create a second result or charge a cost twice.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import (
+    JSON,
+    Boolean,
+    DateTime,
+    Float,
+    ForeignKey,
+    Index,
+    Integer,
+    Numeric,
+    String,
+    Text,
+    UniqueConstraint,
+    func,
+)
+from sqlalchemy.dialects.postgresql import JSONB
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
+
+JsonType = JSON().with_variant(JSONB(), "postgresql")
+Money = Numeric(14, 8)
+
+
+class Base(DeclarativeBase):
+    pass
+
+
+class Job(Base):
+    __tablename__ = "jobs"
+
+    id: Mapped[str] = mapped_column(String(36), primary_key=True)
+    idempotency_key: Mapped[str | None] = mapped_column(String(200), unique=True)
+    status: Mapped[str] = mapped_column(String(16), index=True)
+    action_type: Mapped[str] = mapped_column(String(64), index=True)
+    prompt: Mapped[str] = mapped_column(Text)
+    context: Mapped[dict[str, Any]] = mapped_column(JsonType, default=dict)
+    job_metadata: Mapped[dict[str, Any]] = mapped_column("metadata", JsonType, default=dict)
+    priority: Mapped[int] = mapped_column(Integer, default=5)
+    stream: Mapped[bool] = mapped_column(Boolean, default=False)
+    allow_degraded: Mapped[bool] = mapped_column(Boolean, default=False)
+    deadline: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    complexity: Mapped[str | None] = mapped_column(String(16))
+    plan: Mapped[dict[str, Any] | None] = mapped_column(JsonType)
+    text: Mapped[str | None] = mapped_column(Text)
+    tier: Mapped[str | None] = mapped_column(String(32))
+    model: Mapped[str | None] = mapped_column(String(100))
+    provider: Mapped[str | None] = mapped_column(String(32))
+    quality: Mapped[float | None] = mapped_column(Float)
+    degraded: Mapped[bool] = mapped_column(Boolean, default=False)
+    fake: Mapped[bool] = mapped_column(Boolean, default=False)
+    cost_usd: Mapped[float] = mapped_column(Money, default=0)
+    api_baseline_cost_usd: Mapped[float] = mapped_column(Money, default=0)
+    error: Mapped[str | None] = mapped_column(Text)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), server_default=func.now())
+    updated_at: Mapped[datetime] = mapped_column(
+        DateTime(timezone=True), server_default=func.now(), onupdate=func.now()
+    )
+    finished_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+
+    attempts: Mapped[list[Attempt]] = relationship(
+        back_populates="job", order_by="Attempt.attempt_no", cascade="all, delete-orphan"
+    )
+
+    __table_args__ = (Index("ix_jobs_status_deadline", "status", "deadline"),)
+
+
+class Attempt(Base):
+    """One try of one job on one tier; ``attempt_no`` counts from 0 within the job."""
+
+    __tablename__ = "attempts"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    job_id: Mapped[str] = mapped_column(ForeignKey("jobs.id", ondelete="CASCADE"), index=True)
+    attempt_no: Mapped[int] = mapped_column(Integer)
+    step: Mapped[int] = mapped_column(Integer)
+    tier: Mapped[str] = mapped_column(String(32))
+    model: Mapped[str | None] = mapped_column(String(100))
+    provider: Mapped[str | None] = mapped_column(String(32))
+    status: Mapped[str] = mapped_column(String(16))
+    worker: Mapped[str | None] = mapped_column(String(200))
+    lease_until: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    input_tokens: Mapped[int] = mapped_column(Integer, default=0)
+    output_tokens: Mapped[int] = mapped_column(Integer, default=0)
+    latency_ms: Mapped[float | None] = mapped_column(Float)
+    cost_usd: Mapped[float] = mapped_column(Money, default=0)
+    text: Mapped[str | None] = mapped_column(Text)
+    quality_score: Mapped[float | None] = mapped_column(Float)
+    quality_components: Mapped[dict[str, Any] | None] = mapped_column(JsonType)
+    quality_issues: Mapped[list[str] | None] = mapped_column(JsonType)
+    error_kind: Mapped[str | None] = mapped_column(String(32))
+    error: Mapped[str | None] = mapped_column(Text)
+    retry_after_s: Mapped[float | None] = mapped_column(Float)
+    fake: Mapped[bool] = mapped_column(Boolean, default=False)
+    started_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), server_default=func.now())
+    finished_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+
+    job: Mapped[Job] = relationship(back_populates="attempts")
+
+    __table_args__ = (UniqueConstraint("job_id", "attempt_no", name="uq_attempts_job_attempt"),)
+
+
+class ModeSwitch(Base):
+    """History of fleet mode changes (second seed: time, from, to, manual or automatic)."""
+
+    __tablename__ = "mode_switches"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    at: Mapped[datetime] = mapped_column(DateTime(timezone=True), server_default=func.now())
+    from_mode: Mapped[str] = mapped_column(String(16))
+    to_mode: Mapped[str] = mapped_column(String(16))
+    source: Mapped[str] = mapped_column(String(16))
+    reason: Mapped[str | None] = mapped_column(Text)
+
+
+class DeadLetter(Base):
+    """A broker message refused as poison (not JSON, unknown task, wrong schema), with why."""
+
+    __tablename__ = "dead_letters"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    at: Mapped[datetime] = mapped_column(DateTime(timezone=True), server_default=func.now())
+    queue: Mapped[str | None] = mapped_column(String(100))
+    task: Mapped[str | None] = mapped_column(String(200))
+    job_id: Mapped[str | None] = mapped_column(String(36), index=True)
+    reason: Mapped[str] = mapped_column(Text)
+    body_excerpt: Mapped[str | None] = mapped_column(Text)

@@ -1,0 +1,191 @@
+"""``llm_config.yaml``: tiers, models, prices, routing rules and limits, in the seed's schema.
+
+Strings may hold ``${VAR}`` or ``${VAR:-default}``, expanded from the environment when loaded, so
+one file serves a laptop and a cluster. Every field is validated; a bad file raises
+:class:`~tierflow.errors.ConfigError` naming the field, e.g. ``tiers.local_fast.models.0.provider``.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from importlib import resources
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from tierflow.constants import Mode, Tier
+from tierflow.errors import ConfigError
+
+_ENV_REF = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class ModelLimits(_Strict):
+    """Fleet-wide limits for one model; ``None`` means unlimited."""
+
+    requests_per_minute: int | None = Field(default=None, gt=0)
+    input_tokens_per_minute: int | None = Field(default=None, gt=0)
+    output_tokens_per_minute: int | None = Field(default=None, gt=0)
+    max_concurrency: int | None = Field(default=None, gt=0)
+
+
+class ModelConfig(_Strict):
+    """One model of a tier. Prices are US dollars per million tokens."""
+
+    name: str = Field(min_length=1, max_length=100)
+    provider: str = Field(min_length=1)
+    model_id: str = Field(min_length=1)
+    base_url: str | None = None
+    api_key_env: str | None = None
+    input_cost_per_million: float = Field(default=0.0, ge=0)
+    output_cost_per_million: float = Field(default=0.0, ge=0)
+    # The seed's single price, kept for old files: used for both directions when set.
+    cost_per_1k_tokens: float | None = Field(default=None, ge=0)
+    timeout_s: float = Field(default=60.0, gt=0, le=3600)
+    max_tokens: int = Field(default=512, gt=0, le=200_000)
+    temperature: float = Field(default=0.2, ge=0, le=2)
+    context_window: int = Field(default=8192, gt=0)
+    supports_json: bool = True
+    enabled: bool = True
+    limits: ModelLimits = ModelLimits()
+    options: dict[str, Any] = Field(default_factory=dict)
+
+    @model_validator(mode="after")
+    def _seed_price(self) -> ModelConfig:
+        if self.cost_per_1k_tokens is not None:
+            per_million = self.cost_per_1k_tokens * 1000
+            object.__setattr__(self, "input_cost_per_million", per_million)
+            object.__setattr__(self, "output_cost_per_million", per_million)
+        return self
+
+    def price(self, input_tokens: int, output_tokens: int) -> float:
+        """Cost in US dollars of the given usage on this model."""
+        return (
+            input_tokens * self.input_cost_per_million
+            + output_tokens * self.output_cost_per_million
+        ) / 1_000_000
+
+
+class TierConfig(_Strict):
+    models: list[ModelConfig] = Field(default_factory=list)
+
+
+class ActionRule(_Strict):
+    """Per-action quality expectations used by the gate."""
+
+    expects_json: bool = False
+    expects_code: bool = False
+    required_fields: list[str] = Field(default_factory=list)
+    json_schema: dict[str, Any] | None = None
+    min_length: int | None = Field(default=None, ge=0)
+
+
+class RoutingConfig(_Strict):
+    prefer_local: bool = True
+    quality_threshold: float = Field(default=0.7, ge=0, le=1)
+    max_fallback_attempts: int = Field(default=2, ge=0, le=10)
+    max_retries_per_tier: int = Field(default=2, ge=0, le=20)
+    enable_caching: bool = True
+    self_critique: bool = True
+    default_mode: Mode = Mode.AUTO
+    default_complexity: Literal["simple", "moderate", "complex"] = "moderate"
+    baseline_model: str = "claude-sonnet-4-5"
+    action_tier_overrides: dict[str, Tier] = Field(default_factory=dict)
+    actions: dict[str, ActionRule] = Field(default_factory=dict)
+
+
+class InputLimits(_Strict):
+    """Sizes accepted by ``submit_job``, in characters (prompt) and bytes of JSON (context, metadata)."""
+
+    max_prompt_chars: int = Field(default=200_000, gt=0)
+    max_context_bytes: int = Field(default=256_000, gt=0)
+    max_metadata_bytes: int = Field(default=16_000, gt=0)
+
+
+class LLMConfig(_Strict):
+    tiers: dict[Tier, TierConfig]
+    routing: RoutingConfig = RoutingConfig()
+    inputs: InputLimits = InputLimits()
+
+    @field_validator("tiers")
+    @classmethod
+    def _all_tiers(cls, tiers: dict[Tier, TierConfig]) -> dict[Tier, TierConfig]:
+        names = [m.name for t in tiers.values() for m in t.models]
+        dupes = sorted({n for n in names if names.count(n) > 1})
+        if dupes:
+            raise ValueError(f"model names must be unique across tiers, repeated: {dupes}")
+        return tiers
+
+    def tier_models(self, tier: Tier | str) -> list[ModelConfig]:
+        """Enabled models of a tier, in the order of the file (first is preferred)."""
+        cfg = self.tiers.get(Tier(tier))
+        return [m for m in cfg.models if m.enabled] if cfg else []
+
+    def model(self, name: str) -> ModelConfig:
+        for tier in self.tiers.values():
+            for m in tier.models:
+                if m.name == name:
+                    return m
+        raise ConfigError(f"no model named {name!r} in the configuration")
+
+    def baseline(self) -> ModelConfig:
+        """The API model that prices each job's API-only baseline cost."""
+        return self.model(self.routing.baseline_model)
+
+
+def expand_env(value: Any) -> Any:
+    """Replace ``${VAR}`` and ``${VAR:-default}`` in every string of a parsed YAML tree."""
+    if isinstance(value, str):
+
+        def sub(m: re.Match[str]) -> str:
+            var, default = m.group(1), m.group(2)
+            found = os.environ.get(var)
+            if found is None or found == "":
+                if default is None:
+                    raise ConfigError(f"environment variable {var} is referenced but not set")
+                return default
+            return found
+
+        return _ENV_REF.sub(sub, value)
+    if isinstance(value, dict):
+        return {k: expand_env(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [expand_env(v) for v in value]
+    return value
+
+
+def parse_config(raw: Any, source: str = "llm_config.yaml") -> LLMConfig:
+    """Validate a parsed YAML tree; raise ConfigError naming the first bad field."""
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{source}: top level must be a mapping with 'tiers' and 'routing'")
+    try:
+        return LLMConfig.model_validate(expand_env(raw))
+    except ValidationError as exc:
+        problems = []
+        for err in exc.errors():
+            loc = ".".join(str(p) for p in err["loc"]) or "(top level)"
+            problems.append(f"{loc}: {err['msg']}")
+        raise ConfigError(f"{source}: invalid configuration: " + "; ".join(problems)) from None
+
+
+def load_config(path: str | Path | None) -> LLMConfig:
+    """Load ``path``, or the packaged default when ``path`` is None."""
+    if path is None:
+        text = resources.files("tierflow").joinpath("default_llm_config.yaml").read_text()
+        return parse_config(yaml.safe_load(text), "default_llm_config.yaml")
+    p = Path(path)
+    try:
+        text = p.read_text()
+    except OSError as exc:
+        raise ConfigError(f"cannot read TIERFLOW_CONFIG={p}: {exc.strerror}") from None
+    try:
+        raw = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{p}: not valid YAML: {exc}") from None
+    return parse_config(raw, str(p))

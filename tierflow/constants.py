@@ -1,0 +1,115 @@
+"""Names shared by every process of the fleet: tiers, queues, job states, Redis keys.
+
+One place, so a queue or key is never spelled twice.
+"""
+
+from __future__ import annotations
+
+from enum import StrEnum
+
+
+class Tier(StrEnum):
+    """The three tiers, cheapest first."""
+
+    LOCAL_FAST = "local_fast"
+    LOCAL_QUALITY = "local_quality"
+    API_FALLBACK = "api_fallback"
+
+
+TIER_ORDER: tuple[Tier, ...] = (Tier.LOCAL_FAST, Tier.LOCAL_QUALITY, Tier.API_FALLBACK)
+LOCAL_TIERS: frozenset[Tier] = frozenset({Tier.LOCAL_FAST, Tier.LOCAL_QUALITY})
+
+
+class Complexity(StrEnum):
+    SIMPLE = "simple"
+    MODERATE = "moderate"
+    COMPLEX = "complex"
+
+
+class Mode(StrEnum):
+    """Fleet-wide mode (second seed): auto routes by policy, local never calls an API, cloud only APIs."""
+
+    AUTO = "auto"
+    LOCAL = "local"
+    CLOUD = "cloud"
+
+
+class JobStatus(StrEnum):
+    QUEUED = "queued"
+    ROUTED = "routed"
+    RUNNING = "running"
+    SUCCEEDED = "succeeded"
+    FAILED = "failed"
+
+
+TERMINAL_STATUSES: frozenset[str] = frozenset({JobStatus.SUCCEEDED, JobStatus.FAILED})
+
+
+class AttemptStatus(StrEnum):
+    RUNNING = "running"
+    PASSED = "passed"  # answer passed the quality gate
+    REJECTED = "rejected"  # answer failed the quality gate
+    ERROR = "error"  # the model call raised
+    SKIPPED = "skipped"  # no model of the tier could serve (unavailable, cooled down, mode)
+
+
+ROUTER_QUEUE = "router"
+MAINTENANCE_QUEUE = "maintenance"
+
+
+def tier_queue(tier: Tier | str) -> str:
+    """The Celery queue that serves a tier, e.g. ``tier.local_fast``."""
+    return f"tier.{Tier(tier).value}"
+
+
+ALL_QUEUES: tuple[str, ...] = (
+    ROUTER_QUEUE,
+    *(tier_queue(t) for t in TIER_ORDER),
+    MAINTENANCE_QUEUE,
+)
+
+TASK_ROUTE_JOB = "tierflow.route_job"
+TASK_RUN_ATTEMPT = "tierflow.run_attempt"
+TASK_SWEEP = "tierflow.sweep_stuck_jobs"
+
+
+class Keys:
+    """Redis key names under one prefix, so test runs and fleets never collide."""
+
+    def __init__(self, prefix: str) -> None:
+        self.prefix = prefix
+
+    def job_channel(self, job_id: str) -> str:
+        """Pub/sub channel that wakes waiters of one job (terminal event and stream chunks)."""
+        return f"{self.prefix}:job:{job_id}"
+
+    @property
+    def mode(self) -> str:
+        return f"{self.prefix}:mode"
+
+    @property
+    def mode_channel(self) -> str:
+        return f"{self.prefix}:events:mode"
+
+    @property
+    def fallback_channel(self) -> str:
+        return f"{self.prefix}:events:fallback"
+
+    @property
+    def fallback_history(self) -> str:
+        return f"{self.prefix}:fallbacks"
+
+    def rate(self, scope: str) -> str:
+        return f"{self.prefix}:rate:{scope}"
+
+    def cooldown(self, model: str) -> str:
+        return f"{self.prefix}:cooldown:{model}"
+
+    def circuit(self, model: str) -> str:
+        return f"{self.prefix}:circuit:{model}"
+
+    def concurrency(self, model: str) -> str:
+        return f"{self.prefix}:inflight:{model}"
+
+    def availability(self, model: str) -> str:
+        return f"{self.prefix}:avail:{model}"

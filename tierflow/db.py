@@ -1,0 +1,61 @@
+"""Engine, sessions and migrations for the PostgreSQL that holds the truth."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import contextmanager
+from functools import lru_cache
+from pathlib import Path
+
+from sqlalchemy import Engine, create_engine
+from sqlalchemy.orm import Session, sessionmaker
+
+from tierflow.settings import get_settings
+
+MIGRATIONS_DIR = Path(__file__).resolve().parents[1] / "alembic"
+
+
+@lru_cache(maxsize=4)
+def engine_for(url: str) -> Engine:
+    """One pooled engine per URL per process; ``pool_pre_ping`` survives a database restart."""
+    return create_engine(url, pool_pre_ping=True, pool_size=10, max_overflow=20)
+
+
+def get_engine() -> Engine:
+    return engine_for(get_settings().sqlalchemy_url)
+
+
+@contextmanager
+def session_scope() -> Iterator[Session]:
+    """A session committed on success and rolled back on any error."""
+    session = sessionmaker(get_engine(), expire_on_commit=False)()
+    try:
+        yield session
+        session.commit()
+    except BaseException:
+        session.rollback()
+        raise
+    finally:
+        session.close()
+
+
+def alembic_config(url: str | None = None):  # type: ignore[no-untyped-def]
+    """An Alembic config for the packaged migrations, aimed at ``url`` (default: settings)."""
+    from alembic.config import Config
+
+    cfg = Config()
+    cfg.set_main_option("script_location", str(MIGRATIONS_DIR))
+    cfg.set_main_option("sqlalchemy.url", (url or get_settings().sqlalchemy_url).replace("%", "%%"))
+    return cfg
+
+
+def upgrade_database(url: str | None = None) -> None:
+    """Run ``alembic upgrade head``; safe to call on every start."""
+    from alembic import command
+
+    command.upgrade(alembic_config(url), "head")
+
+
+def reset_engines() -> None:
+    """Forget pooled engines (after a fork, or when tests point at another database)."""
+    engine_for.cache_clear()

@@ -1,0 +1,132 @@
+"""The one error tree of tierflow.
+
+    TierflowError
+    ├── ConfigError                  bad llm_config.yaml or environment (names the field)
+    ├── JobValidationError           bad submit_job input or broker message (names the field)
+    ├── JobNotFound
+    ├── JobWaitTimeout               wait() ran past its timeout; the job goes on
+    ├── ModeError                    unknown mode, or a mode no tier can serve
+    ├── NoModelAvailable             no model of a tier can serve now (reasons attached)
+    └── BackendError                 a model call failed
+        ├── RetryableBackendError    worth trying again later (retry_after in seconds, if known)
+        │   ├── RateLimited          HTTP 429
+        │   ├── Overloaded           Anthropic 529 / "overloaded"
+        │   ├── ServerError          HTTP 5xx
+        │   ├── BackendTimeout       no answer within the model's timeout
+        │   └── BackendUnavailable   connection refused, server down
+        └── PermanentBackendError    the same request will fail again on this model
+            ├── AuthError            401/403, key missing or wrong
+            ├── InvalidRequest       400/404/422
+            ├── ContextTooLong       prompt over the model's context window
+            ├── ContentRefused       the provider refused the content
+            └── MalformedResponse    a body that does not follow the provider's wire format
+
+The worker decides from this tree alone: a retryable error cools the model down and tries the
+next model or tier; a permanent one falls back to the next tier at once. Messages never contain
+API keys: backends build them from status codes and provider error types, not from headers.
+"""
+
+from __future__ import annotations
+
+
+class TierflowError(Exception):
+    """Base of every error tierflow raises on purpose."""
+
+
+class ConfigError(TierflowError):
+    """Configuration is invalid; the message names the bad field."""
+
+
+class JobValidationError(TierflowError, ValueError):
+    """A job request or broker message is invalid; the message names the field."""
+
+
+class JobNotFound(TierflowError, LookupError):
+    pass
+
+
+class JobWaitTimeout(TierflowError, TimeoutError):
+    """``JobHandle.wait`` ran past its timeout; the job itself is still pending."""
+
+
+class ModeError(TierflowError, ValueError):
+    pass
+
+
+class NoModelAvailable(TierflowError):
+    """No model of a tier can serve now; ``reasons`` maps model name to why."""
+
+    def __init__(self, tier: str, reasons: dict[str, str], retry_after: float | None = None):
+        self.tier = tier
+        self.reasons = reasons
+        self.retry_after = retry_after
+        detail = "; ".join(f"{m}: {r}" for m, r in reasons.items()) or "no enabled model"
+        super().__init__(f"no model of tier {tier} can serve: {detail}")
+
+
+class BackendError(TierflowError):
+    """A model call failed. ``kind`` is a short stable label stored with the attempt."""
+
+    kind = "backend_error"
+    retryable = False
+
+    def __init__(self, message: str, *, status_code: int | None = None) -> None:
+        super().__init__(message)
+        self.status_code = status_code
+
+
+class RetryableBackendError(BackendError):
+    """Worth trying again later; ``retry_after`` (seconds) is the provider's ask, if any."""
+
+    kind = "retryable"
+    retryable = True
+
+    def __init__(
+        self, message: str, *, status_code: int | None = None, retry_after: float | None = None
+    ) -> None:
+        super().__init__(message, status_code=status_code)
+        self.retry_after = retry_after
+
+
+class RateLimited(RetryableBackendError):
+    kind = "rate_limited"
+
+
+class Overloaded(RetryableBackendError):
+    kind = "overloaded"
+
+
+class ServerError(RetryableBackendError):
+    kind = "server_error"
+
+
+class BackendTimeout(RetryableBackendError):
+    kind = "timeout"
+
+
+class BackendUnavailable(RetryableBackendError):
+    kind = "unavailable"
+
+
+class PermanentBackendError(BackendError):
+    kind = "permanent"
+
+
+class AuthError(PermanentBackendError):
+    kind = "auth"
+
+
+class InvalidRequest(PermanentBackendError):
+    kind = "invalid_request"
+
+
+class ContextTooLong(PermanentBackendError):
+    kind = "context_too_long"
+
+
+class ContentRefused(PermanentBackendError):
+    kind = "content_refused"
+
+
+class MalformedResponse(PermanentBackendError):
+    kind = "malformed_response"

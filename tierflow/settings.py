@@ -1,0 +1,124 @@
+"""The one settings object: environment plus ``llm_config.yaml``.
+
+Environment (all optional):
+
+- ``TIERFLOW_BROKER_URL``    Celery broker, e.g. ``redis://:pw@host:6379/0`` or ``rediss://...``
+- ``TIERFLOW_REDIS_URL``     Redis for notifications, limits and mode (default: the broker URL)
+- ``TIERFLOW_DATABASE_URL``  PostgreSQL, e.g. ``postgresql+psycopg://user:pw@host/db``
+- ``TIERFLOW_CONFIG``        path to ``llm_config.yaml`` (default: the packaged one)
+- ``TIERFLOW_STATE_DIR``     embedded Redis/PostgreSQL data (default: the user's data dir)
+- ``TIERFLOW_KEY_PREFIX``    prefix of every Redis key and queue (default ``tierflow``)
+
+With no broker or database URL the CLI starts embedded ones (see :mod:`tierflow.embedded`).
+"""
+
+from __future__ import annotations
+
+from functools import cached_property, lru_cache
+from pathlib import Path
+from urllib.parse import urlsplit, urlunsplit
+
+from platformdirs import user_data_dir
+from pydantic import Field, ValidationError, model_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from tierflow.config import LLMConfig, load_config
+from tierflow.errors import ConfigError
+
+
+def redact_url(url: str | None) -> str:
+    """A URL with its password replaced by ``***``, safe to print or log."""
+    if not url:
+        return ""
+    parts = urlsplit(url)
+    if parts.password is None:
+        return url
+    host = parts.hostname or ""
+    if parts.port:
+        host = f"{host}:{parts.port}"
+    user = parts.username or ""
+    return urlunsplit(parts._replace(netloc=f"{user}:***@{host}"))
+
+
+class Settings(BaseSettings):
+    """Everything a tierflow process needs to know, read once."""
+
+    model_config = SettingsConfigDict(env_prefix="TIERFLOW_", extra="ignore", frozen=True)
+
+    broker_url: str | None = None
+    redis_url: str | None = None
+    database_url: str | None = None
+    config: Path | None = None
+    state_dir: Path = Field(default_factory=lambda: Path(user_data_dir("tierflow")))
+    key_prefix: str = Field(default="tierflow", pattern=r"^[A-Za-z0-9_.:-]{1,64}$")
+    local_engine_url: str = "http://127.0.0.1:8765/v1"
+
+    # Delivery (seconds). The hard limit must stay below the visibility timeout, or Redis would
+    # hand a running task to a second worker.
+    task_soft_time_limit: int = Field(default=270, gt=0)
+    task_time_limit: int = Field(default=300, gt=0)
+    visibility_timeout: int = Field(default=900, gt=0)
+    job_deadline_s: int = Field(default=1800, gt=0)
+    availability_ttl_s: float = Field(default=5.0, ge=0)
+
+    @model_validator(mode="after")
+    def _limits_in_order(self) -> Settings:
+        if self.task_soft_time_limit >= self.task_time_limit:
+            raise ValueError("TIERFLOW_TASK_SOFT_TIME_LIMIT must be below TIERFLOW_TASK_TIME_LIMIT")
+        if self.task_time_limit >= self.visibility_timeout:
+            raise ValueError("TIERFLOW_TASK_TIME_LIMIT must be below TIERFLOW_VISIBILITY_TIMEOUT")
+        for name in ("broker_url", "redis_url"):
+            url = getattr(self, name)
+            if url and urlsplit(url).scheme not in {"redis", "rediss", "unix"}:
+                raise ValueError(f"TIERFLOW_{name.upper()} must be a redis://, rediss:// URL")
+        if self.database_url and not self.database_url.startswith("postgresql"):
+            raise ValueError("TIERFLOW_DATABASE_URL must be a postgresql:// URL")
+        return self
+
+    @property
+    def effective_redis_url(self) -> str:
+        url = self.redis_url or self.broker_url
+        if not url:
+            raise ConfigError(
+                "no Redis configured: set TIERFLOW_BROKER_URL (or run `tierflow up` for the "
+                "embedded one)"
+            )
+        return url
+
+    @property
+    def sqlalchemy_url(self) -> str:
+        """The database URL with the psycopg 3 driver named."""
+        if not self.database_url:
+            raise ConfigError(
+                "no database configured: set TIERFLOW_DATABASE_URL (or run `tierflow up` for "
+                "the embedded one)"
+            )
+        url = self.database_url
+        for prefix in ("postgresql://", "postgres://"):
+            if url.startswith(prefix):
+                return "postgresql+psycopg://" + url[len(prefix) :]
+        return url
+
+    @cached_property
+    def llm(self) -> LLMConfig:
+        return load_config(self.config)
+
+
+@lru_cache(maxsize=1)
+def get_settings() -> Settings:
+    """The process's settings; raises ConfigError naming the bad field."""
+    try:
+        settings = Settings()
+    except ValidationError as exc:
+        problems = "; ".join(
+            f"TIERFLOW_{'.'.join(str(p) for p in e['loc']).upper() or 'SETTINGS'}: {e['msg']}"
+            for e in exc.errors()
+        )
+        raise ConfigError(f"invalid environment: {problems}") from None
+    settings.llm  # noqa: B018 - validate the config file at start, not at the first job
+    return settings
+
+
+def reset_settings() -> None:
+    """Forget cached settings (tests and the CLI change the environment)."""
+    get_settings.cache_clear()

@@ -1,0 +1,1 @@
+"""Worker side of the fleet: Celery tasks, backends, limits and persistence."""

@@ -1,0 +1,139 @@
+"""The narrow interface every backend implements, and the one registry that finds them.
+
+A backend turns a :class:`CompletionRequest` into a :class:`Completion` with token usage, or
+raises an error from :mod:`tierflow.errors`. Timing, pricing, limits, persistence and retries live
+outside it (see :mod:`workers.attempt`). Backends never retry on their own: the SDK clients they
+build have ``max_retries=0``, because the fleet retries (cooldown, next model, next tier) and two
+retry layers would multiply calls against a provider that is already throttling us.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from typing import Protocol, runtime_checkable
+
+from tierflow.config import ModelConfig
+from tierflow.errors import ConfigError
+
+
+@dataclass(frozen=True)
+class CompletionRequest:
+    """One call to a model. ``timeout_s`` is the whole call's budget in seconds."""
+
+    prompt: str
+    system: str | None = None
+    max_tokens: int = 512
+    temperature: float = 0.2
+    stop: tuple[str, ...] = ()
+    json_output: bool = False
+    timeout_s: float = 60.0
+
+
+@dataclass(frozen=True)
+class Completion:
+    """A model's answer with the usage the provider reported (tokens)."""
+
+    text: str
+    input_tokens: int
+    output_tokens: int
+    model: str
+    provider: str
+    finish_reason: str | None = None
+    fake: bool = False
+
+
+@dataclass(frozen=True)
+class StreamChunk:
+    """The second seed's streaming shape: ``{delta, text, done, provider}``; the last has usage."""
+
+    delta: str
+    text: str
+    done: bool
+    provider: str
+    completion: Completion | None = None  # set on the last chunk only
+
+    def as_event(self) -> dict[str, object]:
+        event: dict[str, object] = {
+            "delta": self.delta,
+            "text": self.text,
+            "done": self.done,
+            "provider": self.provider,
+        }
+        if self.completion is not None:
+            event["usage"] = {
+                "input_tokens": self.completion.input_tokens,
+                "output_tokens": self.completion.output_tokens,
+            }
+        return event
+
+
+@dataclass(frozen=True)
+class Availability:
+    ok: bool
+    reason: str = ""
+
+
+@runtime_checkable
+class Backend(Protocol):
+    """What the worker holds; it never knows which provider is behind it."""
+
+    provider: str
+
+    def complete(self, request: CompletionRequest) -> Completion: ...
+
+    def stream(self, request: CompletionRequest) -> Iterator[StreamChunk]: ...
+
+    def availability(self) -> Availability: ...
+
+
+def stream_by_completing(backend: Backend, request: CompletionRequest) -> Iterator[StreamChunk]:
+    """Fallback ``stream`` for backends without native streaming: one chunk carrying everything."""
+    completion = backend.complete(request)
+    yield StreamChunk(completion.text, completion.text, True, completion.provider, completion)
+
+
+BackendFactory = Callable[[ModelConfig], Backend]
+
+
+@dataclass
+class Registry:
+    """Provider name → factory. Aliases (``ollama``, ``vllm``, ``openai``) map to one factory."""
+
+    factories: dict[str, BackendFactory] = field(default_factory=dict)
+    _instances: dict[tuple[str, str], Backend] = field(default_factory=dict)
+
+    def register(self, *names: str) -> Callable[[BackendFactory], BackendFactory]:
+        def decorate(factory: BackendFactory) -> BackendFactory:
+            for name in names:
+                self.factories[name] = factory
+            return factory
+
+        return decorate
+
+    def backend_for(self, model: ModelConfig) -> Backend:
+        """The (cached) backend serving ``model``; ConfigError for an unknown provider."""
+        key = (model.name, model.model_dump_json())
+        found = self._instances.get(key)
+        if found is None:
+            _load_builtin_backends()
+            factory = self.factories.get(model.provider)
+            if factory is None:
+                known = ", ".join(sorted(self.factories))
+                raise ConfigError(
+                    f"model {model.name}: unknown provider {model.provider!r} (known: {known})"
+                )
+            found = self._instances[key] = factory(model)
+        return found
+
+    def clear(self) -> None:
+        self._instances.clear()
+
+
+registry = Registry()
+register_backend = registry.register
+
+
+def _load_builtin_backends() -> None:
+    """Import the packaged backends so their ``register_backend`` calls run."""
+    from workers.backends import anthropic_backend, fake, llamacpp, openai_compatible  # noqa: F401

@@ -1,0 +1,132 @@
+"""The fake backend: deterministic, labelled fake everywhere it appears.
+
+For tests, benchmarks and demos of failure paths. Options (``options:`` of the model):
+
+- ``latency_ms``     sleep before answering (default 0)
+- ``failure_rate``   fraction of calls that raise (deterministic per prompt and call count)
+- ``failure``        which error: ``server_error`` (default), ``rate_limited``, ``timeout``,
+                     ``overloaded``, ``auth``, ``malformed``
+- ``retry_after``    seconds carried by a fake 429 (default 1)
+- ``answer``         ``echo`` (default), ``bad_json``, ``empty``, ``refusal``
+
+The text always starts with ``[FAKE <model>]`` and completions carry ``fake=True``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import itertools
+import json
+import time
+from collections.abc import Iterator
+
+from tierflow import errors
+from tierflow.config import ModelConfig
+from workers.backends.base import (
+    Availability,
+    Completion,
+    CompletionRequest,
+    StreamChunk,
+    register_backend,
+)
+
+_FAILURES: dict[str, type[errors.BackendError]] = {
+    "server_error": errors.ServerError,
+    "rate_limited": errors.RateLimited,
+    "timeout": errors.BackendTimeout,
+    "overloaded": errors.Overloaded,
+    "auth": errors.AuthError,
+    "malformed": errors.MalformedResponse,
+}
+
+
+def _tokens(text: str) -> int:
+    """A stable token estimate: about four characters a token, at least one."""
+    return max(1, (len(text) + 3) // 4)
+
+
+class FakeBackend:
+    provider = "fake"
+
+    def __init__(self, model: ModelConfig) -> None:
+        self.model = model
+        self.options = dict(model.options)
+        self._calls = itertools.count()
+
+    def availability(self) -> Availability:
+        if self.options.get("unavailable"):
+            return Availability(False, "fake backend configured unavailable")
+        return Availability(True)
+
+    def _maybe_fail(self, request: CompletionRequest) -> None:
+        rate = float(self.options.get("failure_rate", 0.0))
+        if rate <= 0:
+            return
+        n = next(self._calls)
+        digest = hashlib.sha256(f"{request.prompt}|{n}".encode()).digest()
+        if digest[0] / 255.0 >= rate:
+            return
+        kind = str(self.options.get("failure", "server_error"))
+        cls = _FAILURES.get(kind, errors.ServerError)
+        message = f"fake {kind} from {self.model.name} (FAKE)"
+        if issubclass(cls, errors.RetryableBackendError):
+            retry_after = (
+                float(self.options.get("retry_after", 1.0)) if kind == "rate_limited" else None
+            )
+            raise cls(message, retry_after=retry_after)
+        raise cls(message)
+
+    def _text(self, request: CompletionRequest) -> str:
+        label = f"[FAKE {self.model.name}]"
+        answer = self.options.get("answer", "echo")
+        if answer == "empty":
+            return ""
+        if answer == "refusal":
+            return f"{label} I'm sorry, but I cannot help with that."
+        if answer == "bad_json":
+            return f"{label} {{not json"
+        digest = hashlib.sha256(request.prompt.encode()).hexdigest()[:12]
+        if request.json_output:
+            return json.dumps(
+                {
+                    "fake": True,
+                    "model": self.model.name,
+                    "answer": f"{label} {digest}",
+                    "category": "fact",
+                    "topic": "fake-topic",
+                    "decision": "yes",
+                    "plan": ["fake step"],
+                }
+            )
+        return f"{label} answer {digest} to: {request.prompt[:200]}"
+
+    def complete(self, request: CompletionRequest) -> Completion:
+        latency = float(self.options.get("latency_ms", 0)) / 1000.0
+        if latency:
+            time.sleep(latency)
+        self._maybe_fail(request)
+        text = self._text(request)
+        return Completion(
+            text=text,
+            input_tokens=_tokens((request.system or "") + request.prompt),
+            output_tokens=_tokens(text) if text else 0,
+            model=self.model.model_id,
+            provider=self.provider,
+            finish_reason="stop",
+            fake=True,
+        )
+
+    def stream(self, request: CompletionRequest) -> Iterator[StreamChunk]:
+        completion = self.complete(request)
+        words = completion.text.split(" ")
+        text = ""
+        for i, word in enumerate(words):
+            delta = word if i == 0 else " " + word
+            text += delta
+            last = i == len(words) - 1
+            yield StreamChunk(delta, text, last, self.provider, completion if last else None)
+
+
+@register_backend("fake")
+def make_fake(model: ModelConfig) -> FakeBackend:
+    return FakeBackend(model)

@@ -1,0 +1,171 @@
+"""OpenAI Chat Completions through the official ``openai`` SDK: vLLM, Ollama's /v1 and OpenAI.
+
+Provider names: ``openai`` (the API; key from ``OPENAI_API_KEY`` or ``api_key_env``; base URL from
+``base_url`` or the SDK's own ``OPENAI_BASE_URL``), ``vllm`` (default http://127.0.0.1:8000/v1),
+``ollama`` (default http://127.0.0.1:11434/v1) and ``openai_compatible`` (any such server at
+``base_url``). Local servers need no key unless ``api_key_env`` names one.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import time
+from collections.abc import Iterator
+from typing import Any
+
+import httpx2
+import openai
+
+from tierflow import errors
+from tierflow.config import ModelConfig
+from workers.backends.base import (
+    Availability,
+    Completion,
+    CompletionRequest,
+    StreamChunk,
+    register_backend,
+)
+from workers.backends.sdk_errors import map_sdk_error, scrub
+
+_DEFAULT_URLS = {"ollama": "http://127.0.0.1:11434/v1", "vllm": "http://127.0.0.1:8000/v1"}
+_PLACEHOLDER_KEY = "not-needed"  # local servers ignore it, but the SDK wants a non-empty key
+_SDK_ERRORS = (openai.OpenAIError, httpx2.HTTPError, ValueError)
+
+
+def availability_ttl() -> float:
+    """Seconds an availability probe's answer is reused (``TIERFLOW_AVAILABILITY_TTL_S``)."""
+    try:
+        return max(0.0, float(os.environ.get("TIERFLOW_AVAILABILITY_TTL_S", "5")))
+    except ValueError:
+        return 5.0
+
+
+class OpenAICompatibleBackend:
+    def __init__(self, model: ModelConfig) -> None:
+        self.model = model
+        self.provider = model.provider
+        self.is_api = model.provider == "openai"
+        self.key_env = model.api_key_env or ("OPENAI_API_KEY" if self.is_api else None)
+        # None lets the SDK honour OPENAI_BASE_URL (then https://api.openai.com/v1).
+        self.base_url = model.base_url or _DEFAULT_URLS.get(model.provider)
+        self._client: openai.OpenAI | None = None
+        self._client_key_digest = ""
+        self._probe: tuple[float, Availability] | None = None
+
+    def _api_key(self) -> str | None:
+        if self.key_env is None:
+            return _PLACEHOLDER_KEY
+        return os.environ.get(self.key_env) or None
+
+    def _sdk(self) -> openai.OpenAI:
+        key = self._api_key()
+        if key is None:
+            raise errors.AuthError(f"{self.provider}: {self.key_env} not set")
+        digest = hashlib.sha256(key.encode()).hexdigest()  # rebuild when the key rotates
+        if self._client is None or digest != self._client_key_digest:
+            # max_retries=0: the fleet retries (cooldown, next model, next tier); SDK retries on
+            # top would multiply calls against a provider that is already throttling us.
+            self._client = openai.OpenAI(
+                api_key=key, base_url=self.base_url, max_retries=0, timeout=self.model.timeout_s
+            )
+            self._client_key_digest = digest
+        return self._client
+
+    def _params(self, request: CompletionRequest) -> dict[str, Any]:
+        messages = [{"role": "system", "content": request.system}] if request.system else []
+        messages.append({"role": "user", "content": request.prompt})
+        params: dict[str, Any] = {
+            "model": self.model.model_id,
+            "messages": messages,
+            "max_tokens": request.max_tokens,
+            "temperature": request.temperature,
+            "timeout": min(request.timeout_s, self.model.timeout_s),
+        }
+        if request.stop:
+            params["stop"] = list(request.stop)
+        if request.json_output and self.model.supports_json:
+            params["response_format"] = {"type": "json_object"}
+        return params
+
+    def _usage(self, usage: Any) -> tuple[int, int]:
+        prompt = getattr(usage, "prompt_tokens", None)
+        completion = getattr(usage, "completion_tokens", None)
+        if (
+            not (isinstance(prompt, int) and isinstance(completion, int))
+            or min(prompt, completion) < 0
+        ):
+            raise errors.MalformedResponse(f"{self.provider}: response carries no token usage")
+        return prompt, completion
+
+    def _completion(self, text: str, usage: Any, finish: str | None) -> Completion:
+        input_tokens, output_tokens = self._usage(usage)
+        return Completion(
+            text, input_tokens, output_tokens, self.model.model_id, self.provider, finish
+        )
+
+    def complete(self, request: CompletionRequest) -> Completion:
+        try:
+            response = self._sdk().chat.completions.create(**self._params(request))
+        except _SDK_ERRORS as exc:
+            raise map_sdk_error(exc, self.provider) from None
+        choices = getattr(response, "choices", None)
+        choice = choices[0] if isinstance(choices, list) and choices else None
+        message = getattr(choice, "message", None)
+        if message is None:
+            raise errors.MalformedResponse(f"{self.provider}: response has no choices")
+        finish = getattr(choice, "finish_reason", None)
+        text = getattr(message, "content", None)
+        if getattr(message, "refusal", None) or (finish == "content_filter" and not text):
+            raise errors.ContentRefused(f"{self.provider}: the model refused the request")
+        if not isinstance(text, str):
+            raise errors.MalformedResponse(f"{self.provider}: response message has no content")
+        return self._completion(text, getattr(response, "usage", None), finish)
+
+    def stream(self, request: CompletionRequest) -> Iterator[StreamChunk]:
+        params = self._params(request) | {"stream": True, "stream_options": {"include_usage": True}}
+        text, usage, finish, refused = "", None, None, False
+        try:
+            with self._sdk().chat.completions.create(**params) as chunks:
+                for chunk in chunks:
+                    usage = getattr(chunk, "usage", None) or usage
+                    for choice in getattr(chunk, "choices", None) or []:
+                        finish = choice.finish_reason or finish
+                        delta = getattr(choice.delta, "content", None) if choice.delta else None
+                        refused = refused or bool(getattr(choice.delta, "refusal", None))
+                        if delta:
+                            text += delta
+                            yield StreamChunk(delta, text, False, self.provider)
+        except _SDK_ERRORS as exc:
+            raise map_sdk_error(exc, self.provider) from None
+        if refused and not text:
+            raise errors.ContentRefused(f"{self.provider}: the model refused the request")
+        yield StreamChunk("", text, True, self.provider, self._completion(text, usage, finish))
+
+    def availability(self) -> Availability:
+        if self._api_key() is None:
+            return Availability(False, f"{self.key_env} not set")
+        if self.is_api:
+            return Availability(True)
+        cached = self._probe
+        if cached is not None and time.monotonic() - cached[0] < availability_ttl():
+            return cached[1]
+        answer = self._check_server()
+        self._probe = (time.monotonic(), answer)
+        return answer
+
+    def _check_server(self) -> Availability:
+        """GET {base_url}/models with a short timeout; any HTTP answer but 5xx/auth means up."""
+        try:
+            self._sdk().models.list(timeout=min(1.0, self.model.timeout_s))
+        except _SDK_ERRORS as exc:
+            err = map_sdk_error(exc, self.provider)
+            if not isinstance(err, errors.InvalidRequest):  # e.g. 404: up, just no /models
+                where = scrub(self.base_url or "OPENAI_BASE_URL")
+                return Availability(False, f"{where} not usable: {err}")
+        return Availability(True)
+
+
+@register_backend("openai_compatible", "openai", "vllm", "ollama")
+def make_openai_compatible(model: ModelConfig) -> OpenAICompatibleBackend:
+    return OpenAICompatibleBackend(model)

@@ -1,0 +1,235 @@
+"""Fleet-wide limits in Redis, atomic across every worker process and host.
+
+- **Rate limits**: requests, input tokens and output tokens per minute, per model, as sliding
+  60-second windows kept in sorted sets and checked-and-taken in one Lua script using Redis' own
+  clock (no skew between hosts). Output tokens are reserved at the request's ``max_tokens`` and
+  settled to the real count afterwards.
+- **Cooldowns**: a 429/529 with ``retry-after`` cools the model down fleet-wide for that long.
+- **Circuit breaker** per model: ``failure_threshold`` consecutive retryable failures open it for
+  ``open_for_s``; then one probe at a time is let through (half-open); a success closes it.
+- **Concurrency caps**: at most ``max_concurrency`` calls in flight per model; a slot held by a
+  worker that died expires after ``slot_ttl_s``.
+
+Nothing here sleeps: a caller that is refused gets the wait in seconds and re-enqueues the job
+with that countdown, so a worker slot is never held while waiting.
+"""
+
+from __future__ import annotations
+
+import uuid
+from dataclasses import dataclass
+
+import redis
+
+from tierflow.config import ModelConfig
+from tierflow.constants import Keys
+
+WINDOW_MS = 60_000
+
+_ACQUIRE = """
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+local window = tonumber(ARGV[1])
+local member = ARGV[2]
+local wait = 0
+-- pass 1: check every limit
+for i = 1, #KEYS do
+  local limit = tonumber(ARGV[2 + 2 * i - 1])
+  local amount = tonumber(ARGV[2 + 2 * i])
+  if limit > 0 and amount > 0 then
+    redis.call('ZREMRANGEBYSCORE', KEYS[i], '-inf', now - window)
+    local used = 0
+    local entries = redis.call('ZRANGE', KEYS[i], 0, -1, 'WITHSCORES')
+    for j = 1, #entries, 2 do
+      used = used + tonumber(string.match(entries[j], '|(%d+)$'))
+    end
+    if used + amount > limit then
+      if amount > limit then return -1 end
+      -- free up: walk oldest first until enough would have expired
+      local need = used + amount - limit
+      local freed = 0
+      for j = 1, #entries, 2 do
+        freed = freed + tonumber(string.match(entries[j], '|(%d+)$'))
+        if freed >= need then
+          local w = tonumber(entries[j + 1]) + window - now
+          if w > wait then wait = w end
+          break
+        end
+      end
+    end
+  end
+end
+if wait > 0 then return wait end
+-- pass 2: take
+for i = 1, #KEYS do
+  local limit = tonumber(ARGV[2 + 2 * i - 1])
+  local amount = tonumber(ARGV[2 + 2 * i])
+  if limit > 0 and amount > 0 then
+    redis.call('ZADD', KEYS[i], now, member .. '|' .. amount)
+    redis.call('PEXPIRE', KEYS[i], window + 1000)
+  end
+end
+return 0
+"""
+
+_SETTLE = """
+-- replace a reserved amount by the real one, keeping its timestamp
+local score = redis.call('ZSCORE', KEYS[1], ARGV[1])
+if score then
+  redis.call('ZREM', KEYS[1], ARGV[1])
+  if tonumber(ARGV[3]) > 0 then
+    redis.call('ZADD', KEYS[1], score, ARGV[2])
+  end
+end
+return 0
+"""
+
+_SLOT = """
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', now - tonumber(ARGV[3]))
+if redis.call('ZCARD', KEYS[1]) < tonumber(ARGV[1]) then
+  redis.call('ZADD', KEYS[1], now, ARGV[2])
+  redis.call('PEXPIRE', KEYS[1], tonumber(ARGV[3]))
+  return 1
+end
+return 0
+"""
+
+
+@dataclass(frozen=True)
+class Reservation:
+    """What ``reserve`` took; ``wait_s`` > 0 means refused, come back after that many seconds."""
+
+    member: str
+    input_tokens: int
+    output_tokens: int
+    wait_s: float = 0.0
+    impossible: bool = False  # one request alone is over a per-minute limit
+
+    @property
+    def granted(self) -> bool:
+        return self.wait_s == 0 and not self.impossible
+
+
+class FleetLimits:
+    """Limits shared by the whole fleet through one Redis."""
+
+    def __init__(
+        self,
+        client: redis.Redis,
+        keys: Keys,
+        *,
+        failure_threshold: int = 5,
+        open_for_s: float = 30.0,
+        slot_ttl_s: float = 600.0,
+    ) -> None:
+        self.redis = client
+        self.keys = keys
+        self.failure_threshold = failure_threshold
+        self.open_for_s = open_for_s
+        self.slot_ttl_s = slot_ttl_s
+        self._acquire = client.register_script(_ACQUIRE)
+        self._settle = client.register_script(_SETTLE)
+        self._slot = client.register_script(_SLOT)
+
+    # -- rate limits -----------------------------------------------------------------------
+    def _rate_keys(self, model: ModelConfig) -> list[str]:
+        return [self.keys.rate(f"{model.name}:{kind}") for kind in ("req", "in", "out")]
+
+    def reserve(self, model: ModelConfig, input_tokens: int, output_tokens: int) -> Reservation:
+        """Take one request and the tokens from the model's per-minute budgets, or say how long to wait."""
+        limits = model.limits
+        member = uuid.uuid4().hex
+        if not (
+            limits.requests_per_minute
+            or limits.input_tokens_per_minute
+            or limits.output_tokens_per_minute
+        ):
+            return Reservation(member, input_tokens, output_tokens)
+        args: list[int | str] = [WINDOW_MS, member]
+        for limit, amount in (
+            (limits.requests_per_minute, 1),
+            (limits.input_tokens_per_minute, input_tokens),
+            (limits.output_tokens_per_minute, output_tokens),
+        ):
+            args += [limit or 0, max(int(amount), 0)]
+        waited = int(self._acquire(keys=self._rate_keys(model), args=args))
+        if waited < 0:
+            return Reservation(member, input_tokens, output_tokens, impossible=True)
+        return Reservation(member, input_tokens, output_tokens, wait_s=waited / 1000.0)
+
+    def settle(
+        self, model: ModelConfig, reservation: Reservation, input_tokens: int, output_tokens: int
+    ) -> None:
+        """Replace the reserved token counts by the real usage."""
+        _, in_key, out_key = self._rate_keys(model)
+        for key, reserved, actual in (
+            (in_key, reservation.input_tokens, input_tokens),
+            (out_key, reservation.output_tokens, output_tokens),
+        ):
+            if reserved == actual:
+                continue
+            self._settle(
+                keys=[key],
+                args=[f"{reservation.member}|{reserved}", f"{reservation.member}|{actual}", actual],
+            )
+
+    # -- cooldowns and the circuit breaker -----------------------------------------------------
+    def cool_down(self, model: ModelConfig, seconds: float) -> None:
+        """Keep every worker off ``model`` for ``seconds`` (at least 1 ms)."""
+        self.redis.set(self.keys.cooldown(model.name), "1", px=max(int(seconds * 1000), 1))
+
+    def blocked(self, model: ModelConfig) -> tuple[str, float] | None:
+        """``(reason, seconds)`` when the model is cooled down or its circuit is open, else None."""
+        pttl = int(self.redis.pttl(self.keys.cooldown(model.name)))
+        if pttl > 0:
+            return f"cooling down for {pttl / 1000:.1f}s (provider asked)", pttl / 1000.0
+        circuit = self.keys.circuit(model.name)
+        open_ttl = int(self.redis.pttl(circuit + ":open"))
+        if open_ttl > 0:
+            return f"circuit open for {open_ttl / 1000:.1f}s", open_ttl / 1000.0
+        if self.redis.exists(circuit + ":half"):
+            # half-open: one probe at a time
+            if self.redis.set(circuit + ":probe", "1", nx=True, px=int(self.open_for_s * 1000)):
+                return None
+            return "circuit half-open: a probe is in flight", 1.0
+        return None
+
+    def record_success(self, model: ModelConfig) -> None:
+        circuit = self.keys.circuit(model.name)
+        self.redis.delete(circuit + ":fails", circuit + ":half", circuit + ":probe")
+
+    def record_failure(self, model: ModelConfig) -> bool:
+        """Count a retryable failure; True when this one opened the circuit."""
+        circuit = self.keys.circuit(model.name)
+        pipe = self.redis.pipeline()
+        pipe.incr(circuit + ":fails")
+        pipe.expire(circuit + ":fails", int(self.open_for_s * 10))
+        fails = int(pipe.execute()[0])
+        half_open = bool(self.redis.exists(circuit + ":half"))
+        if fails >= self.failure_threshold or half_open:
+            pipe = self.redis.pipeline()
+            pipe.set(circuit + ":open", "1", px=int(self.open_for_s * 1000))
+            pipe.set(circuit + ":half", "1")
+            pipe.delete(circuit + ":fails", circuit + ":probe")
+            pipe.execute()
+            return True
+        return False
+
+    # -- concurrency caps -----------------------------------------------------------------------
+    def take_slot(self, model: ModelConfig) -> str | None:
+        """A slot token when under ``max_concurrency`` (or uncapped), else None."""
+        token = uuid.uuid4().hex
+        cap = model.limits.max_concurrency
+        if cap is None:
+            return token
+        ok = self._slot(
+            keys=[self.keys.concurrency(model.name)],
+            args=[cap, token, int(self.slot_ttl_s * 1000)],
+        )
+        return token if int(ok) == 1 else None
+
+    def release_slot(self, model: ModelConfig, token: str) -> None:
+        if model.limits.max_concurrency is not None:
+            self.redis.zrem(self.keys.concurrency(model.name), token)

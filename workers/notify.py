@@ -1,0 +1,55 @@
+"""Wake-ups over Redis pub/sub: job events for waiters, fallback events for watchers.
+
+A waiter subscribes to its job's channel *before* reading the job's state, so an event published
+between the two is never missed (see :meth:`router.client.JobHandle.wait`).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from typing import Any
+
+from tierflow.redis_client import get_keys, get_redis
+
+log = logging.getLogger(__name__)
+FALLBACK_HISTORY_SIZE = 200
+
+
+def publish_job_event(job_id: str, event: dict[str, Any]) -> None:
+    """Publish one event (``type``: ``chunk``, ``reset`` or ``done``) on the job's channel."""
+    try:
+        get_redis().publish(get_keys().job_channel(job_id), json.dumps(event))
+    except Exception:  # a lost wake-up only delays the waiter; PostgreSQL holds the truth
+        log.warning("could not publish %s event for job %s", event.get("type"), job_id)
+
+
+def publish_fallback(
+    job_id: str, from_tier: str, from_model: str | None, to: str, reason: str
+) -> None:
+    """Record a fallback in the recent history and announce it (first seed's fallback triggers)."""
+    event = {
+        "at": time.time(),
+        "job_id": job_id,
+        "from_tier": from_tier,
+        "from_model": from_model,
+        "to": to,
+        "reason": reason[:500],
+    }
+    payload = json.dumps(event)
+    keys = get_keys()
+    try:
+        pipe = get_redis().pipeline()
+        pipe.lpush(keys.fallback_history, payload)
+        pipe.ltrim(keys.fallback_history, 0, FALLBACK_HISTORY_SIZE - 1)
+        pipe.publish(keys.fallback_channel, payload)
+        pipe.execute()
+    except Exception:
+        log.warning("could not publish fallback event for job %s", job_id)
+
+
+def recent_fallbacks(limit: int = 20) -> list[dict[str, Any]]:
+    """The most recent fallback events, newest first."""
+    raw = get_redis().lrange(get_keys().fallback_history, 0, max(limit, 1) - 1)
+    return [json.loads(item) for item in raw]

@@ -1,0 +1,169 @@
+"""The fleet's Celery tasks: ``route_job`` (queue ``router``), ``run_attempt`` (queues
+``tier.*``) and ``sweep_stuck_jobs`` (queue ``maintenance``).
+
+Messages carry ids and counters only; the job itself lives in PostgreSQL. Arguments are validated
+first: a malformed message is stored as a dead letter with its reason and acknowledged, never
+retried. Infrastructure errors (PostgreSQL or Redis down) are retried with backoff; the message
+stays unacknowledged meanwhile (``acks_late``), so a worker crash loses nothing.
+"""
+
+from __future__ import annotations
+
+import logging
+import uuid
+from datetime import timedelta
+from typing import Any
+
+import redis
+from celery import Task
+from sqlalchemy.exc import OperationalError
+from sqlalchemy.exc import InterfaceError
+
+from router.mode import get_mode
+from router.plan import plan_job
+from schemas.jobs import utcnow
+from tierflow.constants import (
+    TASK_ROUTE_JOB,
+    TASK_RUN_ATTEMPT,
+    TASK_SWEEP,
+    JobStatus,
+    Tier,
+    tier_queue,
+)
+from tierflow.errors import JobValidationError
+from tierflow.settings import get_settings
+from workers import attempt, persistence
+from workers.app import app
+
+log = logging.getLogger(__name__)
+
+INFRA_ERRORS = (OperationalError, InterfaceError, redis.ConnectionError, redis.TimeoutError)
+_RETRY = {
+    "autoretry_for": INFRA_ERRORS,
+    "retry_backoff": 1,
+    "retry_backoff_max": 30,
+    "retry_jitter": True,
+    "max_retries": 60,
+}
+
+
+def check_job_id(value: Any) -> str:
+    if not isinstance(value, str):
+        raise JobValidationError(f"job_id must be a string, got {type(value).__name__}")
+    try:
+        return str(uuid.UUID(value))
+    except ValueError:
+        raise JobValidationError(f"job_id {value[:80]!r} is not a UUID") from None
+
+
+def check_counter(name: str, value: Any, limit: int = 1000) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value <= limit:
+        raise JobValidationError(f"{name} must be an integer in 0..{limit}, got {value!r}"[:200])
+    return value
+
+
+def enqueue_route(job_id: str, priority: int = 5) -> None:
+    """Send a job to the routing task. Priority 9 is highest (Redis' 0)."""
+    app.send_task(TASK_ROUTE_JOB, args=[job_id], queue="router", priority=9 - priority)
+
+
+def enqueue_attempt(
+    job_id: str,
+    tier: Tier,
+    step: int,
+    attempt_no: int,
+    retries_in_step: int = 0,
+    countdown: float = 0.0,
+    priority: int = 5,
+) -> None:
+    """Send one attempt of a job to its tier's queue."""
+    app.send_task(
+        TASK_RUN_ATTEMPT,
+        args=[job_id, step, attempt_no, retries_in_step],
+        queue=tier_queue(tier),
+        countdown=countdown or None,
+        priority=9 - priority,
+    )
+
+
+def _dead_letter(task: Task, reason: str, job_id: str | None = None) -> None:
+    info = task.request.delivery_info or {}
+    persistence.record_dead_letter(
+        reason,
+        queue=info.get("routing_key"),
+        task=task.name,
+        job_id=job_id,
+        body=repr(task.request.args)[:500],
+    )
+    log.warning("refused %s message: %s", task.name, reason)
+
+
+@app.task(name=TASK_ROUTE_JOB, bind=True, **_RETRY)
+def route_job(self: Task, job_id: Any) -> str | None:
+    """Classify a stored job, record its plan and send it to the first tier of its chain."""
+    try:
+        job_id = check_job_id(job_id)
+    except JobValidationError as exc:
+        _dead_letter(self, str(exc))
+        return None
+    job = persistence.load_job(job_id)
+    if job is None:
+        _dead_letter(self, f"unknown job {job_id}", None)
+        return None
+    if job.status != JobStatus.QUEUED.value:
+        return job.status  # a redelivery after the plan was stored: the attempt was sent
+    config = get_settings().llm
+    plan = plan_job(job.action_type, job.prompt, job.context or {}, config, get_mode())
+    if plan.error:
+        persistence.save_plan(job_id, plan.complexity.value, plan.to_json())
+        attempt.finish_failure(job, config, plan.error)
+        return "failed"
+    if persistence.save_plan(job_id, plan.complexity.value, plan.to_json()):
+        enqueue_attempt(job_id, plan.chain[0], 0, 0, priority=job.priority)
+    return plan.tier.value
+
+
+@app.task(name=TASK_RUN_ATTEMPT, bind=True, **_RETRY)
+def run_attempt(
+    self: Task, job_id: Any, step: Any = 0, attempt_no: Any = 0, retries_in_step: Any = 0
+) -> str | None:
+    """Run one attempt of a job on this queue's tier, then enqueue whatever comes next."""
+    try:
+        job_id = check_job_id(job_id)
+        step = check_counter("step", step, 10)
+        attempt_no = check_counter("attempt_no", attempt_no)
+        retries_in_step = check_counter("retries_in_step", retries_in_step, 100)
+    except JobValidationError as exc:
+        _dead_letter(self, str(exc))
+        return None
+    worker = f"{self.request.hostname or 'local'}:{self.request.id}"
+    move = attempt.execute(job_id, step, attempt_no, retries_in_step, worker)
+    if move is None:
+        return "done"
+    job = persistence.load_job(job_id)
+    assert job is not None and job.plan is not None
+    chain = job.plan["chain"]
+    enqueue_attempt(
+        job_id,
+        Tier(chain[move.step]),
+        move.step,
+        move.attempt_no,
+        move.retries_in_step,
+        countdown=move.countdown,
+        priority=job.priority,
+    )
+    return move.kind
+
+
+@app.task(name=TASK_SWEEP, bind=True, **_RETRY)
+def sweep_stuck_jobs(self: Task, stale_after_s: float = 120.0) -> dict[str, int]:
+    """Find jobs that stopped moving and move them: nothing accepted is ever lost silently.
+
+    - past its deadline and not finished → failed, with every attempt's story;
+    - queued (never routed) for longer than ``stale_after_s`` → sent to the router again;
+    - routed/running with no attempt in flight for longer than ``stale_after_s`` → its next
+      attempt is sent again (the claim makes a duplicate harmless).
+    """
+    from workers.sweeper import sweep
+
+    return sweep(utcnow(), timedelta(seconds=stale_after_s))
