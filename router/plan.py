@@ -10,7 +10,14 @@ Order of decisions, each recorded in ``TierPlan.reasons``:
 4. an ``action_tier_overrides`` entry replaces the tier chosen above (it is the operator's word);
 5. the fallback chain follows the seed (local_fast → local_quality → api_fallback), cut to
    ``max_fallback_attempts`` fallbacks;
-6. the fleet mode filters the chain: ``local`` drops the API tier, ``cloud`` keeps only it.
+6. the fleet mode filters the chain: ``local`` drops the API tier (a job routed to the API alone
+   gets the strongest local tier instead), ``cloud`` keeps only the API tier. The mode comes last
+   because it is the operator's fleet-wide word, above any per-action rule;
+7. ``error`` is set when no tier of the final chain has an enabled model (the job then fails at
+   once, with that reason, instead of waiting for a tier that cannot serve).
+
+Overrides beat quality-criticality on purpose: an operator who pins ``exec`` to a local tier has
+decided. :func:`router.explain.explain` prints this plan without calling any model.
 """
 
 from __future__ import annotations
@@ -91,26 +98,41 @@ def plan_job(
         reasons.append(f"action_tier_overrides[{action_type}] = {override.value}")
         tier = override
 
-    start = TIER_ORDER.index(tier)
-    fallbacks = list(TIER_ORDER[start + 1 :])[: routing.max_fallback_attempts]
+    later = list(TIER_ORDER[TIER_ORDER.index(tier) + 1 :])
+    fallbacks = later[: routing.max_fallback_attempts]
+    if len(fallbacks) < len(later):
+        reasons.append(f"max_fallback_attempts={routing.max_fallback_attempts}: chain cut")
     chain = [tier, *fallbacks]
     if fallbacks:
         reasons.append("fallback chain: " + " → ".join(t.value for t in chain))
 
+    chain = _apply_mode(chain, mode, config, reasons)
     error = None
-    if mode is Mode.LOCAL:
-        kept = [t for t in chain if t in LOCAL_TIERS]
-        if not kept:
-            # The job asked for the API; in local mode the best local tier stands in for it.
-            kept = [Tier.LOCAL_QUALITY]
-            reasons.append("mode local: API tier replaced by local_quality")
-        elif kept != chain:
-            reasons.append("mode local: API tier removed from the chain")
-        chain = kept
-    elif mode is Mode.CLOUD:
-        if chain != [Tier.API_FALLBACK]:
-            reasons.append("mode cloud: API tier only")
-        chain = [Tier.API_FALLBACK]
     if not any(config.tier_models(t) for t in chain):
         error = f"mode {mode.value}: no enabled model in tiers {[t.value for t in chain]}"
     return TierPlan(complexity, chain[0], chain, mode, quality_critical, reasons, error)
+
+
+def _apply_mode(chain: list[Tier], mode: Mode, config: LLMConfig, reasons: list[str]) -> list[Tier]:
+    """Filter the chain by the fleet mode; ``reasons`` gets a line when the mode changed it.
+
+    ``local`` drops the API tier; a job that had only the API tier gets the strongest local tier
+    with an enabled model instead (local_quality, else local_fast). ``cloud`` keeps only the API.
+    """
+    if mode is Mode.LOCAL:
+        kept = [t for t in chain if t in LOCAL_TIERS]
+        if kept:
+            if kept != chain:
+                reasons.append("mode local: API tier removed from the chain")
+            return kept
+        stand_in = next(
+            (t for t in (Tier.LOCAL_QUALITY, Tier.LOCAL_FAST) if config.tier_models(t)),
+            Tier.LOCAL_QUALITY,
+        )
+        reasons.append(f"mode local: API tier replaced by {stand_in.value}")
+        return [stand_in]
+    if mode is Mode.CLOUD:
+        if chain != [Tier.API_FALLBACK]:
+            reasons.append("mode cloud: API tier only")
+        return [Tier.API_FALLBACK]
+    return chain

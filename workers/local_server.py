@@ -29,6 +29,7 @@ import argparse
 import json
 import logging
 import signal
+import sys
 import threading
 import time
 import uuid
@@ -41,7 +42,7 @@ from typing import Any
 from tierflow import errors
 from workers.backends.llamacpp import MODEL_ID, EngineChunk, EngineResult, LocalEngine, get_engine
 
-log = logging.getLogger(__name__)
+log = logging.getLogger("workers.local_server")  # same name under python -m
 
 DEFAULT_PORT = 8765
 DEFAULT_MAX_TOKENS = 256
@@ -164,6 +165,13 @@ class LocalServer(ThreadingHTTPServer):
         super().__init__(address, _Handler)
         self.engine = engine
 
+    def handle_error(self, request: Any, client_address: Any) -> None:
+        """A client dropping a keep-alive connection is routine; anything else is logged."""
+        if isinstance(sys.exc_info()[1], ConnectionError | TimeoutError):
+            log.debug("connection from %s dropped", client_address)
+        else:
+            log.exception("error while serving %s", client_address)
+
     @property
     def url(self) -> str:
         """The OpenAI base URL, ending in ``/v1``."""
@@ -172,6 +180,7 @@ class LocalServer(ThreadingHTTPServer):
 
 
 class _Handler(BaseHTTPRequestHandler):
+    disable_nagle_algorithm = True  # one small write per SSE event: no 40 ms ACK stalls
     protocol_version = "HTTP/1.1"  # keep-alive for the SDK's pool; streams use chunked encoding
     server_version = "tierflow-local/1"
     timeout = 300  # seconds an idle keep-alive connection or a slow body may take
@@ -250,6 +259,7 @@ class _Handler(BaseHTTPRequestHandler):
 
     def do_POST(self) -> None:
         started = time.perf_counter()
+        self._streaming = False
         path = self.path.split("?", 1)[0].rstrip("/")
         try:
             body = self._read_json()

@@ -27,6 +27,7 @@ an empty script answers ``ok``. Behaviours:
 ``context``            400 "context too long" in the provider's words
 ``refusal``            OpenAI: ``message.refusal`` set; Anthropic: ``stop_reason: "refusal"``
 ``stream_overloaded``  streams, then an SSE ``error`` event with ``overloaded_error`` (Anthropic)
+``malformed_stream``   streams, then a ``data:`` line that is not JSON (OpenAI)
 ``drop``               closes the connection without any answer
 =====================  ===========================================================================
 

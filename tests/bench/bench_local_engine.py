@@ -1,0 +1,148 @@
+"""Benchmark the embedded engine on this machine: direct calls vs. the OpenAI-compatible server.
+
+    .venv/bin/python tests/bench/bench_local_engine.py [--requests 10] [--max-tokens 32]
+
+Each mode runs one warm-up request, then ``--requests`` greedy completions of ``--max-tokens``
+tokens over distinct prompts (so llama.cpp's prompt-prefix reuse does not flatter the numbers).
+Reports latency p50/p90 (ms, whole request), time to first token p50 for streams (ms), and
+tokens/s (completion tokens summed over all requests / their latency summed). Not collected by
+pytest (``tests/bench`` is ignored).
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import openai
+
+from workers.backends.llamacpp import MODEL_ID, get_engine
+from workers.local_server import start_in_thread
+
+PROMPTS = [
+    "The capital of France is",
+    "Once upon a time, in a small village,",
+    "The three primary colours are",
+    "To make a cup of tea, first",
+    "The largest planet in the solar system is",
+    "A list of programming languages:",
+    "The history of the Roman Empire began",
+    "Water boils at a temperature of",
+    "The best way to learn a new language is",
+    "In mathematics, a prime number is",
+]
+
+
+@dataclass(frozen=True)
+class Sample:
+    seconds: float  # whole request
+    tokens: int  # completion tokens
+    first_token_s: float | None = None  # streams only
+
+
+def _percentile(values: list[float], q: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, round(q * (len(ordered) - 1)))]
+
+
+def run(name: str, call: Callable[[str], Sample], n: int) -> dict[str, object]:
+    call(PROMPTS[-1])  # warm-up
+    samples = [call(PROMPTS[i % len(PROMPTS)]) for i in range(n)]
+    latencies = [s.seconds * 1000 for s in samples]
+    firsts = [s.first_token_s * 1000 for s in samples if s.first_token_s is not None]
+    return {
+        "mode": name,
+        "n": n,
+        "p50_ms": statistics.median(latencies),
+        "p90_ms": _percentile(latencies, 0.9),
+        "ttft_p50_ms": statistics.median(firsts) if firsts else None,
+        "tokens": sum(s.tokens for s in samples) / n,
+        "tok_s": sum(s.tokens for s in samples) / (sum(latencies) / 1000),
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description="benchmark the embedded llama.cpp engine")
+    parser.add_argument("--requests", type=int, default=10)
+    parser.add_argument("--max-tokens", type=int, default=32)
+    args = parser.parse_args()
+    max_tokens = args.max_tokens
+
+    started = time.perf_counter()
+    engine = get_engine()
+    print(f"engine ready in {time.perf_counter() - started:.2f}s (model load {engine.load_s:.2f}s)")
+    server, url = start_in_thread(port=0)
+    client = openai.OpenAI(base_url=url, api_key="local", max_retries=0, timeout=120)
+
+    def direct(prompt: str) -> Sample:
+        t = time.perf_counter()
+        result = engine.complete(prompt, max_tokens=max_tokens, temperature=0.0)
+        return Sample(time.perf_counter() - t, result.completion_tokens)
+
+    def direct_stream(prompt: str) -> Sample:
+        t, first = time.perf_counter(), None
+        tokens = 0
+        for chunk in engine.stream(prompt, max_tokens=max_tokens, temperature=0.0):
+            if first is None and chunk.delta:
+                first = time.perf_counter() - t
+            if chunk.result is not None:
+                tokens = chunk.result.completion_tokens
+        return Sample(time.perf_counter() - t, tokens, first)
+
+    def http(prompt: str) -> Sample:
+        t = time.perf_counter()
+        response = client.chat.completions.create(
+            model=MODEL_ID,
+            messages=[{"role": "user", "content": prompt}],
+            max_tokens=max_tokens,
+            temperature=0.0,
+        )
+        assert response.usage is not None
+        return Sample(time.perf_counter() - t, response.usage.completion_tokens)
+
+    def http_stream(prompt: str) -> Sample:
+        t, first, tokens = time.perf_counter(), None, 0
+        stream = client.chat.completions.create(
+            model=MODEL_ID,
+            messages=[{"role": "user", "content": prompt}],
+            max_tokens=max_tokens,
+            temperature=0.0,
+            stream=True,
+            stream_options={"include_usage": True},
+        )
+        for chunk in stream:
+            if first is None and chunk.choices and chunk.choices[0].delta.content:
+                first = time.perf_counter() - t
+            if chunk.usage is not None:
+                tokens = chunk.usage.completion_tokens
+        return Sample(time.perf_counter() - t, tokens, first)
+
+    try:
+        rows = [
+            run("direct", direct, args.requests),
+            run("direct stream", direct_stream, args.requests),
+            run("http (openai sdk)", http, args.requests),
+            run("http stream (sdk)", http_stream, args.requests),
+        ]
+    finally:
+        client.close()
+        server.shutdown()
+        server.server_close()
+
+    print(f"\n{args.requests} requests per mode, max_tokens={max_tokens}, greedy, 2 threads")
+    header = f"{'mode':<20}{'p50 ms':>9}{'p90 ms':>9}{'TTFT p50':>10}{'tokens':>8}{'tok/s':>8}"
+    print(header)
+    print("-" * len(header))
+    for r in rows:
+        ttft = f"{r['ttft_p50_ms']:.0f}" if r["ttft_p50_ms"] is not None else "-"
+        print(
+            f"{r['mode']:<20}{r['p50_ms']:>9.0f}{r['p90_ms']:>9.0f}{ttft:>10}"
+            f"{r['tokens']:>8.1f}{r['tok_s']:>8.1f}"
+        )
+
+
+if __name__ == "__main__":
+    main()

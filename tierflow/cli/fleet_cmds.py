@@ -1,0 +1,85 @@
+"""Commands that run parts of the fleet: up, worker, local-engine, db upgrade."""
+
+from __future__ import annotations
+
+import os
+import signal
+import sys
+import time
+
+import typer
+
+from tierflow.cli import app, console, db_app
+from workers.pools import POOLS, worker_argv
+
+
+@app.command()
+def up(
+    flower: int = typer.Option(0, help="Also start Flower on this port (0: no Flower)."),
+    no_engine: bool = typer.Option(False, "--no-engine", help="Do not start the embedded engine."),
+) -> None:
+    """Run the whole fleet on this machine until Ctrl-C: services, router, one worker per tier."""
+    from tierflow.fleet import running_fleet
+
+    stop = False
+
+    def on_signal(signum: int, _frame: object) -> None:
+        nonlocal stop
+        stop = True
+
+    signal.signal(signal.SIGTERM, on_signal)
+    try:
+        with running_fleet(with_engine=not no_engine, flower_port=flower or None) as fleet:
+            for note in fleet.notes:
+                console.print(f"  {note}")
+            names = ", ".join(c.name for c in fleet.children)
+            console.print(f"[green]fleet up[/green]: {names}. Logs in {fleet.state_dir}/logs.")
+            console.print("Submit with `tierflow submit \"prompt\" --action ACTION`; Ctrl-C stops.")
+            while not stop:
+                dead = fleet.dead()
+                if dead:
+                    console.print(f"[red]{dead[0].name} exited[/red]: see {dead[0].log}")
+                    break
+                time.sleep(0.5)
+    except KeyboardInterrupt:
+        pass
+    console.print("fleet stopped")
+
+
+@app.command()
+def worker(
+    tier: str = typer.Option(..., help="local_fast, local_quality, api_fallback or router."),
+    concurrency: int = typer.Option(0, help="Threads (0: the tier's default)."),
+    loglevel: str = typer.Option("INFO"),
+) -> None:
+    """Run one worker for one tier, for real deployments (replaces this process with Celery)."""
+    if tier not in POOLS:
+        raise typer.BadParameter(f"choose one of {', '.join(POOLS)}", param_hint="--tier")
+    from tierflow.settings import get_settings
+
+    get_settings().effective_redis_url  # noqa: B018 - fail now, clearly, without a broker
+    argv = [sys.executable, "-m", "celery", *worker_argv(tier, concurrency or None, loglevel)]
+    os.execv(sys.executable, argv)
+
+
+@app.command("local-engine")
+def local_engine(
+    port: int = typer.Option(8765, help="TCP port on 127.0.0.1."),
+    host: str = typer.Option("127.0.0.1"),
+) -> None:
+    """Serve the embedded llama.cpp model (Gemma 3 270M) over the OpenAI-compatible HTTP API."""
+    from workers.local_server import serve
+
+    serve(host=host, port=port)
+
+
+@db_app.command("upgrade")
+def db_upgrade() -> None:
+    """Apply every migration (``alembic upgrade head``) to TIERFLOW_DATABASE_URL."""
+    from tierflow.db import upgrade_database
+    from tierflow.settings import get_settings, redact_url
+
+    upgrade_database()
+    console.print(f"database at head: {redact_url(get_settings().database_url)}")
+
+

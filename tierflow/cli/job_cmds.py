@@ -1,0 +1,106 @@
+"""Commands about jobs: submit, route --explain, demo."""
+
+from __future__ import annotations
+
+import json
+
+import typer
+from rich.table import Table
+
+from tierflow.cli import app, console
+
+
+def print_result(result) -> None:  # type: ignore[no-untyped-def]
+    """One job's outcome: tier, model, quality, tokens, cost, and each attempt."""
+    fake = " [yellow](FAKE backend)[/yellow]" if result.fake else ""
+    degraded = " [yellow](degraded)[/yellow]" if result.degraded else ""
+    colour = "green" if result.ok else "red"
+    console.print(f"[{colour}]{result.status}[/{colour}]{degraded}  job {result.job_id}")
+    console.print(f"tier {result.tier or '-'}  model {result.model or '-'}{fake}")
+    quality = f"{result.quality:.2f}" if result.quality is not None else "-"
+    console.print(
+        f"quality {quality}  tokens {result.input_tokens} in / {result.output_tokens} out  "
+        f"cost ${result.cost_usd:.6f}  (API-only ${result.api_baseline_cost_usd:.6f})  "
+        f"latency {result.latency_ms or 0:.0f} ms"
+    )
+    table = Table("#", "tier", "model", "status", "quality", "tokens", "cost $", "reason")
+    for a in result.attempts:
+        table.add_row(
+            str(a.attempt_no), a.tier, a.model or "-", a.status,
+            f"{a.quality:.2f}" if a.quality is not None else "-",
+            f"{a.input_tokens}/{a.output_tokens}", f"{a.cost_usd:.6f}", (a.error or "")[:80],
+        )  # fmt: skip
+    console.print(table)
+    if result.text:
+        console.rule("answer")
+        console.print(result.text, markup=False)
+    elif result.error:
+        console.print(f"[red]{result.error}[/red]", markup=False)
+
+
+@app.command()
+def submit(
+    prompt: str,
+    action: str = typer.Option("unknown", "--action", "-a", help="The daemon's action type."),
+    context: str = typer.Option("{}", help="Context as a JSON object."),
+    timeout: float = typer.Option(300.0, help="Seconds to wait for the result."),
+    stream: bool = typer.Option(False, help="Print the answer as it is written."),
+    idempotency_key: str = typer.Option(None, help="Same key, same job."),
+) -> None:
+    """Submit one job to the running fleet and print where it ran and what it cost."""
+    from router import submit_job
+    from tierflow.errors import JobValidationError
+    from tierflow.fleet import adopt_running_fleet
+
+    adopt_running_fleet()
+    try:
+        parsed = json.loads(context)
+    except ValueError as exc:
+        raise JobValidationError(f"--context is not JSON: {exc}") from None
+    if not isinstance(parsed, dict):
+        raise JobValidationError("--context must be a JSON object")
+    handle = submit_job(
+        prompt, action, parsed, stream=stream, idempotency_key=idempotency_key
+    )
+    if stream:
+        for event in handle.stream(timeout):
+            if event["type"] == "reset":
+                console.print(f"\n[yellow]-- discarded ({event.get('reason')}), next tier --[/yellow]")
+            else:
+                console.print(event.get("delta", ""), end="", markup=False)
+        console.print()
+    print_result(handle.wait(timeout))
+
+
+@app.command()
+def route(
+    prompt: str,
+    action: str = typer.Option("unknown", "--action", "-a"),
+    context: str = typer.Option("{}", help="Context as a JSON object."),
+    explain: bool = typer.Option(True, "--explain/--brief", help="Print the reasons too."),
+) -> None:
+    """Dry run: how a job would be routed (no model is called, nothing is stored)."""
+    from router.explain import explain as explain_plan
+
+    info = explain_plan(action, prompt, json.loads(context))
+    if not explain:
+        console.print(info["tier"])
+        return
+    for key in ("complexity", "quality_critical", "mode", "tier", "chain", "model"):
+        console.print(f"[bold]{key:17}[/bold] {info.get(key)}")
+    console.print("[bold]reasons[/bold]")
+    for reason in info.get("reasons", []):
+        console.print(f"  - {reason}")
+    if info.get("error"):
+        console.print(f"[red]{info['error']}[/red]")
+
+
+@app.command()
+def demo(
+    jobs: int = typer.Option(20, help="Jobs to run, in the seed's daily proportions (90 = a day)."),
+    timeout: float = typer.Option(900.0, help="Seconds to wait for the whole mix."),
+) -> None:
+    """Run the seed's daily action mix through a whole local fleet and print costs by tier/action."""
+    from tierflow.demo import run_demo
+
+    run_demo(jobs, timeout)

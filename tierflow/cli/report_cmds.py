@@ -1,0 +1,93 @@
+"""Commands that watch and steer the fleet: mode, costs, export, status."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import typer
+from rich.table import Table
+
+from tierflow.cli import app, console
+from tierflow.fleet import adopt_running_fleet
+
+
+def _since(hours: float | None) -> datetime | None:
+    return datetime.now(UTC) - timedelta(hours=hours) if hours else None
+
+
+@app.command()
+def mode(
+    new_mode: str = typer.Argument(None, help="auto, local or cloud (omit to show)."),
+    reason: str = typer.Option(None, help="Why, kept in the switch history."),
+) -> None:
+    """Show or switch the fleet's mode; every worker follows from its next attempt."""
+    from router import get_mode, mode_history, set_mode
+
+    adopt_running_fleet()
+    if new_mode:
+        change = set_mode(new_mode, source="manual", reason=reason)
+        console.print(f"mode {change.from_mode} → [bold]{change.to_mode}[/bold]")
+    else:
+        console.print(f"mode [bold]{get_mode().value}[/bold]")
+    table = Table("time", "from", "to", "source", "reason", title="Recent switches")
+    for c in mode_history(5):
+        table.add_row(c.at.isoformat(timespec="seconds"), c.from_mode, c.to_mode, c.source, c.reason or "")
+    console.print(table)
+
+
+@app.command()
+def costs(
+    hours: float = typer.Option(None, help="Only the last N hours (default: everything)."),
+) -> None:
+    """Totals, savings versus API-only, and breakdowns by tier, model, action and day."""
+    from router.costs import get_cost_summary
+
+    adopt_running_fleet()
+    summary = get_cost_summary(since=_since(hours))
+    console.print(
+        f"cost ${summary['total_cost']:.6f}  API-only ${summary['api_baseline_cost']:.6f}  "
+        f"savings ${summary['savings']:.6f} ({summary['savings_pct']:.1f}%)"
+    )
+    for key, title in (
+        ("tier_stats", "tier"),
+        ("model_stats", "model"),
+        ("action_stats", "action"),
+        ("day_stats", "day"),
+    ):
+        rows = summary.get(key) or {}
+        if not rows:
+            continue
+        columns = sorted({c for stats in rows.values() for c in stats})
+        table = Table(title, *columns, title=f"By {title}")
+        for name, stats in rows.items():
+            table.add_row(str(name), *(_fmt(stats.get(c)) for c in columns))
+        console.print(table)
+
+
+def _fmt(value: object) -> str:
+    if isinstance(value, float):
+        return f"{value:.6f}"
+    return "" if value is None else str(value)
+
+
+@app.command()
+def export(
+    jsonl: Path = typer.Option(..., "--jsonl", help="File to write, one line per attempt."),
+    hours: float = typer.Option(None, help="Only the last N hours."),
+) -> None:
+    """Write the usage log (the seed's JSONL: one line per attempt, no secrets)."""
+    from router.export import export_usage_log
+
+    adopt_running_fleet()
+    count = export_usage_log(jsonl, since=_since(hours))
+    console.print(f"{count} attempts written to {jsonl}")
+
+
+@app.command()
+def status() -> None:
+    """The second seed's status widget, in the terminal: mode, local vs cloud, fallbacks."""
+    from tierflow.status import render_status
+
+    adopt_running_fleet()
+    render_status(console)

