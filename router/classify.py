@@ -4,7 +4,7 @@ The action table gives the starting class; the prompt and context can only raise
 
 - more than 3 files in ``context["files"]``, more than 3 ``context["steps"]`` or a prompt over
   16,000 characters → COMPLEX;
-- 2–3 steps, 2–3 files or a prompt over 4,000 characters → at least MODERATE.
+- 2 or 3 steps, 2 or 3 files or a prompt over 4,000 characters → at least MODERATE.
 
 An action missing from the table starts at ``routing.default_complexity`` (MODERATE unless
 configured), a middle ground: local quality models first, the API behind them.

@@ -3,6 +3,17 @@
 The current mode lives in Redis (read by every worker at each attempt: one GET) and each switch
 is appended to PostgreSQL's ``mode_switches`` (time, from, to, manual or automatic), which also
 restores the mode if Redis lost it.
+
+- ``auto``: route by policy (:mod:`router.plan`);
+- ``local``: never call an API model; jobs routed to the API run on the strongest local tier;
+- ``cloud``: API models only.
+
+A job is planned under the mode of its routing, and each attempt checks the mode again, so a
+switch is effective for the next job in every worker (and for the next attempt of jobs in flight).
+Switching to a mode whose tiers have no enabled model in the configuration raises
+:class:`~tierflow.errors.ModeError` and changes nothing (second seed: switching to local "fails
+gracefully if the runtime is not ready"). Switches are serialised by a PostgreSQL advisory lock,
+so each history row's ``from`` is the mode it really replaced.
 """
 
 from __future__ import annotations
@@ -11,23 +22,37 @@ import json
 from dataclasses import dataclass
 from datetime import datetime
 
-from sqlalchemy import select
+from sqlalchemy import select, text
 
 from schemas.tables import ModeSwitch
-from tierflow.constants import Mode
+from tierflow.constants import LOCAL_TIERS, Mode, Tier
 from tierflow.db import session_scope
 from tierflow.errors import ModeError
 from tierflow.redis_client import get_keys, get_redis
 from tierflow.settings import get_settings
 
+_SWITCH_LOCK = 0x7469_6572  # advisory lock id for mode switches ("tier")
+SOURCES = {"manual": "manual", "auto": "auto", "automatic": "auto"}
+
 
 @dataclass(frozen=True)
 class ModeChange:
+    """One switch: ``source`` is ``manual`` (a person, the CLI) or ``auto`` (the fleet itself)."""
+
     at: datetime
     from_mode: str
     to_mode: str
     source: str
     reason: str | None
+
+    def as_dict(self) -> dict[str, str | None]:
+        return {
+            "at": self.at.isoformat(),
+            "from": self.from_mode,
+            "to": self.to_mode,
+            "source": self.source,
+            "reason": self.reason,
+        }
 
 
 def _parse(mode: str | Mode) -> Mode:
@@ -51,27 +76,44 @@ def get_mode() -> Mode:
     return mode
 
 
+def _check_servable(mode: Mode) -> None:
+    """Raise ModeError when no tier the mode allows has an enabled model."""
+    if mode is Mode.AUTO:
+        return
+    config = get_settings().llm
+    tiers = LOCAL_TIERS if mode is Mode.LOCAL else {Tier.API_FALLBACK}
+    if not any(config.tier_models(t) for t in tiers):
+        names = ", ".join(sorted(t.value for t in tiers))
+        raise ModeError(f"cannot switch to {mode.value}: no enabled model in {names}")
+
+
 def set_mode(mode: str | Mode, *, source: str = "manual", reason: str | None = None) -> ModeChange:
-    """Switch the whole fleet; effective for the next attempt in every worker."""
+    """Switch the whole fleet; effective for the next job (and attempt) in every worker.
+
+    ``source`` is ``manual`` or ``auto`` (``automatic`` is accepted for ``auto``). Raises
+    ModeError for an unknown mode or source, or a mode that no configured tier can serve.
+    """
     new = _parse(mode)
-    if source not in {"manual", "auto"}:
+    if source not in SOURCES:
         raise ModeError("source must be 'manual' or 'auto'")
-    old = get_mode()
+    _check_servable(new)
+    keys = get_keys()
     with session_scope() as session:
-        row = ModeSwitch(from_mode=old.value, to_mode=new.value, source=source, reason=reason)
+        session.execute(text("SELECT pg_advisory_xact_lock(:id)"), {"id": _SWITCH_LOCK})
+        old = get_mode()
+        row = ModeSwitch(
+            from_mode=old.value, to_mode=new.value, source=SOURCES[source], reason=reason
+        )
         session.add(row)
         session.flush()
-        change = ModeChange(row.at, old.value, new.value, source, reason)
-    keys = get_keys()
-    get_redis().set(keys.mode, new.value)
-    get_redis().publish(
-        keys.mode_channel, json.dumps({"from": old.value, "to": new.value, "source": source})
-    )
+        change = ModeChange(row.at, old.value, new.value, row.source, reason)
+        get_redis().set(keys.mode, new.value)
+    get_redis().publish(keys.mode_channel, json.dumps(change.as_dict()))
     return change
 
 
 def mode_history(limit: int = 20) -> list[ModeChange]:
-    """Recent switches, newest first."""
+    """The ``limit`` most recent switches, newest first (the second seed shows five)."""
     with session_scope() as session:
         rows = session.execute(
             select(ModeSwitch).order_by(ModeSwitch.id.desc()).limit(limit)

@@ -5,7 +5,8 @@
     mode allows the tier? ── no ─► skipped attempt ─► next tier
     pick the first servable model ── none, waiting helps ─► release claim, re-enqueue later
       │                            └─ none ─► skipped attempt (reasons) ─► next tier
-    call it (streaming chunks to the waiter if asked) ── error ─► cooldown / circuit ─► retry or next tier
+    call it (streaming chunks to the waiter if asked)
+      │  └─ error ─► cooldown / circuit ─► retry or next tier
     quality gate ─► store the attempt with its cost ─► succeed, or re-enqueue to the next tier
 
 Every decision after the call is derived from the stored attempt row alone, so a redelivered
@@ -18,7 +19,6 @@ import json
 import logging
 import time
 from dataclasses import dataclass
-from typing import Any
 
 from router.mode import get_mode
 from router.plan import TierPlan
@@ -26,7 +26,7 @@ from router.quality import QualityReport, check_quality
 from schemas.tables import Attempt, Job
 from tierflow import errors
 from tierflow.config import ActionRule, LLMConfig
-from tierflow.constants import AttemptStatus, JobStatus, Mode, Tier
+from tierflow.constants import TASK_RUN_ATTEMPT, AttemptStatus, JobStatus, Mode, Tier
 from tierflow.redis_client import get_keys, get_redis
 from tierflow.settings import get_settings
 from workers import notify, persistence
@@ -38,7 +38,24 @@ log = logging.getLogger(__name__)
 
 ROUTING_FLAGS = ("affects_system_state", "user_visible_output")
 ERROR_COOLDOWN_S = 2.0  # a 5xx/timeout without retry-after keeps the model off for this long
+# A rejected key fails every job on that model: keep the fleet off it and let the tier's other
+# models (another provider, another key) take the work.
+AUTH_COOLDOWN_S = 300.0
 MAX_WAIT_COUNTDOWN_S = 60.0
+
+
+def max_countdown() -> float:
+    """The longest a re-enqueued attempt may wait: a minute, and always well under the broker's
+    visibility timeout (Redis would hand a message held that long to a second worker)."""
+    return min(MAX_WAIT_COUNTDOWN_S, get_settings().visibility_timeout / 2)
+
+
+def lease_seconds() -> float:
+    """How long a claimed attempt stays ours: the hard time limit plus a margin, ending before
+    the visibility timeout, so a redelivery after a worker died finds the lease already over."""
+    settings = get_settings()
+    margin = min(30.0, (settings.visibility_timeout - settings.task_time_limit) / 2)
+    return settings.task_time_limit + margin
 
 
 @dataclass(frozen=True)
@@ -103,6 +120,7 @@ def _critic(config: LLMConfig, lim: FleetLimits):  # type: ignore[no-untyped-def
             )
             return picked.backend.complete(request).text
         finally:
+            lim.release_probe(picked.model)
             lim.release_slot(picked.model, picked.slot)
 
     return critic if config.routing.self_critique else None
@@ -134,10 +152,14 @@ def run_model(
     except errors.BackendError as exc:
         latency = (time.perf_counter() - started) * 1000
         lim.settle(model, pick.reservation, pick.reservation.input_tokens, 0)
+        if isinstance(exc, errors.AuthError):
+            lim.cool_down(model, AUTH_COOLDOWN_S)
         if exc.retryable:
             retry_after = getattr(exc, "retry_after", None)
             lim.cool_down(model, retry_after if retry_after else ERROR_COOLDOWN_S)
             lim.record_failure(model)
+        else:  # a permanent error says nothing about the provider's health
+            lim.release_probe(model)
         if job.stream:
             notify.publish_job_event(job.id, {"type": "reset", "reason": exc.kind})
         return persistence.finish_attempt(
@@ -209,7 +231,7 @@ _RETRYABLE_KINDS = frozenset(
         errors.BackendTimeout,
         errors.BackendUnavailable,
     )
-) | {"cooling"}
+) | {"cooling", errors.AuthError.kind}
 
 
 def failure_summary(attempts: list[Attempt]) -> str:
@@ -281,13 +303,15 @@ def execute(
     job = persistence.load_job(job_id)
     if job is None:
         persistence.record_dead_letter(
-            f"run_attempt for unknown job {job_id}", task="run_attempt", job_id=None
+            f"run_attempt for unknown job {job_id}", task=TASK_RUN_ATTEMPT, job_id=None
         )
         return None
     if job.status in (JobStatus.SUCCEEDED, JobStatus.FAILED):
         return None
     if not job.plan:
-        persistence.record_dead_letter("run_attempt before the job was routed", job_id=job_id)
+        persistence.record_dead_letter(
+            "run_attempt before the job was routed", task=TASK_RUN_ATTEMPT, job_id=job_id
+        )
         return None
     plan = TierPlan.from_json(job.plan)
     if step >= len(plan.chain):
@@ -295,7 +319,7 @@ def execute(
         return None
     tier = plan.chain[step]
     claim = persistence.claim_attempt(
-        job_id, attempt_no, step, tier.value, worker, lease_s=settings.task_time_limit + 30
+        job_id, attempt_no, step, tier.value, worker, lease_s=lease_seconds()
     )
     if claim.claim is persistence.Claim.BUSY:
         return Move(
@@ -303,13 +327,13 @@ def execute(
             step,
             attempt_no,
             retries_in_step,
-            countdown=min(claim.lease_left_s + 1, MAX_WAIT_COUNTDOWN_S),
+            countdown=min(claim.lease_left_s + 1, max_countdown()),
         )
     if claim.claim is persistence.Claim.DONE:
         assert claim.attempt is not None
         attempt = claim.attempt
     else:
-        outcome = _attempt(job, plan, step, attempt_no, tier, config)
+        outcome = _attempt(job, plan, step, attempt_no, tier, config, worker)
         if isinstance(outcome, float):  # waiting for room: the claim was released
             return Move("wait", step, attempt_no, retries_in_step, countdown=outcome)
         attempt = outcome
@@ -317,7 +341,13 @@ def execute(
 
 
 def _attempt(
-    job: Job, plan: TierPlan, step: int, attempt_no: int, tier: Tier, config: LLMConfig
+    job: Job,
+    plan: TierPlan,
+    step: int,
+    attempt_no: int,
+    tier: Tier,
+    config: LLMConfig,
+    worker: str,
 ) -> Attempt | float:
     """Run the attempt and return its stored row, or the seconds to wait before trying again."""
     mode = get_mode()
@@ -331,8 +361,8 @@ def _attempt(
     if isinstance(picked, NoPick):
         reasons = "; ".join(f"{m}: {r}" for m, r in picked.reasons.items())
         if picked.wait_s is not None:
-            persistence.release_attempt(job.id, attempt_no)
-            return min(max(picked.wait_s, 0.05), MAX_WAIT_COUNTDOWN_S)
+            persistence.release_attempt(job.id, attempt_no, worker)
+            return min(max(picked.wait_s, 0.05), max_countdown())
         # On the last tier, models cooling down are worth waiting for (a bounded retry);
         # elsewhere the next tier takes the work meanwhile.
         last_tier = step + 1 >= len(plan.chain)
@@ -371,6 +401,6 @@ def _follow(
             move.step,
             move.attempt_no,
             move.retries_in_step,
-            countdown=min(attempt.retry_after_s or 1.0, MAX_WAIT_COUNTDOWN_S),
+            countdown=min(attempt.retry_after_s or 1.0, max_countdown()),
         )
     return move

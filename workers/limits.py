@@ -4,9 +4,13 @@
   60-second windows kept in sorted sets and checked-and-taken in one Lua script using Redis' own
   clock (no skew between hosts). Output tokens are reserved at the request's ``max_tokens`` and
   settled to the real count afterwards.
-- **Cooldowns**: a 429/529 with ``retry-after`` cools the model down fleet-wide for that long.
+- **Cooldowns**: a 429/529 with ``retry-after`` cools the model down fleet-wide for that long. A
+  cooldown is only ever extended, never shortened: a later 5xx (2 s) cannot cut short a 30 s
+  ``retry-after`` that another worker was given.
 - **Circuit breaker** per model: ``failure_threshold`` consecutive retryable failures open it for
-  ``open_for_s``; then one probe at a time is let through (half-open); a success closes it.
+  ``open_for_s``; then exactly one probe at a time is let through (half-open): its success
+  closes the circuit, its retryable failure opens it again, and anything else (a permanent
+  error, or the probe not being sent after all) frees the probe for the next caller.
 - **Concurrency caps**: at most ``max_concurrency`` calls in flight per model; a slot held by a
   worker that died expires after ``slot_ttl_s``.
 
@@ -24,7 +28,7 @@ import redis
 from tierflow.config import ModelConfig
 from tierflow.constants import Keys
 
-WINDOW_MS = 60_000
+WINDOW_MS = 60_000  # the per-minute limits' window; FleetLimits(window_s=...) for tests
 
 _ACQUIRE = """
 local t = redis.call('TIME')
@@ -84,6 +88,23 @@ end
 return 0
 """
 
+_COOL = """
+-- extend a cooldown, never shorten it
+if redis.call('PTTL', KEYS[1]) < tonumber(ARGV[1]) then
+  redis.call('SET', KEYS[1], '1', 'PX', ARGV[1])
+  return 1
+end
+return 0
+"""
+
+_RELEASE_PROBE = """
+-- free the half-open probe only if this caller holds it
+if redis.call('GET', KEYS[1]) == ARGV[1] then
+  return redis.call('DEL', KEYS[1])
+end
+return 0
+"""
+
 _SLOT = """
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
@@ -123,22 +144,29 @@ class FleetLimits:
         failure_threshold: int = 5,
         open_for_s: float = 30.0,
         slot_ttl_s: float = 600.0,
+        window_s: float = WINDOW_MS / 1000,
     ) -> None:
         self.redis = client
         self.keys = keys
         self.failure_threshold = failure_threshold
         self.open_for_s = open_for_s
         self.slot_ttl_s = slot_ttl_s
+        self.window_ms = max(int(window_s * 1000), 1)
         self._acquire = client.register_script(_ACQUIRE)
         self._settle = client.register_script(_SETTLE)
+        self._cool = client.register_script(_COOL)
+        self._release_probe = client.register_script(_RELEASE_PROBE)
         self._slot = client.register_script(_SLOT)
+        # Probe tokens this object was granted by ``blocked`` (model name -> token).
+        self._probes: dict[str, str] = {}
 
     # -- rate limits -----------------------------------------------------------------------
     def _rate_keys(self, model: ModelConfig) -> list[str]:
         return [self.keys.rate(f"{model.name}:{kind}") for kind in ("req", "in", "out")]
 
     def reserve(self, model: ModelConfig, input_tokens: int, output_tokens: int) -> Reservation:
-        """Take one request and the tokens from the model's per-minute budgets, or say how long to wait."""
+        """Take one request and the tokens from the model's per-minute budgets, or say how long
+        to wait."""
         limits = model.limits
         member = uuid.uuid4().hex
         if not (
@@ -147,7 +175,7 @@ class FleetLimits:
             or limits.output_tokens_per_minute
         ):
             return Reservation(member, input_tokens, output_tokens)
-        args: list[int | str] = [WINDOW_MS, member]
+        args: list[int | str] = [self.window_ms, member]
         for limit, amount in (
             (limits.requests_per_minute, 1),
             (limits.input_tokens_per_minute, input_tokens),
@@ -177,11 +205,17 @@ class FleetLimits:
 
     # -- cooldowns and the circuit breaker -----------------------------------------------------
     def cool_down(self, model: ModelConfig, seconds: float) -> None:
-        """Keep every worker off ``model`` for ``seconds`` (at least 1 ms)."""
-        self.redis.set(self.keys.cooldown(model.name), "1", px=max(int(seconds * 1000), 1))
+        """Keep every worker off ``model`` for ``seconds`` (at least 1 ms); never shortens a
+        longer cooldown already in place."""
+        self._cool(keys=[self.keys.cooldown(model.name)], args=[max(int(seconds * 1000), 1)])
 
     def blocked(self, model: ModelConfig) -> tuple[str, float] | None:
-        """``(reason, seconds)`` when the model is cooled down or its circuit is open, else None."""
+        """``(reason, seconds)`` when the model is cooled down or its circuit is open, else None.
+
+        In the half-open state the first caller is granted the one probe (None) and every other
+        caller is refused until the probe reports back (``record_success``/``record_failure``)
+        or is given back (``release_probe``) or expires after ``open_for_s``.
+        """
         pttl = int(self.redis.pttl(self.keys.cooldown(model.name)))
         if pttl > 0:
             return f"cooling down for {pttl / 1000:.1f}s (provider asked)", pttl / 1000.0
@@ -190,27 +224,42 @@ class FleetLimits:
         if open_ttl > 0:
             return f"circuit open for {open_ttl / 1000:.1f}s", open_ttl / 1000.0
         if self.redis.exists(circuit + ":half"):
-            # half-open: one probe at a time
-            if self.redis.set(circuit + ":probe", "1", nx=True, px=int(self.open_for_s * 1000)):
+            token = uuid.uuid4().hex
+            if self.redis.set(circuit + ":probe", token, nx=True, px=self._open_ms):
+                self._probes[model.name] = token
                 return None
             return "circuit half-open: a probe is in flight", 1.0
         return None
 
+    def release_probe(self, model: ModelConfig) -> None:
+        """Give back a half-open probe this object holds without a verdict (no call was made,
+        or the call ended in a permanent error that says nothing about the provider's health)."""
+        token = self._probes.pop(model.name, None)
+        if token is not None:
+            self._release_probe(keys=[self.keys.circuit(model.name) + ":probe"], args=[token])
+
+    @property
+    def _open_ms(self) -> int:
+        return max(int(self.open_for_s * 1000), 1)
+
     def record_success(self, model: ModelConfig) -> None:
+        self._probes.pop(model.name, None)
         circuit = self.keys.circuit(model.name)
         self.redis.delete(circuit + ":fails", circuit + ":half", circuit + ":probe")
 
     def record_failure(self, model: ModelConfig) -> bool:
         """Count a retryable failure; True when this one opened the circuit."""
+        self._probes.pop(model.name, None)
         circuit = self.keys.circuit(model.name)
         pipe = self.redis.pipeline()
         pipe.incr(circuit + ":fails")
-        pipe.expire(circuit + ":fails", int(self.open_for_s * 10))
+        # consecutive failures older than ten open periods are forgotten (at least 1 s)
+        pipe.pexpire(circuit + ":fails", max(self._open_ms * 10, 1000))
         fails = int(pipe.execute()[0])
         half_open = bool(self.redis.exists(circuit + ":half"))
         if fails >= self.failure_threshold or half_open:
             pipe = self.redis.pipeline()
-            pipe.set(circuit + ":open", "1", px=int(self.open_for_s * 1000))
+            pipe.set(circuit + ":open", "1", px=self._open_ms)
             pipe.set(circuit + ":half", "1")
             pipe.delete(circuit + ":fails", circuit + ":probe")
             pipe.execute()

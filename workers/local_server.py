@@ -246,6 +246,7 @@ class _Handler(BaseHTTPRequestHandler):
         started = time.perf_counter()
         path = self.path.split("?", 1)[0].rstrip("/")
         model = {"id": MODEL_ID, "object": "model", "created": 0, "owned_by": "tierflow"}
+        payload: dict[str, Any]
         if path == "/v1/models":
             status, payload = 200, {"object": "list", "data": [model]}
         elif path == f"/v1/models/{MODEL_ID}":
@@ -318,7 +319,7 @@ class _Handler(BaseHTTPRequestHandler):
         self._log_request(200, started, result)
 
     def _stream(self, request: GenerationRequest, chat: bool, started: float) -> None:
-        chunks: Iterator[EngineChunk] = self.server.engine.stream(
+        chunks = self.server.engine.stream(
             request.prompt,
             system=request.system,
             max_tokens=request.max_tokens,
@@ -418,7 +419,7 @@ def serve(
         log.info("signal %d: shutting down", signum)
         threading.Thread(target=server.shutdown, daemon=True).start()  # not from this thread
 
-    previous: dict[int, Any] = {}
+    previous: dict[signal.Signals, Any] = {}
     if threading.current_thread() is threading.main_thread():
         for sig in (signal.SIGTERM, signal.SIGINT):
             previous[sig] = signal.signal(sig, stop)

@@ -2,7 +2,8 @@
 
 - ``create_job``: one row per idempotency key (``INSERT .. ON CONFLICT DO NOTHING``).
 - ``claim_attempt``: one row per (job, attempt number); a second delivery of the same attempt
-  finds it finished (and replays its decision) or held under a live lease (and waits).
+  finds it finished (and replays its decision) or held under a live lease (and waits). Leases
+  are timed by PostgreSQL's clock, so workers on hosts with skewed clocks agree on them.
 - ``finish_attempt`` / ``finalize_job``: only move rows forward from ``running`` / non-terminal,
   so a replay changes nothing and a cost is charged once.
 """
@@ -15,17 +16,54 @@ from datetime import datetime, timedelta
 from enum import StrEnum
 from typing import Any
 
-from sqlalchemy import select, update
+from sqlalchemy import func, select, update
 from sqlalchemy.dialects.postgresql import insert
 
 from schemas.jobs import AttemptSummary, JobRequest, JobResult, utcnow
 from schemas.tables import Attempt, DeadLetter, Job
 from tierflow.constants import TERMINAL_STATUSES, AttemptStatus, JobStatus
 from tierflow.db import session_scope
+from tierflow.errors import JobValidationError
+
+
+def _unstorable(value: Any) -> str | None:
+    """Why PostgreSQL could not store ``value`` as text/JSONB (a NUL, a lone surrogate), or None."""
+    if isinstance(value, str):
+        if "\x00" in value:
+            return "contains a NUL character"
+        try:
+            value.encode("utf-8")
+        except UnicodeEncodeError:
+            return "contains a character that is not valid UTF-8 (a lone surrogate)"
+        return None
+    if isinstance(value, dict):
+        for key, item in value.items():
+            found = _unstorable(key) or _unstorable(item)
+            if found:
+                return found
+    if isinstance(value, list | tuple):
+        for item in value:
+            found = _unstorable(item)
+            if found:
+                return found
+    return None
+
+
+def _storable_text(text: str) -> str:
+    """``text`` with what PostgreSQL's text type refuses (NUL, lone surrogates) replaced."""
+    return text.replace("\x00", "\\x00").encode("utf-8", "backslashreplace").decode("utf-8")
 
 
 def create_job(request: JobRequest, default_deadline_s: int) -> tuple[str, bool]:
-    """Store a new job; return ``(job_id, created)``. Same idempotency key → same job."""
+    """Store a new job; return ``(job_id, created)``. Same idempotency key → same job.
+
+    Raises :class:`JobValidationError` naming the field when a value holds what PostgreSQL
+    cannot store (a NUL character, also as ``\\u0000`` in JSON, or a lone surrogate).
+    """
+    for name in ("prompt", "action_type", "idempotency_key", "context", "metadata"):
+        problem = _unstorable(getattr(request, name))
+        if problem:
+            raise JobValidationError(f"{name}: {problem}")
     job_id = str(uuid.uuid4())
     deadline = request.deadline or utcnow() + timedelta(seconds=default_deadline_s)
     values = {
@@ -86,10 +124,14 @@ class ClaimResult:
 def claim_attempt(
     job_id: str, attempt_no: int, step: int, tier: str, worker: str, lease_s: float
 ) -> ClaimResult:
-    """Take (job, attempt_no) for this delivery, or say who has it."""
-    now = utcnow()
-    lease_until = now + timedelta(seconds=lease_s)
+    """Take (job, attempt_no) for this delivery, or say who has it.
+
+    A running attempt is taken over when its lease ran out (its holder died or hung), or when
+    ``worker`` already holds it: the same delivery retried after an infrastructure error
+    (``worker`` names the host and the task id, which Celery keeps across retries).
+    """
     table = Attempt.__table__
+    lease_until = func.now() + timedelta(seconds=lease_s)
     stmt = insert(table).values(
         job_id=job_id,
         attempt_no=attempt_no,
@@ -98,12 +140,13 @@ def claim_attempt(
         status=AttemptStatus.RUNNING.value,
         worker=worker,
         lease_until=lease_until,
-        started_at=now,
+        started_at=func.now(),
     )
     stmt = stmt.on_conflict_do_update(
         constraint="uq_attempts_job_attempt",
-        set_={"worker": worker, "lease_until": lease_until, "started_at": now},
-        where=(table.c.status == AttemptStatus.RUNNING.value) & (table.c.lease_until < now),
+        set_={"worker": worker, "lease_until": lease_until, "started_at": func.now()},
+        where=(table.c.status == AttemptStatus.RUNNING.value)
+        & ((table.c.lease_until < func.now()) | (table.c.worker == worker)),
     ).returning(table.c.id)
     with session_scope() as session:
         session.execute(
@@ -113,25 +156,28 @@ def claim_attempt(
         )
         if session.execute(stmt).scalar_one_or_none() is not None:
             return ClaimResult(Claim.OWNED)
-        row = session.execute(
-            select(Attempt).where(Attempt.job_id == job_id, Attempt.attempt_no == attempt_no)
-        ).scalar_one()
+        row, left = session.execute(
+            select(Attempt, func.extract("epoch", Attempt.lease_until - func.now())).where(
+                Attempt.job_id == job_id, Attempt.attempt_no == attempt_no
+            )
+        ).one()
         if row.status != AttemptStatus.RUNNING.value:
             return ClaimResult(Claim.DONE, row)
-        left = (row.lease_until - now).total_seconds() if row.lease_until else 0.0
-        return ClaimResult(Claim.BUSY, row, max(left, 0.0))
+        return ClaimResult(Claim.BUSY, row, max(float(left or 0.0), 0.0))
 
 
-def release_attempt(job_id: str, attempt_no: int) -> None:
-    """Give a claimed attempt back unrun (the job waits for a rate limit, say)."""
+def release_attempt(job_id: str, attempt_no: int, worker: str | None = None) -> None:
+    """Give a claimed attempt back unrun (the job waits for a rate limit, say); with ``worker``,
+    only if that delivery still holds it."""
+    condition = [
+        Attempt.job_id == job_id,
+        Attempt.attempt_no == attempt_no,
+        Attempt.status == AttemptStatus.RUNNING.value,
+    ]
+    if worker is not None:
+        condition.append(Attempt.worker == worker)
     with session_scope() as session:
-        session.execute(
-            Attempt.__table__.delete().where(
-                Attempt.job_id == job_id,
-                Attempt.attempt_no == attempt_no,
-                Attempt.status == AttemptStatus.RUNNING.value,
-            )
-        )
+        session.execute(Attempt.__table__.delete().where(*condition))
 
 
 def finish_attempt(job_id: str, attempt_no: int, **fields: Any) -> Attempt:
@@ -236,16 +282,22 @@ def record_dead_letter(
     job_id: str | None = None,
     body: str | bytes | None = None,
 ) -> None:
-    """Store why a broker message was refused; fail the named job if it exists and is open."""
+    """Store why a broker message was refused. Any text is accepted: values are cut to their
+    columns' sizes and NUL or undecodable characters escaped, so a poison message can always
+    be recorded. The named job, if any, is left as it is."""
     excerpt = body.decode("utf-8", "replace") if isinstance(body, bytes) else body
+
+    def fit(value: str | None, size: int) -> str | None:
+        return _storable_text(value)[:size] if value else None
+
     with session_scope() as session:
         session.add(
             DeadLetter(
-                queue=queue,
-                task=task,
-                job_id=job_id,
-                reason=reason[:2000],
-                body_excerpt=(excerpt or "")[:500] or None,
+                queue=fit(queue, 100),
+                task=fit(task, 200),
+                job_id=fit(job_id, 36),
+                reason=fit(reason, 2000) or "(no reason given)",
+                body_excerpt=fit(excerpt, 500),
             )
         )
 

@@ -61,16 +61,19 @@ def pick_model(
             continue
         slot = limits.take_slot(model)
         if slot is None:
+            limits.release_probe(model)  # a half-open probe granted above is not used
             none.reasons[model.name] = f"at its concurrency cap ({model.limits.max_concurrency})"
             none.note_wait(0.5)
             continue
         reservation = limits.reserve(model, input_tokens, model.max_tokens)
         if reservation.impossible:
             limits.release_slot(model, slot)
+            limits.release_probe(model)
             none.reasons[model.name] = "request alone exceeds the model's per-minute token limit"
             continue
         if not reservation.granted:
             limits.release_slot(model, slot)
+            limits.release_probe(model)
             none.reasons[model.name] = f"fleet rate limit: next room in {reservation.wait_s:.2f}s"
             none.note_wait(reservation.wait_s)
             continue

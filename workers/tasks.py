@@ -14,10 +14,10 @@ import uuid
 from datetime import timedelta
 from typing import Any
 
+import kombu.exceptions
 import redis
+import sqlalchemy.exc
 from celery import Task
-from sqlalchemy.exc import OperationalError
-from sqlalchemy.exc import InterfaceError
 
 from router.mode import get_mode
 from router.plan import plan_job
@@ -37,7 +37,16 @@ from workers.app import app
 
 log = logging.getLogger(__name__)
 
-INFRA_ERRORS = (OperationalError, InterfaceError, redis.ConnectionError, redis.TimeoutError)
+# PostgreSQL, Redis or the broker unreachable: worth retrying the whole task with backoff.
+INFRA_ERRORS = (
+    sqlalchemy.exc.OperationalError,
+    sqlalchemy.exc.InterfaceError,
+    sqlalchemy.exc.DisconnectionError,
+    sqlalchemy.exc.TimeoutError,  # no pooled connection came free in time
+    redis.ConnectionError,
+    redis.TimeoutError,
+    kombu.exceptions.OperationalError,
+)
 _RETRY = {
     "autoretry_for": INFRA_ERRORS,
     "retry_backoff": 1,
@@ -110,8 +119,13 @@ def route_job(self: Task, job_id: Any) -> str | None:
     if job is None:
         _dead_letter(self, f"unknown job {job_id}", None)
         return None
+    if job.status == JobStatus.ROUTED.value and job.plan and not persistence.attempts_of(job_id):
+        # A redelivery after the plan was stored: the first attempt may not have been sent
+        # (the worker died in between). Sending it again is harmless: attempts are claimed.
+        enqueue_attempt(job_id, Tier(job.plan["chain"][0]), 0, 0, priority=job.priority)
+        return "resent"
     if job.status != JobStatus.QUEUED.value:
-        return job.status  # a redelivery after the plan was stored: the attempt was sent
+        return job.status
     config = get_settings().llm
     plan = plan_job(job.action_type, job.prompt, job.context or {}, config, get_mode())
     if plan.error:

@@ -29,7 +29,7 @@ import functools
 import os
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Generator, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -134,8 +134,9 @@ def _counting_llama_class() -> type:
     numbers the non-streaming response reports (the end-of-generation token is not counted).
     """
     llama_cpp = _import_llama_cpp()
+    llama_base: Any = llama_cpp.Llama
 
-    class CountingLlama(llama_cpp.Llama):  # type: ignore[misc, name-defined]
+    class CountingLlama(llama_base):
         last_prompt_tokens = 0
         last_sampled = 0  # tokens sampled by the last generation
         last_token: int | None = None
@@ -213,7 +214,7 @@ class LocalEngine:
         temperature: float = 0.2,
         stop: tuple[str, ...] | list[str] = (),
         timeout_s: float | None = None,
-    ) -> Iterator[EngineChunk]:
+    ) -> Generator[EngineChunk, None, None]:
         """Like :meth:`complete`, piece by piece; holds the engine until exhausted or closed."""
         deadline = None if timeout_s is None else time.monotonic() + timeout_s
         pieces: list[str] = []
