@@ -3,8 +3,9 @@
 - JSON only, on every queue: a pickled or otherwise non-JSON message is refused by kombu.
 - One queue per tier plus ``router`` and ``maintenance``; tasks are routed by name.
 - ``acks_late`` + ``task_reject_on_worker_lost``: a message is acknowledged only after its task
-  finished, and goes back to the queue when the worker dies. Writes are idempotent, so the
-  redelivery never charges twice (see :mod:`workers.persistence`).
+  finished, and goes back to the queue when the worker dies (a pool child at once; a whole
+  worker after the visibility timeout). Writes are idempotent, so the redelivery never charges
+  twice (see :mod:`workers.persistence`).
 - The hard time limit stays below Redis' visibility timeout (checked in settings), or a slow task
   would be handed to a second worker while the first still runs it.
 - Prefetch: 1 by default, so a CPU worker never hoards jobs another worker could take;
@@ -33,6 +34,12 @@ broker_transport_options = {
     "priority_steps": list(range(10)),
     "sep": ":",
     "queue_order_strategy": "priority",
+    # A worker that died (kill -9, lost host) leaves its unacknowledged messages behind; the
+    # other workers put them back on their queues once the visibility timeout has passed.
+    # kombu looks every interval x throttle seconds (100 s by default); look every tenth of
+    # the timeout (1 to 60 s) instead, so a crash costs about one visibility timeout.
+    "unacked_restore_interval": max(1, min(60, _settings.visibility_timeout // 10)),
+    "unacked_restore_throttle": 1,
 }
 if broker_url and broker_url.startswith("rediss://"):
     import ssl

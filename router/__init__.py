@@ -1,14 +1,12 @@
-"""Client side of the fleet: submit jobs, wait, switch modes, explain routes, read costs."""
+"""Client side of the fleet: submit jobs, wait, switch modes, read costs and usage."""
 
 from router.client import JobHandle, get_job, submit_job
 from router.costs import get_cost_summary
-from router.explain import explain
 from router.export import export_usage_log
 from router.mode import get_mode, mode_history, set_mode
 
 __all__ = [
     "JobHandle",
-    "explain",
     "export_usage_log",
     "get_cost_summary",
     "get_job",

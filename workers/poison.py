@@ -8,6 +8,7 @@ tasks themselves (see :mod:`workers.tasks`).
 
 from __future__ import annotations
 
+import inspect
 import logging
 from typing import Any
 
@@ -58,17 +59,34 @@ class DeadLetterConsumer(Consumer):
         super().on_invalid_task(body, message, exc)
 
 
+def _binds(task: Any, args: Any, kwargs: Any) -> bool:
+    """Whether ``args``/``kwargs`` fit the task's signature (a TypeError then is a bug, not
+    a poison message)."""
+    try:
+        inspect.signature(task.run).bind(*(args or ()), **(kwargs or {}))
+    except (TypeError, ValueError, AttributeError):
+        return False
+    return True
+
+
 @signals.task_failure.connect
-def _task_failed(sender: Any = None, exception: BaseException | None = None, args: Any = None, **_: Any) -> None:
-    """A task that raised for its arguments (wrong count, wrong types) is a poison message."""
-    if isinstance(exception, TypeError):
+def _task_failed(
+    sender: Any = None,
+    exception: BaseException | None = None,
+    args: Any = None,
+    kwargs: Any = None,
+    **_: Any,
+) -> None:
+    """A task called with arguments that do not fit it (wrong count, unknown keyword) is a
+    poison message: store it. It is already acknowledged (``task_acks_on_failure``)."""
+    if isinstance(exception, TypeError) and not _binds(sender, args, kwargs):
         from workers.persistence import record_dead_letter
 
         try:
             record_dead_letter(
                 f"refused message: bad arguments for {getattr(sender, 'name', '?')}: {exception}",
                 task=getattr(sender, "name", None),
-                body=repr(args)[:500],
+                body=f"args={args!r} kwargs={kwargs!r}"[:500],
             )
         except Exception:
             log.exception("could not store dead letter")

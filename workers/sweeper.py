@@ -20,9 +20,8 @@ def sweep(now: datetime, stale_after: timedelta) -> dict[str, int]:
     config = get_settings().llm
     counts = {"deadline_failed": 0, "rerouted": 0, "resent": 0}
     for job in persistence.open_jobs_past(now):
-        attempt.finish_failure(
-            job, config, "deadline exceeded; " + attempt.failure_summary(persistence.attempts_of(job.id))
-        )
+        story = attempt.failure_summary(persistence.attempts_of(job.id))
+        attempt.finish_failure(job, config, f"deadline exceeded; {story}")
         counts["deadline_failed"] += 1
     stale = now - stale_after
     with session_scope() as session:
@@ -34,6 +33,7 @@ def sweep(now: datetime, stale_after: timedelta) -> dict[str, int]:
     for job in jobs:
         if job.status == JobStatus.QUEUED.value:
             enqueue_route(job.id, job.priority)
+            _touch(job.id, now)
             counts["rerouted"] += 1
             continue
         if not job.plan:
@@ -48,8 +48,20 @@ def sweep(now: datetime, stale_after: timedelta) -> dict[str, int]:
         step = last.step if last else 0
         attempt_no = last.attempt_no if last else 0
         retries = sum(1 for a in attempts if a.step == step) - 1 if last else 0
-        enqueue_attempt(job.id, Tier(job.plan["chain"][step]), step, attempt_no, max(retries, 0))
-        with session_scope() as session:  # touch, so the next pass waits stale_after again
-            session.execute(Job.__table__.update().where(Job.id == job.id).values(updated_at=now))
+        enqueue_attempt(
+            job.id,
+            Tier(job.plan["chain"][step]),
+            step,
+            attempt_no,
+            max(retries, 0),
+            priority=job.priority,
+        )
+        _touch(job.id, now)
         counts["resent"] += 1
     return counts
+
+
+def _touch(job_id: str, now: datetime) -> None:
+    """Mark a job as just handled, so the next pass waits ``stale_after`` again."""
+    with session_scope() as session:
+        session.execute(Job.__table__.update().where(Job.id == job_id).values(updated_at=now))

@@ -6,6 +6,7 @@ import json
 
 import typer
 from rich.table import Table
+from rich.text import Text
 
 from tierflow.cli import app, console
 
@@ -35,7 +36,7 @@ def print_result(result) -> None:  # type: ignore[no-untyped-def]
         console.rule("answer")
         console.print(result.text, markup=False)
     elif result.error:
-        console.print(f"[red]{result.error}[/red]", markup=False)
+        console.print(Text(result.error, style="red"))
 
 
 @app.command()
