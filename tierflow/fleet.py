@@ -157,7 +157,12 @@ def running_fleet(
         upgrade_database()
         if services.redis_url or services.database_url:
             endpoints_file(state_dir).write_text(
-                json.dumps({"TIERFLOW_BROKER_URL": services.redis_url, "TIERFLOW_DATABASE_URL": services.database_url})
+                json.dumps(
+                    {
+                        "TIERFLOW_BROKER_URL": services.redis_url,
+                        "TIERFLOW_DATABASE_URL": services.database_url,
+                    }
+                )
             )
         engine_url = settings.local_engine_url
         if with_engine and _engine_needed() and not _healthy(engine_url):
@@ -166,7 +171,9 @@ def running_fleet(
             deadline = time.monotonic() + 180
             while not _healthy(engine_url):
                 if fleet.dead() or time.monotonic() > deadline:
-                    raise ConfigError(f"local engine did not start: see {state_dir}/logs/local-engine.log")
+                    raise ConfigError(
+                        f"local engine did not start: see {state_dir}/logs/local-engine.log"
+                    )
                 time.sleep(0.5)
             fleet.notes.append(f"engine   {engine_url} (embedded llama.cpp, Gemma 3 270M)")
         for name in ["router", *(tiers or [n for n in POOLS if n != "router"])]:

@@ -15,7 +15,7 @@ from tierflow.db import session_scope
 
 
 def provider_stats(since: datetime) -> dict[str, dict[str, Any]]:
-    """Requests, tokens, average latency (ms) and errors for local and cloud tiers since ``since``."""
+    """Requests, tokens, mean latency (ms) and errors of local and cloud tiers since ``since``."""
     side = case((Attempt.tier == Tier.API_FALLBACK.value, "cloud"), else_="local")
     query = (
         select(
@@ -28,7 +28,10 @@ def provider_stats(since: datetime) -> dict[str, dict[str, Any]]:
         .where(Attempt.started_at >= since, Attempt.model.is_not(None))
         .group_by(side)
     )
-    stats = {name: {"requests": 0, "tokens": 0, "avg_ms": 0.0, "errors": 0} for name in ("local", "cloud")}
+    stats = {
+        name: {"requests": 0, "tokens": 0, "avg_ms": 0.0, "errors": 0}
+        for name in ("local", "cloud")
+    }
     with session_scope() as session:
         for name, requests, tokens, avg_ms, errors in session.execute(query):
             stats[name] = {
@@ -50,7 +53,9 @@ def render_status(console: Console) -> None:
     console.print(f"[bold]Mode[/bold]: {mode.value}")
     table = Table("side", "requests", "tokens", "avg time", "errors", title="Last 24 h")
     for name, s in provider_stats(datetime.now(UTC) - timedelta(hours=24)).items():
-        table.add_row(name, str(s["requests"]), f"{s['tokens']:,}", f"{s['avg_ms']:.0f} ms", str(s["errors"]))
+        table.add_row(
+            name, str(s["requests"]), f"{s['tokens']:,}", f"{s['avg_ms']:.0f} ms", str(s["errors"])
+        )
     console.print(table)
     table = Table("tier", "model", "provider", "available", title="Availability")
     config = get_settings().llm
@@ -66,7 +71,9 @@ def render_status(console: Console) -> None:
         console.print("[bold]Recent fallbacks[/bold]")
         for fb in fallbacks:
             at = datetime.fromtimestamp(fb["at"], UTC).strftime("%H:%M:%S")
-            console.print(f"  {at} {fb['from_tier']}/{fb['from_model']} → {fb['to']}: {fb['reason'][:100]}")
+            console.print(
+                f"  {at} {fb['from_tier']}/{fb['from_model']} → {fb['to']}: {fb['reason'][:100]}"
+            )
     history = mode_history(5)
     if history:
         console.print("[bold]Mode switches[/bold]")

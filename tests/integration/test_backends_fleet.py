@@ -59,7 +59,11 @@ def test_real_local_model_end_to_end(fleet, local_engine: str) -> None:
     result = handle.wait(timeout=120)
     assert result.status == "succeeded", result.error
     first = persistence.attempts_of(handle.job_id)[0]
-    assert (first.tier, first.model, first.provider) == ("local_fast", "gemma-fast", "openai_compatible")
+    assert (first.tier, first.model, first.provider) == (
+        "local_fast",
+        "gemma-fast",
+        "openai_compatible",
+    )
     assert first.input_tokens > 3 and first.output_tokens > 0  # real usage from llama.cpp
     assert float(first.cost_usd) == 0.0
     assert first.latency_ms and first.latency_ms > 0
@@ -107,9 +111,10 @@ def test_gate_failure_escalates_to_api_priced_from_its_usage(fleet) -> None:
      ("timeout:6", "timeout"), ("auth", "auth")],
 )  # fmt: skip
 def test_api_error_moves_to_the_tiers_next_model(fleet, behaviour: str, kind: str) -> None:
-    with AnthropicServer(answer="Root cause: the retry loop never resets.") as ant, OpenAIServer(
-        answer="Root cause: the retry loop never resets its counter."
-    ) as oai:
+    with (
+        AnthropicServer(answer="Root cause: the retry loop never resets.") as ant,
+        OpenAIServer(answer="Root cause: the retry loop never resets its counter.") as oai,
+    ):
         ant.script([behaviour])
         fleet(
             fleet_config(api_fallback=[

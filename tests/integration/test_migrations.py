@@ -32,7 +32,6 @@ def test_models_match_migrations(services_ready: None) -> None:
 
 def test_migrations_downgrade_to_base_and_back(services_ready: None) -> None:
     from alembic import command
-
     from tierflow.db import alembic_config
 
     name = "tierflow_migdown_" + services.uuid.uuid4().hex[:8]

@@ -479,3 +479,20 @@ def test_fake_server_counts_requests_per_rolling_window() -> None:
         per_call = srv.calls[0].input_tokens + srv.calls[0].output_tokens
         assert srv.max_tokens_in_window(60) == 3 * per_call
         assert srv.max_tokens_in_window(60, kind="input") == 3 * srv.calls[0].input_tokens
+
+
+def test_openai_insufficient_quota_is_not_a_rate_limit() -> None:
+    """OpenAI's 429 'insufficient_quota' means no credit: retrying later will not help."""
+    import httpx2
+    import openai
+
+    from tierflow import errors
+    from workers.backends.sdk_errors import map_sdk_error
+
+    request = httpx2.Request("POST", "http://127.0.0.1/v1/chat/completions")
+    response = httpx2.Response(429, request=request, json={"error": {"code": "insufficient_quota"}})
+    exc = openai.RateLimitError(
+        "quota", response=response, body={"code": "insufficient_quota", "type": "insufficient_quota"}
+    )
+    mapped = map_sdk_error(exc, "openai")
+    assert isinstance(mapped, errors.AuthError) and not mapped.retryable

@@ -29,9 +29,9 @@ def test_bad_provider_field_is_named(tmp_path: Path) -> None:
 
 
 def test_unknown_tier_and_unknown_field_rejected() -> None:
-    with pytest.raises(ConfigError, match="tiers.gpu_giant"):
+    with pytest.raises(ConfigError, match=r"tiers\.gpu_giant"):
         parse_config({"tiers": {"gpu_giant": {"models": []}}})
-    with pytest.raises(ConfigError, match="routing.prefer_lcoal"):
+    with pytest.raises(ConfigError, match=r"routing\.prefer_lcoal"):
         parse_config({"tiers": {}, "routing": {"prefer_lcoal": True}})
 
 
@@ -40,7 +40,12 @@ def test_env_expansion_and_missing_variable(monkeypatch: pytest.MonkeyPatch) -> 
         "tiers": {
             "local_fast": {
                 "models": [
-                    {"name": "a", "provider": "vllm", "model_id": "m", "base_url": "${VLLM_X:-http://d/v1}"}
+                    {
+                        "name": "a",
+                        "provider": "vllm",
+                        "model_id": "m",
+                        "base_url": "${VLLM_X:-http://d/v1}",
+                    }
                 ]
             }
         }
@@ -59,7 +64,12 @@ def test_seed_single_price_is_accepted() -> None:
             "tiers": {
                 "api_fallback": {
                     "models": [
-                        {"name": "s", "provider": "anthropic", "model_id": "m", "cost_per_1k_tokens": 0.003}
+                        {
+                            "name": "s",
+                            "provider": "anthropic",
+                            "model_id": "m",
+                            "cost_per_1k_tokens": 0.003,
+                        }
                     ]
                 }
             }

@@ -34,7 +34,7 @@ def up(
                 console.print(f"  {note}")
             names = ", ".join(c.name for c in fleet.children)
             console.print(f"[green]fleet up[/green]: {names}. Logs in {fleet.state_dir}/logs.")
-            console.print("Submit with `tierflow submit \"prompt\" --action ACTION`; Ctrl-C stops.")
+            console.print('Submit with `tierflow submit "prompt" --action ACTION`; Ctrl-C stops.')
             while not stop:
                 dead = fleet.dead()
                 if dead:
@@ -81,5 +81,3 @@ def db_upgrade() -> None:
 
     upgrade_database()
     console.print(f"database at head: {redact_url(get_settings().database_url)}")
-
-

@@ -60,13 +60,13 @@ def submit(
         raise JobValidationError(f"--context is not JSON: {exc}") from None
     if not isinstance(parsed, dict):
         raise JobValidationError("--context must be a JSON object")
-    handle = submit_job(
-        prompt, action, parsed, stream=stream, idempotency_key=idempotency_key
-    )
+    handle = submit_job(prompt, action, parsed, stream=stream, idempotency_key=idempotency_key)
     if stream:
         for event in handle.stream(timeout):
             if event["type"] == "reset":
-                console.print(f"\n[yellow]-- discarded ({event.get('reason')}), next tier --[/yellow]")
+                console.print(
+                    f"\n[yellow]-- discarded ({event.get('reason')}), next tier --[/yellow]"
+                )
             else:
                 console.print(event.get("delta", ""), end="", markup=False)
         console.print()
@@ -101,7 +101,7 @@ def demo(
     jobs: int = typer.Option(20, help="Jobs to run, in the seed's daily proportions (90 = a day)."),
     timeout: float = typer.Option(900.0, help="Seconds to wait for the whole mix."),
 ) -> None:
-    """Run the seed's daily action mix through a whole local fleet and print costs by tier/action."""
+    """Run the seed's daily action mix through a local fleet; print costs by tier and action."""
     from tierflow.demo import run_demo
 
     run_demo(jobs, timeout)

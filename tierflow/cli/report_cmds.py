@@ -32,7 +32,9 @@ def mode(
         console.print(f"mode [bold]{get_mode().value}[/bold]")
     table = Table("time", "from", "to", "source", "reason", title="Recent switches")
     for c in mode_history(5):
-        table.add_row(c.at.isoformat(timespec="seconds"), c.from_mode, c.to_mode, c.source, c.reason or "")
+        table.add_row(
+            c.at.isoformat(timespec="seconds"), c.from_mode, c.to_mode, c.source, c.reason or ""
+        )
     console.print(table)
 
 

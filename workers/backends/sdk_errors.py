@@ -111,6 +111,9 @@ def _status_error(exc: Any, provider: str) -> errors.BackendError:
     cls: type[errors.BackendError]
     if status == 529 or etype == "overloaded_error":
         cls = errors.Overloaded
+    elif status == 429 and code == "insufficient_quota":
+        # Out of credit is not a rate limit: waiting will not help, another model may.
+        cls = errors.AuthError
     elif status == 429:
         cls = errors.RateLimited
     elif status in (401, 403):
