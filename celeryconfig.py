@@ -33,7 +33,6 @@ broker_transport_options = {
     "global_keyprefix": f"{_settings.key_prefix}:q:",
     "priority_steps": list(range(10)),
     "sep": ":",
-    "queue_order_strategy": "priority",
     # A worker that died (kill -9, lost host) leaves its unacknowledged messages behind; the
     # other workers put them back on their queues once the visibility timeout has passed.
     # kombu looks every interval x throttle seconds (100 s by default); look every tenth of

@@ -44,6 +44,12 @@ class JobHandle:
             raise JobNotFound(self.job_id)
         return found
 
+    def _status(self) -> str:
+        status = persistence.job_status(self.job_id)
+        if status is None:
+            raise JobNotFound(self.job_id)
+        return status
+
     def wait(self, timeout: float = 300.0) -> JobResult:
         """Block until the job is finished, woken by a Redis notification; ``timeout`` in seconds.
 
@@ -67,7 +73,7 @@ class JobHandle:
         pubsub = get_redis().pubsub(ignore_subscribe_messages=True)
         pubsub.subscribe(get_keys().job_channel(self.job_id))
         try:
-            if self.result().status in TERMINAL_STATUSES:
+            if self._status() in TERMINAL_STATUSES:
                 return
             while True:
                 left = deadline - time.monotonic()
@@ -76,7 +82,7 @@ class JobHandle:
                 message = pubsub.get_message(timeout=min(left, 5.0))
                 if message is None:
                     # Reconnects are silent in redis-py; a rare cheap check covers a lost event.
-                    if self.result().status in TERMINAL_STATUSES:
+                    if self._status() in TERMINAL_STATUSES:
                         return
                     continue
                 event = json.loads(message["data"])

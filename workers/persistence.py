@@ -92,6 +92,12 @@ def create_job(request: JobRequest, default_deadline_s: int) -> tuple[str, bool]
         return existing, False
 
 
+def job_status(job_id: str) -> str | None:
+    """The job's status alone (one indexed read); None when unknown."""
+    with session_scope() as session:
+        return session.execute(select(Job.status).where(Job.id == job_id)).scalar_one_or_none()
+
+
 def load_job(job_id: str) -> Job | None:
     with session_scope() as session:
         return session.get(Job, job_id)

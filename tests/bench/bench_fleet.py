@@ -239,34 +239,37 @@ def print_table(fleet: Measured, raw: Measured, args: argparse.Namespace, layout
 
 
 # -- main ----------------------------------------------------------------------------------------
-def start_fleet(env: dict[str, str], args: argparse.Namespace) -> tuple[list[WorkerProcess], str]:
+def start_fleet(env: dict[str, str], args: argparse.Namespace, workers: list[Any]) -> str:
+    """Start the fleet's workers (appended to ``workers`` as each starts); return the layout."""
     if args.layout == "one":
-        workers = [
+        workers.append(
             WorkerProcess(
                 env, queues=FLEET_QUEUES, concurrency=args.concurrency, pool=args.pool,
                 name="bench-all",
             )
-        ]  # fmt: skip
+        )  # fmt: skip
         layout = (
             f"1 process on every queue ({FLEET_QUEUES}), pool {args.pool}, "
             f"concurrency {args.concurrency}, prefetch 1 (celeryconfig)"
         )
     else:
-        workers = [
+        workers.append(
             WorkerProcess(
                 env, queues="router,maintenance", concurrency=args.concurrency, pool=args.pool,
                 name="bench-router",
-            ),
+            )
+        )  # fmt: skip
+        workers.append(
             WorkerProcess(
                 env, queues=TIER_QUEUES, concurrency=args.concurrency, pool=args.pool,
                 name="bench-tiers",
-            ),
-        ]  # fmt: skip
+            )
+        )  # fmt: skip
         layout = (
             f"2 processes: router (router,maintenance) + tiers ({TIER_QUEUES}), each pool "
             f"{args.pool}, concurrency {args.concurrency}, prefetch 1 (celeryconfig)"
         )
-    return workers, layout
+    return layout
 
 
 def main() -> int:
@@ -293,12 +296,10 @@ def main() -> int:
     prefix = f"tfbench-{run_id}"
     config_dir = Path(tempfile.mkdtemp(prefix="tierflow-bench-cfg-"))
     workers: list[WorkerProcess] = []
-    db_created = False
     ok = False
     began = time.perf_counter()
     try:
         db_url = create_database(db_name)
-        db_created = True
         config = fleet_config(
             local_fast=[fake_model("fake-fast", latency_ms=0)],
             local_quality=[fake_model("fake-quality", latency_ms=0)],
@@ -329,9 +330,8 @@ def main() -> int:
 
         upgrade_database(db_url)
 
-        workers, layout = start_fleet(env, args)
-        raw_worker = RawWorkerProcess(env, "tfbench.raw", args.concurrency, args.pool)
-        workers.append(raw_worker)
+        layout = start_fleet(env, args, workers)
+        workers.append(RawWorkerProcess(env, "tfbench.raw", args.concurrency, args.pool))
         for w in workers:
             w.wait_ready()
         print(f"run {run_id}: database {db_name}, Redis prefix {prefix}:")
@@ -346,7 +346,9 @@ def main() -> int:
 
         print_table(fleet, raw, args, layout)
         ok = True
-    except BaseException:
+    except (KeyboardInterrupt, SystemExit):
+        print("interrupted; cleaning up", file=sys.stderr)
+    except Exception:
         traceback.print_exc()
         for w in workers:
             try:
@@ -355,12 +357,12 @@ def main() -> int:
             except OSError:
                 pass
     finally:
-        cleanup(workers, db_name if db_created else None, prefix, config_dir)
+        cleanup(workers, db_name, prefix, config_dir)
         print(f"total {time.perf_counter() - began:.1f}s; cleaned up", file=sys.stderr)
     return 0 if ok else 1
 
 
-def cleanup(workers: list[Any], db_name: str | None, prefix: str, config_dir: Path) -> None:
+def cleanup(workers: list[Any], db_name: str, prefix: str, config_dir: Path) -> None:
     """Stop the workers, drop the database, delete the prefix's keys; each step tried."""
     for w in workers:
         try:
@@ -368,10 +370,11 @@ def cleanup(workers: list[Any], db_name: str | None, prefix: str, config_dir: Pa
         except Exception:
             traceback.print_exc()
         shutil.rmtree(w.log.parent, ignore_errors=True)
-    steps: list[tuple[str, Callable[[], None]]] = [("close connections", _close_connections)]
-    if db_name:
-        steps.append((f"drop database {db_name}", lambda: drop_database(db_name)))
-    steps.append((f"delete Redis keys {prefix}:*", lambda: delete_prefix(prefix)))
+    steps: list[tuple[str, Callable[[], None]]] = [
+        ("close connections", _close_connections),
+        (f"drop database {db_name}", lambda: drop_database(db_name)),  # IF EXISTS
+        (f"delete Redis keys {prefix}:*", lambda: delete_prefix(prefix)),
+    ]
     for what, step in steps:
         try:
             step()
