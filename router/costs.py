@@ -157,9 +157,9 @@ _EMPTY_ATTEMPTS = {
 _EMPTY_JOBS = {"jobs": 0, "succeeded": 0, "failed": 0, "degraded": 0, "api_baseline_cost": 0.0}
 
 
-def _merged(key_jobs: Any, key_attempts: Any, where: list[ColumnElement[bool]]) -> dict[Any, Any]:
-    """Job and attempt statistics side by side, with savings, for a key both tables have."""
-    jobs, attempts = _job_stats(key_jobs, where), _attempt_stats(key_attempts, where)
+def _merged(key: Any, where: list[ColumnElement[bool]]) -> dict[Any, Any]:
+    """Job and attempt statistics side by side, with savings, per value of a job column."""
+    jobs, attempts = _job_stats(key, where), _attempt_stats(key, where)
     return {
         name: _with_savings(
             {**_EMPTY_JOBS, **jobs.get(name, {}), **_EMPTY_ATTEMPTS, **attempts.get(name, {})}
@@ -180,7 +180,7 @@ def get_cost_summary(since: Window = None, until: Window = None) -> dict[str, An
     start, end = as_time(since), as_time(until)
     where = _job_filter(start, end)
     day = cast(func.timezone("UTC", Job.created_at), Date)
-    totals = _merged(None, None, where).get("all")
+    totals = _merged(None, where).get("all")
     summary: dict[str, Any] = totals or _with_savings({**_EMPTY_JOBS, **_EMPTY_ATTEMPTS})
     tiers = _attempt_stats(Attempt.tier, where)
     summary["tier_stats"] = {
@@ -193,8 +193,8 @@ def get_cost_summary(since: Window = None, until: Window = None) -> dict[str, An
         )
         if name is not None  # skipped attempts never reached a model
     }
-    summary["action_stats"] = _merged(Job.action_type, Job.action_type, where)
-    by_day = _merged(day, day, where)
+    summary["action_stats"] = _merged(Job.action_type, where)
+    by_day = _merged(day, where)
     summary["day_stats"] = {
         (d.isoformat() if isinstance(d, date) else str(d)): stats for d, stats in by_day.items()
     }

@@ -186,7 +186,9 @@ class WorkerProcess:
 
 
 @contextmanager
-def running_workers(env: dict[str, str], count: int = 1, **kwargs: Any) -> Iterator[list[WorkerProcess]]:
+def running_workers(
+    env: dict[str, str], count: int = 1, **kwargs: Any
+) -> Iterator[list[WorkerProcess]]:
     workers = [WorkerProcess(env, **kwargs) for _ in range(count)]
     try:
         for w in workers:
@@ -195,3 +197,95 @@ def running_workers(env: dict[str, str], count: int = 1, **kwargs: Any) -> Itera
     finally:
         for w in workers:
             w.stop()
+
+
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 that nothing listens on right now."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+class RedisServer:
+    """A private ``redis-server`` on a free loopback port, its data in ``directory``.
+
+    ``appendonly`` turns on the AOF (fsync on every write with ``appendfsync="always"``), so a
+    crash (:meth:`crash`, ``kill -9``) and :meth:`start` again brings back every acknowledged
+    write. ``password`` sets ``requirepass``.
+    """
+
+    def __init__(
+        self,
+        directory: Path,
+        *,
+        password: str | None = None,
+        appendonly: bool = True,
+        appendfsync: str = "always",
+        port: int | None = None,
+    ) -> None:
+        self.directory = Path(directory)
+        self.directory.mkdir(parents=True, exist_ok=True)
+        self.password = password
+        self.port = port or free_port()
+        self.appendonly = appendonly
+        self.appendfsync = appendfsync
+        self.proc: subprocess.Popen[bytes] | None = None
+        self.log = self.directory / "redis.log"
+
+    @property
+    def url(self) -> str:
+        auth = f":{self.password}@" if self.password else ""
+        return f"redis://{auth}127.0.0.1:{self.port}/0"
+
+    def start(self, timeout: float = 10.0) -> RedisServer:
+        cmd = [
+            "redis-server", "--port", str(self.port), "--bind", "127.0.0.1",
+            "--dir", str(self.directory), "--save", "", "--logfile", str(self.log),
+            "--appendonly", "yes" if self.appendonly else "no",
+            "--appendfsync", self.appendfsync,
+        ]  # fmt: skip
+        if self.password:
+            cmd += ["--requirepass", self.password]
+        self.proc = subprocess.Popen(
+            cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True
+        )
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.ping():
+                return self
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"redis-server exited: {self.log.read_text(errors='replace')}")
+            time.sleep(0.05)
+        raise RuntimeError(f"redis-server on {self.port} not ready after {timeout}s")
+
+    def client(self) -> Any:
+        import redis
+
+        return redis.Redis(
+            host="127.0.0.1", port=self.port, password=self.password, socket_timeout=5
+        )
+
+    def ping(self) -> bool:
+        try:
+            client = self.client()
+            try:
+                return bool(client.ping())
+            finally:
+                client.close()
+        except Exception:
+            return False
+
+    def crash(self) -> None:
+        """``kill -9``: no shutdown save, only what the AOF already holds survives."""
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait(10)
+
+    def stop(self) -> None:
+        self.crash()
+
+    def __enter__(self) -> RedisServer:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()

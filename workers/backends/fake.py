@@ -98,7 +98,10 @@ class FakeBackend:
                     "plan": ["fake step"],
                 }
             )
-        return f"{label} answer {digest} to: {request.prompt[:200]}"
+        text = f"{label} answer {digest} to: {request.prompt[:200]}"
+        if "code block" in (request.system or ""):
+            return f"{label}\n```python\n# answer {digest}\npass\n```"
+        return text
 
     def complete(self, request: CompletionRequest) -> Completion:
         latency = float(self.options.get("latency_ms", 0)) / 1000.0
