@@ -15,6 +15,7 @@ message replays it without calling the model or charging again.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import time
@@ -37,7 +38,11 @@ from workers.selection import NoPick, Pick, estimate_tokens, pick_model
 log = logging.getLogger(__name__)
 
 ROUTING_FLAGS = ("affects_system_state", "user_visible_output")
-ERROR_COOLDOWN_S = 2.0  # a 5xx/timeout without retry-after keeps the model off for this long
+# A 429/529 without retry-after keeps the whole fleet off the model for this long. A 5xx,
+# timeout or refused connection cools nothing fleet-wide (one failure in a busy fleet would
+# otherwise push every job off a model that answers most calls): the job retries, and the
+# circuit breaker takes the model out after consecutive failures.
+ERROR_COOLDOWN_S = 2.0
 # A rejected key fails every job on that model: keep the fleet off it and let the tier's other
 # models (another provider, another key) take the work.
 AUTH_COOLDOWN_S = 300.0
@@ -156,7 +161,10 @@ def run_model(
             lim.cool_down(model, AUTH_COOLDOWN_S)
         if exc.retryable:
             retry_after = getattr(exc, "retry_after", None)
-            lim.cool_down(model, retry_after if retry_after else ERROR_COOLDOWN_S)
+            if retry_after:
+                lim.cool_down(model, retry_after)
+            elif isinstance(exc, errors.RateLimited | errors.Overloaded):
+                lim.cool_down(model, ERROR_COOLDOWN_S)
             lim.record_failure(model)
         else:  # a permanent error says nothing about the provider's health
             lim.release_probe(model)
@@ -183,7 +191,8 @@ def run_model(
         rule,
         config.routing.quality_threshold,
         finish_reason=completion.finish_reason,
-        critic=_critic(config, lim),
+        # In cloud mode no local model may be called, not even as the critic.
+        critic=_critic(config, lim) if get_mode() is not Mode.CLOUD else None,
     )
     if job.stream and not report.passed:
         notify.publish_job_event(job.id, {"type": "reset", "reason": "quality gate"})
@@ -366,7 +375,9 @@ def _attempt(
         # On the last tier, models cooling down are worth waiting for (a bounded retry);
         # elsewhere the next tier takes the work meanwhile.
         last_tier = step + 1 >= len(plan.chain)
-        cooling = picked.cooling_s is not None and last_tier
+        cooling = (
+            picked.cooling_s is not None and last_tier and picked.cooling_s <= max_countdown()
+        )
         return skip_attempt(
             job.id,
             attempt_no,
@@ -396,11 +407,15 @@ def _follow(
             attempt.error or attempt.status,
         )
     if move.kind == "retry" and attempt.error_kind == "cooling":
+        # Spread the jobs waiting for one cooldown over half of it again, so they do not all
+        # hit the model in the same instant it ends (same job and attempt: same countdown).
+        wait = attempt.retry_after_s or 1.0
+        spread = hashlib.sha256(f"{job.id}:{attempt.attempt_no}".encode()).digest()[0] / 255
         move = Move(
             "retry",
             move.step,
             move.attempt_no,
             move.retries_in_step,
-            countdown=min(attempt.retry_after_s or 1.0, max_countdown()),
+            countdown=min(wait * (1 + 0.5 * spread), max_countdown()),
         )
     return move

@@ -4,9 +4,10 @@
   60-second windows kept in sorted sets and checked-and-taken in one Lua script using Redis' own
   clock (no skew between hosts). Output tokens are reserved at the request's ``max_tokens`` and
   settled to the real count afterwards.
-- **Cooldowns**: a 429/529 with ``retry-after`` cools the model down fleet-wide for that long. A
-  cooldown is only ever extended, never shortened: a later 5xx (2 s) cannot cut short a 30 s
-  ``retry-after`` that another worker was given.
+- **Cooldowns**: an error carrying ``retry-after``, a 429/529 or a rejected key keeps every
+  worker off the model for a while (how long: :mod:`workers.attempt`). A cooldown is only ever
+  extended, never shortened: a later 429 without ``retry-after`` (2 s) cannot cut short the
+  30 s another worker was asked to wait.
 - **Circuit breaker** per model: ``failure_threshold`` consecutive retryable failures open it for
   ``open_for_s``; then exactly one probe at a time is let through (half-open): its success
   closes the circuit, its retryable failure opens it again, and anything else (a permanent
@@ -218,7 +219,7 @@ class FleetLimits:
         """
         pttl = int(self.redis.pttl(self.keys.cooldown(model.name)))
         if pttl > 0:
-            return f"cooling down for {pttl / 1000:.1f}s (provider asked)", pttl / 1000.0
+            return f"cooling down for {pttl / 1000:.1f}s", pttl / 1000.0
         circuit = self.keys.circuit(model.name)
         open_ttl = int(self.redis.pttl(circuit + ":open"))
         if open_ttl > 0:

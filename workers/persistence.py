@@ -133,9 +133,12 @@ def claim_attempt(
     """Take (job, attempt_no) for this delivery, or say who has it.
 
     A running attempt is taken over when its lease ran out (its holder died or hung), or when
-    ``worker`` already holds it: the same delivery retried after an infrastructure error
-    (``worker`` names the host and the task id, which Celery keeps across retries).
+    the same delivery holds it: the task retried after an infrastructure error, maybe on another
+    worker. ``worker`` is ``host:task_id``; Celery keeps the task id across retries and no two
+    runs of one task id overlap (the hard time limit ends a run before the message could be
+    handed out again).
     """
+    delivery = worker.rsplit(":", 1)[-1]
     table = Attempt.__table__
     lease_until = func.now() + timedelta(seconds=lease_s)
     stmt = insert(table).values(
@@ -152,7 +155,10 @@ def claim_attempt(
         constraint="uq_attempts_job_attempt",
         set_={"worker": worker, "lease_until": lease_until, "started_at": func.now()},
         where=(table.c.status == AttemptStatus.RUNNING.value)
-        & ((table.c.lease_until < func.now()) | (table.c.worker == worker)),
+        & (
+            (table.c.lease_until < func.now())
+            | table.c.worker.endswith(f":{delivery}", autoescape=True)
+        ),
     ).returning(table.c.id)
     with session_scope() as session:
         session.execute(

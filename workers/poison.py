@@ -82,9 +82,11 @@ def _task_failed(
     if isinstance(exception, TypeError) and not _binds(sender, args, kwargs):
         from workers.persistence import record_dead_letter
 
+        info = getattr(getattr(sender, "request", None), "delivery_info", None) or {}
         try:
             record_dead_letter(
                 f"refused message: bad arguments for {getattr(sender, 'name', '?')}: {exception}",
+                queue=info.get("routing_key"),
                 task=getattr(sender, "name", None),
                 body=f"args={args!r} kwargs={kwargs!r}"[:500],
             )

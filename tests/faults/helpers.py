@@ -114,3 +114,21 @@ def attempts(url: str, job_ids: Iterable[str]) -> list[dict[str, Any]]:
         "SELECT * FROM attempts WHERE job_id = ANY(:ids) ORDER BY job_id, attempt_no",
         ids=list(job_ids),
     )
+
+
+def describe_unfinished(url: str, job_ids: Iterable[str], logs: str = "") -> str:
+    """For a failing assertion: each unfinished job, its attempts and its log lines."""
+    out = []
+    for job in rows(
+        url,
+        "SELECT id, status, updated_at, plan IS NOT NULL AS planned FROM jobs "
+        "WHERE id = ANY(:ids) AND status NOT IN ('succeeded', 'failed')",
+        ids=list(job_ids),
+    ):
+        out.append(f"job {job}")
+        for a in attempts(url, [job["id"]]):
+            out.append(
+                f"  attempt {a['attempt_no']} {a['status']} {a['worker']} lease={a['lease_until']}"
+            )
+        out += [f"  log: {line}" for line in logs.splitlines() if job["id"] in line][:20]
+    return "\n".join(out)

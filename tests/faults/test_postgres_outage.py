@@ -16,7 +16,7 @@ import time
 import pytest
 
 from router import submit_job
-from tests.faults.helpers import attempts, audit, rows
+from tests.faults.helpers import attempts, audit, describe_unfinished, rows
 from tests.support.services import PG_HOST, PG_PORT, fake_model, fleet_config
 from tests.support.tcp_proxy import TcpProxy
 from tierflow.settings import reset_settings
@@ -28,7 +28,10 @@ def test_postgres_cut_twice_mid_run_loses_nothing(fleet, database, monkeypatch) 
     config = fleet_config(
         local_fast=[
             fake_model(
-                "fake-fast", latency_ms=1200, input_cost_per_million=1.0, output_cost_per_million=2.0
+                "fake-fast",
+                latency_ms=1200,
+                input_cost_per_million=1.0,
+                output_cost_per_million=2.0,
             )
         ]
     )
@@ -76,7 +79,9 @@ def test_postgres_cut_twice_mid_run_loses_nothing(fleet, database, monkeypatch) 
     }
     worker_logs = "".join(w.output() for w in workers)
     fig.notes["task_retries_logged"] = worker_logs.count("Retry in")
-    fig.report().assert_clean()
+    fig.report()
+    assert fig.lost == 0, describe_unfinished(database, jobs, worker_logs)
+    fig.assert_clean()
     assert fig.succeeded == len(jobs)
     assert proxy.cut_connections + proxy.refused > 0
     assert all(a["status"] == "passed" for a in story)  # no attempt was lost half-written
