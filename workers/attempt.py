@@ -97,7 +97,10 @@ def build_request(job: Job, rule: ActionRule, pick: Pick) -> CompletionRequest:
         max_tokens=model.max_tokens,
         temperature=model.temperature,
         json_output=rule.expects_json and model.supports_json,
-        timeout_s=model.timeout_s,
+        # The call must end before the task's soft time limit: the thread pools the fleet
+        # runs do not enforce Celery's time limits, and a call running past the visibility
+        # timeout would see its message handed to a second worker.
+        timeout_s=min(model.timeout_s, float(get_settings().task_soft_time_limit)),
     )
 
 

@@ -3,22 +3,31 @@
 Celery already acknowledges a message it cannot decode (pickle, say, which ``accept_content``
 refuses) and rejects unknown tasks; this consumer also records each in ``dead_letters`` so the
 operator sees what was refused and why. Malformed arguments of known tasks are handled by the
-tasks themselves (see :mod:`workers.tasks`).
+tasks themselves (see :mod:`workers.tasks`), or, when they do not even fit the task's signature,
+by the ``task_failure`` handler below.
+
+One level lower, kombu's Redis transport ends the whole worker ("Unrecoverable error") on a queue
+item that is not a kombu envelope (not JSON, or JSON without ``properties``): anyone able to
+write to the Redis list could stop one worker per item. :class:`SafeRedisTransport` (the
+fleet's ``broker_transport``) drops such an item instead, and records it. It is already off the
+list (``BRPOP`` took it), so it cannot come back.
 """
 
 from __future__ import annotations
 
 import inspect
 import logging
+from queue import Empty
 from typing import Any
 
 from celery import signals
 from celery.worker.consumer import Consumer
+from kombu.transport import redis as kombu_redis
 
 log = logging.getLogger(__name__)
 
 
-def _store(reason: str, message: Any, body: Any = None) -> None:
+def _store(reason: str, message: Any, body: Any = None, queue: str | None = None) -> None:
     from workers.persistence import record_dead_letter
 
     headers = getattr(message, "headers", None) or {}
@@ -27,12 +36,65 @@ def _store(reason: str, message: Any, body: Any = None) -> None:
     try:
         record_dead_letter(
             reason,
-            queue=info.get("routing_key"),
-            task=headers.get("task"),
-            body=raw if isinstance(raw, str | bytes) else repr(raw),
+            queue=info.get("routing_key") or queue,
+            task=headers.get("task") if isinstance(headers, dict) else None,
+            body=raw if isinstance(raw, str | bytes | None) else repr(raw),
         )
     except Exception:  # the database being down must not kill the consumer
         log.exception("could not store dead letter: %s", reason)
+
+
+def _envelope_problem(message: Any) -> str | None:
+    """Why a decoded queue item cannot be a kombu message, or None when its shape is right."""
+    if not isinstance(message, dict):
+        return f"a JSON {type(message).__name__}, not an object"
+    properties = message.get("properties")
+    if not isinstance(properties, dict):
+        return "no 'properties' object"
+    if "delivery_tag" not in properties:
+        return "no 'properties.delivery_tag'"
+    info = properties.get("delivery_info")
+    if not isinstance(info, dict) or not {"exchange", "routing_key"} <= info.keys():
+        return "'properties.delivery_info' lacks exchange and routing_key"
+    if not isinstance(message.get("headers") or {}, dict):
+        return "'headers' is not an object"
+    if not isinstance(message.get("body", ""), str | type(None)):
+        return "'body' is not a string"
+    return None
+
+
+class SafeRedisChannel(kombu_redis.Channel):
+    def _brpop_read(self, **options: Any) -> Any:
+        try:
+            return super()._brpop_read(**options)
+        except ValueError as exc:  # JSONDecodeError: BRPOP has already taken the item off
+            _store(f"refused queue item: not JSON ({str(exc)[:200]})", None)
+            log.error("dropped a queue item that is not JSON: %s", exc)
+            return True
+
+    def _get(self, queue: str) -> Any:
+        try:
+            return super()._get(queue)
+        except ValueError as exc:
+            _store(f"refused queue item: not JSON ({str(exc)[:200]})", None, queue=queue)
+            raise Empty() from None
+
+
+class SafeRedisTransport(kombu_redis.Transport):
+    """kombu's Redis transport, minus the worker crash on a malformed queue item."""
+
+    Channel = SafeRedisChannel
+
+    def _deliver(self, message: Any, queue: str | None) -> None:
+        problem = _envelope_problem(message)
+        if problem is None:
+            try:
+                super()._deliver(message, queue)
+                return
+            except (KeyError, TypeError, ValueError, AttributeError) as exc:
+                problem = f"{type(exc).__name__}: {str(exc)[:200]}"
+        _store(f"refused queue item: not a kombu message ({problem})", None, message, queue)
+        log.error("dropped a malformed queue item from %s: %s", queue, problem)
 
 
 class DeadLetterConsumer(Consumer):

@@ -30,6 +30,12 @@ def rows(url: str, sql: str, **params: Any) -> list[dict[str, Any]]:
         return [dict(r._mapping) for r in conn.execute(text(sql), params)]
 
 
+def execute(url: str, sql: str, **params: Any) -> int:
+    """Run one statement and commit it; return the row count."""
+    with engine(url).begin() as conn:
+        return int(conn.execute(text(sql), params).rowcount)
+
+
 def wait_finished(url: str, job_ids: Iterable[str], timeout: float) -> dict[str, str]:
     """Poll until every job is succeeded or failed (or ``timeout``); return id -> status."""
     ids = list(job_ids)

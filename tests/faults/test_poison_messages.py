@@ -1,7 +1,8 @@
 """Poison broker messages, published with kombu straight to the fleet's queues.
 
-Pickled bodies, unknown task names, bodies that are not Celery messages, bad JSON, and
-hypothesis-generated arguments for the real tasks. Each one is refused once and recorded in
+Pickled bodies, unknown task names, bodies that are not Celery messages, bad JSON,
+hypothesis-generated arguments for the real tasks, and items pushed onto the Redis lists below
+kombu that are not even kombu envelopes. Each one is refused once and recorded in
 ``dead_letters`` with a reason; none comes back (no redelivery loop); no worker dies; a normal
 job submitted afterwards succeeds. Also: the delivery settings that make this safe are on.
 """
@@ -60,6 +61,32 @@ def publish(
         )
 
 
+RAW_ITEMS = [
+    # pushed straight onto a queue's Redis list, below kombu: not even an envelope
+    b"this is not json \x00\xff",
+    b"[1, 2, 3]",
+    b'{"body": 12}',
+    b'{"properties": {}}',
+    json.dumps(
+        {
+            "body": "!!!not base64",
+            "headers": {},
+            "properties": {"delivery_tag": "t", "body_encoding": "base64", "delivery_info": {}},
+        }
+    ).encode(),
+]
+
+
+def push_raw(prefix: str, queue: str, item: bytes) -> None:
+    import redis
+
+    client = redis.Redis.from_url(services.REDIS_URL)
+    try:
+        client.lpush(f"{prefix}:q:{queue}", item)
+    finally:
+        client.close()
+
+
 def dead_letter_count(database: str) -> int:
     return int(rows(database, "SELECT count(*) AS n FROM dead_letters")[0]["n"])
 
@@ -91,12 +118,10 @@ def wait_for_count(database: str, expected: int, timeout: float) -> int:
     return dead_letter_count(database)
 
 
+PICKLE = "application/x-python-serialize"
 HANDWRITTEN: list[tuple[str, dict[str, Any]]] = [
     # (what, publish kwargs); the marker is filled in per message
-    (
-        "pickle",
-        {"content_type": "application/x-python-serialize", "content_encoding": "binary", "raw": True},
-    ),
+    ("pickle", {"content_type": PICKLE, "content_encoding": "binary", "raw": True}),
     ("unknown task", {"task": "tierflow.no_such_task"}),
     ("not a celery message", {"task": None}),
     ("invalid json", {"raw": True}),
@@ -178,6 +203,9 @@ def test_poison_messages_are_refused_once_recorded_and_never_kill_a_worker(
         published += 1
 
     publish_random()
+    for i, item in enumerate(RAW_ITEMS):
+        push_raw(prefix, ALL_QUEUES[i % 4], item)
+        published += 1
     seen = wait_for_count(database, start + published, timeout=60)
     time.sleep(3)  # anything redelivered or stored twice would show up now
     final = dead_letter_count(database)
@@ -195,7 +223,7 @@ def test_poison_messages_are_refused_once_recorded_and_never_kill_a_worker(
         dead_letters=final - start,
         left_in_broker=left_in_broker,
         workers_alive=sum(1 for w in workers if w.proc.poll() is None),
-        reasons=sorted({letter["reason"].split(":")[0][:40] for letter in letters}),
+        reasons=sorted({letter["reason"].split(" got ")[0][:45] for letter in letters}),
     )
     fig.duplicates = max(0, final - start - published)  # a message recorded twice
     fig.lost = max(0, published - (final - start))  # a message dropped silently
