@@ -32,7 +32,7 @@ JOBS = [
         "classify_memory",
         {"affects_system_state": 1},
     ),
-    # expects a code block, which the fake never writes: rejected on local_quality and on the API
+    # expects 5000 characters of code, more than the fake ever writes: rejected on every tier
     ("Add error handling to this function: [code]", "edit_file", {}),
 ]
 USAGE_KEYS = {
@@ -60,7 +60,14 @@ def priced_fleet(fleet):  # type: ignore[no-untyped-def]
     )
     quality = fake_model("gpu-quality", input_cost_per_million=0.5, output_cost_per_million=1.5)
     fleet(
-        fleet_config(local_quality=[quality], api_fallback=[api]),
+        fleet_config(
+            local_quality=[quality],
+            api_fallback=[api],
+            actions={
+                "classify_memory": {"expects_json": True, "required_fields": ["category"]},
+                "edit_file": {"expects_code": True, "min_length": 5000},
+            },
+        ),
         env={"TIERFLOW_TEST_FAKE_KEY": SECRET},
     )
 
