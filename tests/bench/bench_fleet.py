@@ -34,7 +34,6 @@ import platform
 import shutil
 import signal
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
@@ -69,23 +68,12 @@ ACTION = "extract_topic"  # simple → local_fast, passes the gate on the fake's
 WAIT_TIMEOUT_S = 60.0
 
 
-class RawWorkerProcess(WorkerProcess):
+def raw_worker(env: dict[str, str], queue: str, concurrency: int, pool: str) -> WorkerProcess:
     """A ``celery worker`` of the raw baseline app; same start/ready/stop as the fleet's."""
-
-    def __init__(self, env: dict[str, str], queue: str, concurrency: int, pool: str) -> None:
-        self.name = f"raw{uuid.uuid4().hex[:6]}"
-        self.log = Path(tempfile.mkdtemp(prefix="tierflow-bench-raw-")) / f"{self.name}.log"
-        cmd = [
-            sys.executable, "-m", "celery", "-A", "tests.bench.raw_celery_app", "worker",
-            "-Q", queue, "-P", pool, "-c", str(concurrency), "-n", f"{self.name}@%h",
-            "--prefetch-multiplier", "1",
-            "--without-gossip", "--without-mingle", "--loglevel", "INFO",
-        ]  # fmt: skip
-        self._log_file = self.log.open("wb")
-        self.proc = subprocess.Popen(
-            cmd, cwd=REPO, env=env, stdout=self._log_file, stderr=subprocess.STDOUT,
-            start_new_session=True,
-        )  # fmt: skip
+    return WorkerProcess(
+        env, queue, concurrency, pool, name=f"raw{uuid.uuid4().hex[:6]}",
+        extra_args=["--prefetch-multiplier", "1"], app="tests.bench.raw_celery_app",
+    )  # fmt: skip
 
 
 @dataclass
@@ -331,7 +319,7 @@ def main() -> int:
         upgrade_database(db_url)
 
         layout = start_fleet(env, args, workers)
-        workers.append(RawWorkerProcess(env, "tfbench.raw", args.concurrency, args.pool))
+        workers.append(raw_worker(env, "tfbench.raw", args.concurrency, args.pool))
         for w in workers:
             w.wait_ready()
         print(f"run {run_id}: database {db_name}, Redis prefix {prefix}:")

@@ -141,11 +141,12 @@ class WorkerProcess:
         pool: str = "threads",
         name: str | None = None,
         extra_args: list[str] | None = None,
+        app: str = "workers.app",
     ) -> None:
         self.name = name or f"w{uuid.uuid4().hex[:6]}"
         self.log = Path(tempfile.mkdtemp(prefix="tierflow-worker-")) / f"{self.name}.log"
         cmd = [
-            sys.executable, "-m", "celery", "-A", "workers.app", "worker",
+            sys.executable, "-m", "celery", "-A", app, "worker",
             "-Q", queues, "-P", pool, "-c", str(concurrency), "-n", f"{self.name}@%h",
             "--without-gossip", "--without-mingle", "--loglevel", "INFO",
             *(extra_args or []),
