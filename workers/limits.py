@@ -217,11 +217,11 @@ class FleetLimits:
         caller is refused until the probe reports back (``record_success``/``record_failure``)
         or is given back (``release_probe``) or expires after ``open_for_s``.
         """
-        pttl = int(self.redis.pttl(self.keys.cooldown(model.name)))
+        pttl = int(self.redis.pttl(self.keys.cooldown(model.name)))  # type: ignore[arg-type]
         if pttl > 0:
             return f"cooling down for {pttl / 1000:.1f}s", pttl / 1000.0
         circuit = self.keys.circuit(model.name)
-        open_ttl = int(self.redis.pttl(circuit + ":open"))
+        open_ttl = int(self.redis.pttl(circuit + ":open"))  # type: ignore[arg-type]
         if open_ttl > 0:
             return f"circuit open for {open_ttl / 1000:.1f}s", open_ttl / 1000.0
         if self.redis.exists(circuit + ":half"):

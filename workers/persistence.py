@@ -16,7 +16,7 @@ from datetime import datetime, timedelta
 from enum import StrEnum
 from typing import Any
 
-from sqlalchemy import func, select, update
+from sqlalchemy import delete, func, select, update
 from sqlalchemy.dialects.postgresql import insert
 
 from schemas.jobs import AttemptSummary, JobRequest, JobResult, utcnow
@@ -134,45 +134,51 @@ def claim_attempt(
 
     A running attempt is taken over when its lease ran out (its holder died or hung), or when
     the same delivery holds it: the task retried after an infrastructure error, maybe on another
-    worker. ``worker`` is ``host:task_id``; Celery keeps the task id across retries and no two
-    runs of one task id overlap (the hard time limit ends a run before the message could be
-    handed out again).
+    worker. ``worker`` is ``host:task_id``; Celery keeps the task id across retries, and two runs
+    of one task id do not overlap: each model call is cut at the soft time limit, well below the
+    visibility timeout after which Redis would hand the message out again.
     """
     delivery = worker.rsplit(":", 1)[-1]
-    table = Attempt.__table__
     lease_until = func.now() + timedelta(seconds=lease_s)
-    stmt = insert(table).values(
-        job_id=job_id,
-        attempt_no=attempt_no,
-        step=step,
-        tier=tier,
-        status=AttemptStatus.RUNNING.value,
-        worker=worker,
-        lease_until=lease_until,
-        started_at=func.now(),
+    claim = (
+        insert(Attempt)
+        .values(
+            job_id=job_id,
+            attempt_no=attempt_no,
+            step=step,
+            tier=tier,
+            status=AttemptStatus.RUNNING.value,
+            worker=worker,
+            lease_until=lease_until,
+            started_at=func.now(),
+        )
+        .on_conflict_do_update(
+            constraint="uq_attempts_job_attempt",
+            set_={"worker": worker, "lease_until": lease_until, "started_at": func.now()},
+            where=(Attempt.status == AttemptStatus.RUNNING.value)
+            & (
+                (Attempt.lease_until < func.now())
+                | Attempt.worker.endswith(f":{delivery}", autoescape=True)
+            ),
+        )
+        .returning(Attempt.id)
     )
-    stmt = stmt.on_conflict_do_update(
-        constraint="uq_attempts_job_attempt",
-        set_={"worker": worker, "lease_until": lease_until, "started_at": func.now()},
-        where=(table.c.status == AttemptStatus.RUNNING.value)
-        & (
-            (table.c.lease_until < func.now())
-            | table.c.worker.endswith(f":{delivery}", autoescape=True)
-        ),
-    ).returning(table.c.id)
     with session_scope() as session:
         session.execute(
             update(Job)
             .where(Job.id == job_id, Job.status == JobStatus.ROUTED.value)
             .values(status=JobStatus.RUNNING.value)
         )
-        if session.execute(stmt).scalar_one_or_none() is not None:
+        if session.execute(claim).scalar_one_or_none() is not None:
             return ClaimResult(Claim.OWNED)
-        row, left = session.execute(
+        found = session.execute(
             select(Attempt, func.extract("epoch", Attempt.lease_until - func.now())).where(
                 Attempt.job_id == job_id, Attempt.attempt_no == attempt_no
             )
-        ).one()
+        ).one_or_none()
+        if found is None:  # its holder released it just now: try again in a moment
+            return ClaimResult(Claim.BUSY, None, 0.0)
+        row, left = found
         if row.status != AttemptStatus.RUNNING.value:
             return ClaimResult(Claim.DONE, row)
         return ClaimResult(Claim.BUSY, row, max(float(left or 0.0), 0.0))
@@ -189,7 +195,7 @@ def release_attempt(job_id: str, attempt_no: int, worker: str | None = None) -> 
     if worker is not None:
         condition.append(Attempt.worker == worker)
     with session_scope() as session:
-        session.execute(Attempt.__table__.delete().where(*condition))
+        session.execute(delete(Attempt).where(*condition))
 
 
 def finish_attempt(job_id: str, attempt_no: int, **fields: Any) -> Attempt:

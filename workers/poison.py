@@ -72,7 +72,7 @@ class SafeRedisChannel(kombu_redis.Channel):
             log.error("dropped a queue item that is not JSON: %s", exc)
             return True
 
-    def _get(self, queue: str) -> Any:
+    def _get(self, queue: Any, timeout: Any = None) -> Any:
         try:
             return super()._get(queue)
         except ValueError as exc:

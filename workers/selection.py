@@ -1,10 +1,11 @@
 """ "First available model in the tier", made real: availability, cooldowns, circuits, limits.
 
 For each enabled model in file order, the first that passes every check is taken, with its
-concurrency slot and rate reservation already held. When none passes, the reasons say why, and
+concurrency slot and rate reservation already held (and, when its circuit is half-open, the one
+probe; a model passed over gives its probe back). When none passes, the reasons say why, and
 ``wait_s`` says whether waiting a little would help (our own rate limit or a concurrency cap: the
-job is re-enqueued with that countdown) or not (down, no key, cooled down by the provider, circuit
-open: the job moves on to the next tier).
+job is re-enqueued with that countdown) or not (down, no key, cooled down, circuit open: the job
+moves on to the next tier).
 """
 
 from __future__ import annotations

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from datetime import datetime, timedelta
 
-from sqlalchemy import select
+from sqlalchemy import select, update
 
 from schemas.tables import Attempt, Job
 from tierflow.constants import TERMINAL_STATUSES, AttemptStatus, JobStatus, Tier
@@ -64,4 +64,4 @@ def sweep(now: datetime, stale_after: timedelta) -> dict[str, int]:
 def _touch(job_id: str, now: datetime) -> None:
     """Mark a job as just handled, so the next pass waits ``stale_after`` again."""
     with session_scope() as session:
-        session.execute(Job.__table__.update().where(Job.id == job_id).values(updated_at=now))
+        session.execute(update(Job).where(Job.id == job_id).values(updated_at=now))

@@ -3,8 +3,11 @@
 
 Messages carry ids and counters only; the job itself lives in PostgreSQL. Arguments are validated
 first: a malformed message is stored as a dead letter with its reason and acknowledged, never
-retried. Infrastructure errors (PostgreSQL or Redis down) are retried with backoff; the message
-stays unacknowledged meanwhile (``acks_late``), so a worker crash loses nothing.
+retried. Infrastructure errors (PostgreSQL, Redis or the broker unreachable) are retried with
+backoff: Celery publishes the retry (same task id) before it acknowledges the original, and the
+retry waits unacknowledged (``acks_late``), so a worker crash loses nothing. A retried attempt
+takes its own claim back at once, on whichever worker it lands (see
+:func:`workers.persistence.claim_attempt`).
 """
 
 from __future__ import annotations

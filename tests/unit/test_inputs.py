@@ -17,7 +17,7 @@ from typing import Any
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from sqlalchemy import func, select
+from sqlalchemy import func, select, update
 
 from router import submit_job
 from schemas.tables import Job
@@ -35,8 +35,17 @@ LIMITS = {"max_prompt_chars": 300, "max_context_bytes": 200, "max_metadata_bytes
 @pytest.fixture
 def small_limits(database: str, config_file: Any) -> Iterator[None]:
     config_file({**fleet_config(), "inputs": LIMITS})
+    with session_scope() as session:
+        started = session.execute(select(func.now())).scalar_one()
     yield
     services.delete_prefix(os.environ["TIERFLOW_KEY_PREFIX"], "q:*")  # no worker ran
+    # close the jobs stored here, or a later test's sweeper would send them to its fleet
+    with session_scope() as session:
+        session.execute(
+            update(Job)
+            .where(Job.status == "queued", Job.created_at >= started)
+            .values(status="failed", error="test input, never run")
+        )
 
 
 def job_count() -> int:
