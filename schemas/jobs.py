@@ -13,8 +13,31 @@ from tierflow.config import InputLimits
 ACTION_PATTERN = r"^[a-z][a-z0-9_]{0,63}$"
 
 
+def unstorable(value: Any) -> str | None:
+    """Why PostgreSQL could not store ``value`` as text/JSONB (a NUL, a lone surrogate), or None."""
+    if isinstance(value, str):
+        if "\x00" in value:
+            return "contains a NUL character"
+        try:
+            value.encode("utf-8")
+        except UnicodeEncodeError:
+            return "contains a character that is not valid UTF-8 (a lone surrogate)"
+        return None
+    if isinstance(value, dict):
+        for key, item in value.items():
+            found = unstorable(key) or unstorable(item)
+            if found:
+                return found
+    if isinstance(value, list | tuple):
+        for item in value:
+            found = unstorable(item)
+            if found:
+                return found
+    return None
+
+
 class JobRequest(BaseModel):
-    """A job as submitted. Sizes are checked against ``inputs:`` of the config by ``check_sizes``.
+    """A job as submitted. Sizes are checked against ``inputs:`` of the config by ``size_problems``.
 
     ``deadline`` is an absolute UTC time after which the sweeper fails the job; ``priority`` runs
     0 (lowest) to 9 (highest), as the broker's priority does.
@@ -37,8 +60,17 @@ class JobRequest(BaseModel):
     def _not_blank(cls, value: str) -> str:
         if not value.strip():
             raise ValueError("prompt is blank")
-        if "\x00" in value:
-            raise ValueError("prompt contains a NUL character")
+        problem = unstorable(value)
+        if problem:
+            raise ValueError(f"prompt {problem}")
+        return value
+
+    @field_validator("idempotency_key")
+    @classmethod
+    def _storable_key(cls, value: str | None) -> str | None:
+        problem = unstorable(value)
+        if problem:
+            raise ValueError(problem)
         return value
 
     @field_validator("deadline")
@@ -55,8 +87,9 @@ class JobRequest(BaseModel):
             json.dumps(value, allow_nan=False)
         except (TypeError, ValueError) as exc:
             raise ValueError(f"must be JSON-serialisable: {exc}") from None
-        if "\x00" in json.dumps(value):
-            raise ValueError("contains a NUL character")
+        problem = unstorable(value)
+        if problem:
+            raise ValueError(problem)
         return value
 
     def size_problems(self, limits: InputLimits) -> list[str]:

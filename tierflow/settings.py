@@ -69,7 +69,7 @@ class Settings(BaseSettings):
             raise ValueError("TIERFLOW_TASK_TIME_LIMIT must be below TIERFLOW_VISIBILITY_TIMEOUT")
         for name in ("broker_url", "redis_url"):
             url = getattr(self, name)
-            if url and urlsplit(url).scheme not in {"redis", "rediss", "unix"}:
+            if url and urlsplit(url).scheme not in {"redis", "rediss"}:
                 raise ValueError(f"TIERFLOW_{name.upper()} must be a redis://, rediss:// URL")
         if self.database_url and not self.database_url.startswith("postgresql"):
             raise ValueError("TIERFLOW_DATABASE_URL must be a postgresql:// URL")

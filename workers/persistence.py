@@ -23,30 +23,6 @@ from schemas.jobs import AttemptSummary, JobRequest, JobResult, utcnow
 from schemas.tables import Attempt, DeadLetter, Job
 from tierflow.constants import TERMINAL_STATUSES, AttemptStatus, JobStatus
 from tierflow.db import session_scope
-from tierflow.errors import JobValidationError
-
-
-def _unstorable(value: Any) -> str | None:
-    """Why PostgreSQL could not store ``value`` as text/JSONB (a NUL, a lone surrogate), or None."""
-    if isinstance(value, str):
-        if "\x00" in value:
-            return "contains a NUL character"
-        try:
-            value.encode("utf-8")
-        except UnicodeEncodeError:
-            return "contains a character that is not valid UTF-8 (a lone surrogate)"
-        return None
-    if isinstance(value, dict):
-        for key, item in value.items():
-            found = _unstorable(key) or _unstorable(item)
-            if found:
-                return found
-    if isinstance(value, list | tuple):
-        for item in value:
-            found = _unstorable(item)
-            if found:
-                return found
-    return None
 
 
 def _storable_text(text: str) -> str:
@@ -57,13 +33,8 @@ def _storable_text(text: str) -> str:
 def create_job(request: JobRequest, default_deadline_s: int) -> tuple[str, bool]:
     """Store a new job; return ``(job_id, created)``. Same idempotency key → same job.
 
-    Raises :class:`JobValidationError` naming the field when a value holds what PostgreSQL
-    cannot store (a NUL character, also as ``\\u0000`` in JSON, or a lone surrogate).
+    ``JobRequest`` has already refused what PostgreSQL cannot store (NUL, lone surrogates).
     """
-    for name in ("prompt", "action_type", "idempotency_key", "context", "metadata"):
-        problem = _unstorable(getattr(request, name))
-        if problem:
-            raise JobValidationError(f"{name}: {problem}")
     job_id = str(uuid.uuid4())
     deadline = request.deadline or utcnow() + timedelta(seconds=default_deadline_s)
     values = {

@@ -133,7 +133,8 @@ def test_api_error_retries_within_the_tier(
         result = handle.wait(timeout=40)
         assert result.status == "succeeded", result.error
         attempts = persistence.attempts_of(handle.job_id)
-        assert [(a.model, a.status, a.error_kind) for a in attempts][0] == ("claude", "error", kind)
+        first = attempts[0]
+        assert (first.model, first.status, first.error_kind) == ("claude", "error", kind)
         assert [(a.tier, a.status) for a in attempts[1:]] == [("api_fallback", "passed")]
         if then is not None:
             assert attempts[1].model == then

@@ -492,7 +492,9 @@ def test_openai_insufficient_quota_is_not_a_rate_limit() -> None:
     request = httpx2.Request("POST", "http://127.0.0.1/v1/chat/completions")
     response = httpx2.Response(429, request=request, json={"error": {"code": "insufficient_quota"}})
     exc = openai.RateLimitError(
-        "quota", response=response, body={"code": "insufficient_quota", "type": "insufficient_quota"}
+        "quota",
+        response=response,
+        body={"code": "insufficient_quota", "type": "insufficient_quota"},
     )
     mapped = map_sdk_error(exc, "openai")
     assert isinstance(mapped, errors.AuthError) and not mapped.retryable
