@@ -17,8 +17,18 @@ MIGRATIONS_DIR = Path(__file__).resolve().parents[1] / "alembic"
 
 @lru_cache(maxsize=4)
 def engine_for(url: str) -> Engine:
-    """One pooled engine per URL per process; ``pool_pre_ping`` survives a database restart."""
-    return create_engine(url, pool_pre_ping=True, pool_size=10, max_overflow=20)
+    """One pooled engine per URL per process; ``pool_pre_ping`` survives a database restart.
+
+    Every statement is bounded (60 s) and so is connecting (10 s): the threads pool that the
+    tiers run does not enforce Celery's time limits, so each blocking call carries its own.
+    """
+    return create_engine(
+        url,
+        pool_pre_ping=True,
+        pool_size=10,
+        max_overflow=20,
+        connect_args={"connect_timeout": 10, "options": "-c statement_timeout=60000"},
+    )
 
 
 def get_engine() -> Engine:

@@ -7,6 +7,11 @@
 - ``api_fallback``: I/O-bound HTTP calls under fleet-wide rate limits (the limits, not the pool,
   bound the request rate).
 - ``router``: classification is cheap; it also runs the sweeper.
+
+Every pool is ``threads``: the work is waiting on HTTP, PostgreSQL and Redis. Celery enforces
+``task_time_limit`` only in the prefork pool, so here each blocking call is bounded on its own:
+model calls by their timeout (capped at the soft time limit), PostgreSQL statements at 60 s,
+Redis operations at 10 s. A task therefore ends well before the broker's visibility timeout.
 """
 
 from __future__ import annotations
