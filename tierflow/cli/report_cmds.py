@@ -60,11 +60,20 @@ def costs(
         rows = summary.get(key) or {}
         if not rows:
             continue
-        columns = sorted({c for stats in rows.values() for c in stats})
-        table = Table(title, *columns, title=f"By {title}")
+        present = {c for stats in rows.values() for c in stats}
+        columns = [c for c in COLUMNS if c in present]
+        table = Table(title, *(COLUMNS[c] for c in columns), title=f"By {title}")
         for name, stats in rows.items():
             table.add_row(str(name), *(_fmt(stats.get(c)) for c in columns))
         console.print(table)
+
+
+COLUMNS = {
+    "jobs": "jobs", "calls": "calls", "passed": "passed", "rejected": "rejected",
+    "errors": "errors", "input_tokens": "tokens in", "output_tokens": "tokens out",
+    "avg_latency_ms": "avg ms", "total_cost": "cost $", "api_baseline_cost": "API-only $",
+    "savings": "savings $",
+}  # fmt: skip
 
 
 def _fmt(value: object) -> str:
