@@ -10,7 +10,7 @@ from schemas.tables import Attempt, Job
 from tierflow.constants import TERMINAL_STATUSES, AttemptStatus, JobStatus, Tier
 from tierflow.db import session_scope
 from tierflow.settings import get_settings
-from workers import attempt, persistence
+from workers import outcome, persistence
 
 
 def sweep(now: datetime, stale_after: timedelta) -> dict[str, int]:
@@ -20,8 +20,8 @@ def sweep(now: datetime, stale_after: timedelta) -> dict[str, int]:
     config = get_settings().llm
     counts = {"deadline_failed": 0, "rerouted": 0, "resent": 0}
     for job in persistence.open_jobs_past(now):
-        story = attempt.failure_summary(persistence.attempts_of(job.id))
-        attempt.finish_failure(job, config, f"deadline exceeded; {story}")
+        story = outcome.failure_summary(persistence.attempts_of(job.id))
+        outcome.finish_failure(job, config, f"deadline exceeded; {story}")
         counts["deadline_failed"] += 1
     stale = now - stale_after
     with session_scope() as session:

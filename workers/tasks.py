@@ -35,7 +35,7 @@ from tierflow.constants import (
 )
 from tierflow.errors import JobValidationError
 from tierflow.settings import get_settings
-from workers import attempt, persistence
+from workers import attempt, outcome, persistence
 from workers.app import app
 
 log = logging.getLogger(__name__)
@@ -133,7 +133,7 @@ def route_job(self: Task, job_id: Any) -> str | None:
     plan = plan_job(job.action_type, job.prompt, job.context or {}, config, get_mode())
     if plan.error:
         persistence.save_plan(job_id, plan.complexity.value, plan.to_json())
-        attempt.finish_failure(job, config, plan.error)
+        outcome.finish_failure(job, config, plan.error)
         return "failed"
     if persistence.save_plan(job_id, plan.complexity.value, plan.to_json()):
         enqueue_attempt(job_id, plan.chain[0], 0, 0, priority=job.priority)

@@ -28,6 +28,7 @@ def _env(state_dir: Path) -> dict[str, str]:
     return env
 
 
+@pytest.mark.timeout(900)  # starts two servers, the engine and four workers on a 2-core machine
 def test_up_submit_and_ctrl_c_on_embedded_services(tmp_path: Path) -> None:
     # A short state dir: PostgreSQL's socket path must stay under ~100 characters.
     state = Path(tempfile.mkdtemp(prefix="tf-"))
@@ -48,8 +49,8 @@ def test_up_submit_and_ctrl_c_on_embedded_services(tmp_path: Path) -> None:
         assert len(children) >= 5  # engine, router, three tiers (plus the embedded servers)
         submitted = subprocess.run(
             [sys.executable, "-m", "tierflow.cli", "submit", "The capital of France is",
-             "--action", "read_file", "--timeout", "120"],
-            cwd=REPO, env=env, capture_output=True, text=True, timeout=180,
+             "--action", "read_file", "--timeout", "400"],
+            cwd=REPO, env=env, capture_output=True, text=True, timeout=450,
         )  # fmt: skip
         assert submitted.returncode == 0, submitted.stdout + submitted.stderr
         # The real embedded model ran the first attempt, on the tier the router chose.

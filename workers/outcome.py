@@ -1,0 +1,98 @@
+"""What follows a stored attempt: succeed, retry in the tier, fall back, or fail the job.
+
+:func:`decide` is pure (the same attempt row always gives the same move), so a redelivered
+message replays the decision without calling a model again; the finishers only move a job
+forward once (see :func:`workers.persistence.finalize_job`).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from router.plan import TierPlan
+from schemas.tables import Attempt, Job
+from tierflow import errors
+from tierflow.config import LLMConfig
+from tierflow.constants import AttemptStatus, JobStatus
+from workers import notify, persistence
+
+
+@dataclass(frozen=True)
+class Move:
+    """What happens after an attempt: ``kind`` is succeed, retry, fallback, fail or wait."""
+
+    kind: str
+    step: int = 0
+    attempt_no: int = 0
+    retries_in_step: int = 0
+    countdown: float = 0.0
+
+
+def decide(
+    plan: TierPlan, step: int, attempt: Attempt, retries_in_step: int, config: LLMConfig
+) -> Move:
+    """The move after a stored attempt. Pure: the same row always gives the same move."""
+    nxt = attempt.attempt_no + 1
+    if attempt.status == AttemptStatus.PASSED.value:
+        return Move("succeed")
+    retryable = attempt.error_kind in _RETRYABLE_KINDS
+    if retryable and retries_in_step < config.routing.max_retries_per_tier:
+        return Move("retry", step, nxt, retries_in_step + 1)
+    if step + 1 < len(plan.chain):
+        return Move("fallback", step + 1, nxt, 0)
+    return Move("fail")
+
+
+_RETRYABLE_KINDS = frozenset(
+    cls.kind
+    for cls in (
+        errors.RateLimited,
+        errors.Overloaded,
+        errors.ServerError,
+        errors.BackendTimeout,
+        errors.BackendUnavailable,
+    )
+) | {"cooling", errors.AuthError.kind}
+
+
+def failure_summary(attempts: list[Attempt]) -> str:
+    """Every attempt's reason, in order: the story of a failed job."""
+    parts = [
+        f"#{a.attempt_no} {a.tier}/{a.model or '-'}: {a.status}"
+        + (f" ({a.error})" if a.error else "")
+        for a in attempts
+    ]
+    return "; ".join(parts) or "no attempt was made"
+
+
+def finish_success(
+    job: Job, attempt: Attempt, config: LLMConfig, *, degraded: bool = False
+) -> None:
+    baseline = config.baseline().price(attempt.input_tokens, attempt.output_tokens)
+    done = persistence.finalize_job(
+        job.id,
+        JobStatus.SUCCEEDED,
+        text=attempt.text,
+        tier=attempt.tier,
+        model=attempt.model,
+        provider=attempt.provider,
+        quality=attempt.quality_score,
+        fake=attempt.fake,
+        degraded=degraded,
+        api_baseline_cost_usd=baseline,
+    )
+    if done:
+        notify.publish_job_event(job.id, {"type": "done", "status": "succeeded"})
+
+
+def finish_failure(job: Job, config: LLMConfig, reason: str | None = None) -> None:
+    attempts = persistence.attempts_of(job.id)
+    if job.allow_degraded:
+        scored = [a for a in attempts if a.text and a.quality_score is not None]
+        if scored:
+            best = max(scored, key=lambda a: a.quality_score or 0.0)
+            finish_success(job, best, config, degraded=True)
+            return
+    error = reason or failure_summary(attempts)
+    if persistence.finalize_job(job.id, JobStatus.FAILED, error=error[:8000]):
+        notify.publish_job_event(job.id, {"type": "done", "status": "failed"})
