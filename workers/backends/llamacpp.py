@@ -25,6 +25,8 @@ on 2 threads. ``llama_cpp`` is imported lazily, so this module imports without `
 
 from __future__ import annotations
 
+import atexit
+import contextlib
 import functools
 import os
 import threading
@@ -289,6 +291,16 @@ def _mapped_errors() -> Iterator[None]:
 
 _ENGINES: dict[tuple[int, str, int], LocalEngine] = {}
 _ENGINES_LOCK = threading.Lock()
+
+
+@atexit.register
+def _close_engines() -> None:
+    """Free the models while the interpreter is whole (llama.cpp's __del__ fails at shutdown)."""
+    with _ENGINES_LOCK:
+        for engine in _ENGINES.values():
+            with contextlib.suppress(Exception):
+                engine._llm.close()
+        _ENGINES.clear()
 
 
 def get_engine(model_path: str | Path | None = None, *, n_ctx: int = DEFAULT_N_CTX) -> LocalEngine:
