@@ -70,7 +70,10 @@ class Job(Base):
         back_populates="job", order_by="Attempt.attempt_no", cascade="all, delete-orphan"
     )
 
-    __table_args__ = (Index("ix_jobs_status_deadline", "status", "deadline"),)
+    __table_args__ = (
+        Index("ix_jobs_status_deadline", "status", "deadline"),
+        Index("ix_jobs_created_at", "created_at"),  # cost summaries select jobs by time
+    )
 
 
 class Attempt(Base):
