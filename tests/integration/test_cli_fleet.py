@@ -16,6 +16,7 @@ import psutil
 import pytest
 
 from tests.support.services import REPO
+from tierflow.embedded import free_port
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
@@ -33,7 +34,7 @@ def test_up_submit_and_ctrl_c_on_embedded_services(tmp_path: Path) -> None:
     # A short state dir: PostgreSQL's socket path must stay under ~100 characters.
     state = Path(tempfile.mkdtemp(prefix="tf-"))
     env = _env(state)
-    env["TIERFLOW_LOCAL_ENGINE_URL"] = f"http://127.0.0.1:{_free_port()}/v1"
+    env["TIERFLOW_LOCAL_ENGINE_URL"] = f"http://127.0.0.1:{free_port()}/v1"
     log = (tmp_path / "up.log").open("w+")
     up = subprocess.Popen(
         [sys.executable, "-m", "tierflow.cli", "up"], cwd=REPO, env=env, stdout=log,
@@ -69,9 +70,3 @@ def test_up_submit_and_ctrl_c_on_embedded_services(tmp_path: Path) -> None:
     for child in children:
         assert not child.is_running() or child.status() == psutil.STATUS_ZOMBIE, child.cmdline()
     shutil.rmtree(state, ignore_errors=True)
-
-
-def _free_port() -> int:
-    from tierflow.embedded import free_port
-
-    return free_port()

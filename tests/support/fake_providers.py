@@ -48,7 +48,6 @@ import contextlib
 import email.utils
 import json
 import re
-import socket
 import threading
 import time
 from collections import deque
@@ -65,13 +64,6 @@ Answer = str | Callable[[str], str] | None
 def count_tokens(text: str) -> int:
     """The servers' token count: about four characters a token, at least one."""
     return max(1, (len(text) + 3) // 4)
-
-
-def free_port() -> int:
-    """A port on 127.0.0.1 that nothing listens on (for connection-refused tests)."""
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 @dataclass

@@ -17,6 +17,8 @@ from typing import Any
 
 import yaml
 
+from tierflow.embedded import free_port
+
 REPO = Path(__file__).resolve().parents[2]
 PG_HOST = os.environ.get("TIERFLOW_TEST_PG_HOST", "127.0.0.1")
 PG_PORT = int(os.environ.get("TIERFLOW_TEST_PG_PORT", "5432"))
@@ -198,13 +200,6 @@ def running_workers(
     finally:
         for w in workers:
             w.stop()
-
-
-def free_port() -> int:
-    """A TCP port on 127.0.0.1 that nothing listens on right now."""
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 class RedisServer:

@@ -18,10 +18,10 @@ from tests.support.fake_providers import (
     AnthropicServer,
     OpenAIServer,
     anthropic_model_config,
-    free_port,
     openai_model_config,
 )
 from tierflow import errors
+from tierflow.embedded import free_port
 from workers.backends.anthropic_backend import AnthropicBackend
 from workers.backends.base import Backend, CompletionRequest, registry
 from workers.backends.openai_compatible import OpenAICompatibleBackend
