@@ -66,7 +66,7 @@ def get_mode() -> Mode:
     """The fleet's mode now."""
     raw = get_redis().get(get_keys().mode)
     if raw:
-        return _parse(raw)
+        return _parse(str(raw))
     with session_scope() as session:
         last = session.execute(
             select(ModeSwitch.to_mode).order_by(ModeSwitch.id.desc()).limit(1)

@@ -22,7 +22,7 @@ import time
 
 from router.mode import get_mode
 from router.plan import TierPlan
-from router.quality import QualityReport, check_quality
+from router.quality import Critic, QualityReport, check_quality
 from schemas.tables import Attempt, Job
 from tierflow import errors
 from tierflow.config import ActionRule, LLMConfig
@@ -101,7 +101,7 @@ def mode_allows(mode: Mode, tier: Tier) -> bool:
     return True
 
 
-def _critic(config: LLMConfig, lim: FleetLimits):  # type: ignore[no-untyped-def]
+def _critic(config: LLMConfig, lim: FleetLimits) -> Critic | None:
     """Self-critique by the fastest local model (cost 0); None when none can serve now."""
 
     def critic(question: str, answer: str) -> str:

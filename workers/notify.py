@@ -9,7 +9,7 @@ from __future__ import annotations
 import json
 import logging
 import time
-from typing import Any
+from typing import Any, cast
 
 from tierflow.redis_client import get_keys, get_redis
 
@@ -51,5 +51,5 @@ def publish_fallback(
 
 def recent_fallbacks(limit: int = 20) -> list[dict[str, Any]]:
     """The most recent fallback events, newest first."""
-    raw = get_redis().lrange(get_keys().fallback_history, 0, max(limit, 1) - 1)
+    raw = cast(list[str], get_redis().lrange(get_keys().fallback_history, 0, max(limit, 1) - 1))
     return [json.loads(item) for item in raw]

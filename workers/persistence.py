@@ -50,7 +50,7 @@ def create_job(request: JobRequest, default_deadline_s: int) -> tuple[str, bool]
         "allow_degraded": request.allow_degraded,
         "deadline": deadline,
     }
-    stmt = insert(Job.__table__).values(**values)
+    stmt = insert(Job.__table__).values(**values)  # type: ignore[arg-type]
     if request.idempotency_key is not None:
         stmt = stmt.on_conflict_do_nothing(index_elements=["idempotency_key"])
     with session_scope() as session:

@@ -28,9 +28,7 @@ def flaky_script(n: int, seed: int = 5) -> list[str]:
     rng = random.Random(seed)
     faults = ["429:1", "500", "503", "timeout:2"]
     weights = [0.10, 0.05, 0.05, 0.10]
-    return [
-        rng.choices(faults, weights)[0] if rng.random() < 0.30 else "ok" for _ in range(n)
-    ]
+    return [rng.choices(faults, weights)[0] if rng.random() < 0.30 else "ok" for _ in range(n)]
 
 
 def test_thirty_percent_failures_every_job_ends_with_its_story(fleet, database) -> None:

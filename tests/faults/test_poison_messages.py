@@ -245,12 +245,10 @@ def test_delivery_settings_are_safe() -> None:
     assert celeryconfig.task_acks_late is True
     assert celeryconfig.task_reject_on_worker_lost is True
     assert celeryconfig.worker_prefetch_multiplier == 1
-    assert celeryconfig.task_time_limit < celeryconfig.broker_transport_options[
-        "visibility_timeout"
-    ]
+    assert (
+        celeryconfig.task_time_limit < celeryconfig.broker_transport_options["visibility_timeout"]
+    )
     for soft, hard, visibility in ((10, 10, 20), (5, 20, 20), (5, 30, 20)):
         with pytest.raises(ValidationError):
-            Settings(
-                task_soft_time_limit=soft, task_time_limit=hard, visibility_timeout=visibility
-            )
+            Settings(task_soft_time_limit=soft, task_time_limit=hard, visibility_timeout=visibility)
     Settings(task_soft_time_limit=5, task_time_limit=10, visibility_timeout=15)

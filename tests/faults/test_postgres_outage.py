@@ -54,14 +54,13 @@ def test_postgres_cut_twice_mid_run_loses_nothing(fleet, database, monkeypatch) 
                 database, "SELECT 1 FROM attempts WHERE status = 'running' LIMIT 1"
             ):
                 time.sleep(0.05)
-            in_flight = len(
-                rows(database, "SELECT id FROM attempts WHERE status = 'running'")
-            )
+            in_flight = len(rows(database, "SELECT id FROM attempts WHERE status = 'running'"))
             proxy.cut()
             # jobs submitted during the outage must be routed once it is over
             jobs += [
-                submit_job(f"Extract topic from: 'during outage {round_no}.{i}'", "extract_topic")
-                .job_id
+                submit_job(
+                    f"Extract topic from: 'during outage {round_no}.{i}'", "extract_topic"
+                ).job_id
                 for i in range(3)
             ]
             time.sleep(4)
@@ -86,4 +85,3 @@ def test_postgres_cut_twice_mid_run_loses_nothing(fleet, database, monkeypatch) 
     assert proxy.cut_connections + proxy.refused > 0
     assert all(a["status"] == "passed" for a in story)  # no attempt was lost half-written
     assert len(story) == len(jobs)
-

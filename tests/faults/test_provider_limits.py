@@ -65,8 +65,9 @@ def test_rpm_never_exceeded_and_retry_after_obeyed(fleet, database) -> None:
         requests_inside_retry_after=len(early),
         requests_after_retry_after=len(after),
         served_by_spare=sum(
-            1 for a in attempts(database, jobs) if a["model"] == "fake-api-spare"
-            and a["status"] == "passed"
+            1
+            for a in attempts(database, jobs)
+            if a["model"] == "fake-api-spare" and a["status"] == "passed"
         ),
         request_offsets_from_429_s=[round(c.at - t429, 3) for c in calls],
     )

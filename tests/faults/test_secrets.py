@@ -113,8 +113,7 @@ def test_keys_never_reach_storage_logs_or_results(fleet, database) -> None:
         )
         workers = fleet(config, workers=2, env=KEYS)
         jobs = [
-            submit_job(f"Start the secret-scan daemon {i}", "spawn_daemon").job_id
-            for i in range(6)
+            submit_job(f"Start the secret-scan daemon {i}", "spawn_daemon").job_id for i in range(6)
         ]
         jobs += [
             submit_job(f"Extract topic from: 'scan {i}'", "extract_topic").job_id for i in range(4)

@@ -70,15 +70,19 @@ def test_sweeper_fails_late_jobs_and_resends_lost_ones(fleet, database) -> None:
     status = wait_finished(database, [late, late_running, *stuck], timeout=30)
     errors = {
         r["id"]: r["error"]
-        for r in rows(database, "SELECT id, error FROM jobs WHERE id = ANY(:ids)",
-                      ids=[late, late_running])
+        for r in rows(
+            database, "SELECT id, error FROM jobs WHERE id = ANY(:ids)", ids=[late, late_running]
+        )
     }
     fig = Figures("sweeper", jobs=5)
     fig.succeeded = sum(1 for j in stuck if status.get(j) == "succeeded")
     fig.failed = sum(1 for j in (late, late_running) if status.get(j) == "failed")
     fig.lost = 5 - fig.succeeded - fig.failed
     fig.faults = {
-        "past_deadline": 2, "lost_route_send": 1, "lost_attempt_send": 1, "dead_holder": 1
+        "past_deadline": 2,
+        "lost_route_send": 1,
+        "lost_attempt_send": 1,
+        "dead_holder": 1,
     }
     fig.report().assert_clean()
     assert status[late] == status[late_running] == "failed"

@@ -89,8 +89,10 @@ def test_sigterm_finishes_the_job_in_flight_before_exiting(fleet, database: str)
     # no other worker exists: whatever is stored now was stored by the stopping worker
     (job,) = rows(database, "SELECT status FROM jobs WHERE id = :id", id=job_id)
     (attempt,) = attempts(database, [job_id])
-    print(f"\n[SIGTERM] exit code {code} after {waited:.1f}s; job {job['status']}, "
-          f"attempt {attempt['status']} by {attempt['worker']}")
+    print(
+        f"\n[SIGTERM] exit code {code} after {waited:.1f}s; job {job['status']}, "
+        f"attempt {attempt['status']} by {attempt['worker']}"
+    )
     assert code == 0
     assert job["status"] == "succeeded"
     assert attempt["status"] == "passed" and attempt["worker"].startswith(worker.name + "@")

@@ -296,6 +296,8 @@ def test_concurrent_threads_and_processes_never_exceed_the_limits(
 
     with ThreadPoolExecutor(24) as pool:
         list(pool.map(hold, range(24)))
-    print(f"\nreserve: {granted_p} granted of 100 by 4 processes, {granted_t} of 12 by threads "
-          f"(limit 35); slots: {got} taken, peak {peak} (cap 5)")
+    print(
+        f"\nreserve: {granted_p} granted of 100 by 4 processes, {granted_t} of 12 by threads "
+        f"(limit 35); slots: {got} taken, peak {peak} (cap 5)"
+    )
     assert 0 < peak <= 5 and got > 5

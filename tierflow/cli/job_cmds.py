@@ -8,10 +8,11 @@ import typer
 from rich.table import Table
 from rich.text import Text
 
+from schemas.jobs import JobResult
 from tierflow.cli import app, console
 
 
-def print_result(result) -> None:  # type: ignore[no-untyped-def]
+def print_result(result: JobResult) -> None:
     """One job's outcome: tier, model, quality, tokens, cost, and each attempt."""
     fake = " [yellow](FAKE backend)[/yellow]" if result.fake else ""
     degraded = " [yellow](degraded)[/yellow]" if result.degraded else ""
