@@ -19,6 +19,7 @@ import hashlib
 import json
 import logging
 import time
+from dataclasses import dataclass
 
 from router.mode import get_mode
 from router.plan import TierPlan
@@ -225,10 +226,22 @@ def skip_attempt(
     )
 
 
+@dataclass(frozen=True)
+class NextAttempt:
+    """The attempt to enqueue after this one: where, when, and at which priority."""
+
+    move: Move
+    tier: Tier
+    priority: int
+
+
 def execute(
     job_id: str, step: int, attempt_no: int, retries_in_step: int, worker: str
-) -> Move | None:
-    """Run or replay one attempt; return the move to make (None when nothing is left to do)."""
+) -> NextAttempt | None:
+    """Run or replay one attempt; return what to enqueue next (None when nothing is left).
+
+    The job is read once here; the caller needs no second read to enqueue the next attempt.
+    """
     settings = get_settings()
     config = settings.llm
     job = persistence.load_job(job_id)
@@ -248,9 +261,24 @@ def execute(
     if step >= len(plan.chain):
         finish_failure(job, config, f"step {step} is past the end of the chain")
         return None
+    move = _run_step(job, plan, step, attempt_no, retries_in_step, worker, config)
+    if move is None:
+        return None
+    return NextAttempt(move, plan.chain[move.step], job.priority)
+
+
+def _run_step(
+    job: Job,
+    plan: TierPlan,
+    step: int,
+    attempt_no: int,
+    retries_in_step: int,
+    worker: str,
+    config: LLMConfig,
+) -> Move | None:
     tier = plan.chain[step]
     claim = persistence.claim_attempt(
-        job_id, attempt_no, step, tier.value, worker, lease_s=lease_seconds()
+        job.id, attempt_no, step, tier.value, worker, lease_s=lease_seconds()
     )
     if claim.claim is persistence.Claim.BUSY:
         return Move(

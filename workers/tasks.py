@@ -154,20 +154,18 @@ def run_attempt(
         _dead_letter(self, str(exc))
         return None
     worker = f"{self.request.hostname or 'local'}:{self.request.id}"
-    move = attempt.execute(job_id, step, attempt_no, retries_in_step, worker)
-    if move is None:
+    nxt = attempt.execute(job_id, step, attempt_no, retries_in_step, worker)
+    if nxt is None:
         return "done"
-    job = persistence.load_job(job_id)
-    assert job is not None and job.plan is not None
-    chain = job.plan["chain"]
+    move = nxt.move
     enqueue_attempt(
         job_id,
-        Tier(chain[move.step]),
+        nxt.tier,
         move.step,
         move.attempt_no,
         move.retries_in_step,
         countdown=move.countdown,
-        priority=job.priority,
+        priority=nxt.priority,
     )
     return move.kind
 
