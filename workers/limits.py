@@ -191,13 +191,19 @@ class FleetLimits:
     def settle(
         self, model: ModelConfig, reservation: Reservation, input_tokens: int, output_tokens: int
     ) -> None:
-        """Replace the reserved token counts by the real usage."""
+        """Replace the reserved token counts by the real usage (no Redis call for a budget the
+        model does not have: ``reserve`` took nothing from it)."""
         _, in_key, out_key = self._rate_keys(model)
-        for key, reserved, actual in (
-            (in_key, reservation.input_tokens, input_tokens),
-            (out_key, reservation.output_tokens, output_tokens),
+        for key, limit, reserved, actual in (
+            (in_key, model.limits.input_tokens_per_minute, reservation.input_tokens, input_tokens),
+            (
+                out_key,
+                model.limits.output_tokens_per_minute,
+                reservation.output_tokens,
+                output_tokens,
+            ),
         ):
-            if reserved == actual:
+            if not limit or reserved == actual:
                 continue
             self._settle(
                 keys=[key],
