@@ -14,7 +14,7 @@
 
 from kombu import Exchange, Queue
 
-from tierflow.constants import (
+from tierflow.core.constants import (
     ALL_QUEUES,
     MAINTENANCE_QUEUE,
     ROUTER_QUEUE,
@@ -22,7 +22,7 @@ from tierflow.constants import (
     TASK_RUN_ATTEMPT,
     TASK_SWEEP,
 )
-from tierflow.settings import get_settings
+from tierflow.core.settings import get_settings
 
 _settings = get_settings()
 

@@ -14,7 +14,7 @@ def _url() -> str:
     url = config.get_main_option("sqlalchemy.url")
     if url:
         return url
-    from tierflow.settings import get_settings
+    from tierflow.core.settings import get_settings
 
     return get_settings().sqlalchemy_url
 

@@ -15,7 +15,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
-from tierflow.constants import Complexity
+from tierflow.core.constants import Complexity
 
 ACTION_COMPLEXITY: dict[str, Complexity] = {
     # simple: binary decisions, classification, extraction, validation, plain reads

@@ -12,10 +12,10 @@ from typing import Any
 from pydantic import ValidationError
 
 from schemas.jobs import JobRequest, JobResult
-from tierflow.constants import TERMINAL_STATUSES
-from tierflow.errors import JobNotFound, JobValidationError, JobWaitTimeout
-from tierflow.redis_client import get_keys, get_redis
-from tierflow.settings import get_settings
+from tierflow.core.constants import TERMINAL_STATUSES
+from tierflow.core.errors import JobNotFound, JobValidationError, JobWaitTimeout
+from tierflow.core.redis_client import get_keys, get_redis
+from tierflow.core.settings import get_settings
 from workers import persistence
 
 log = logging.getLogger(__name__)

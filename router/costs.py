@@ -22,8 +22,8 @@ from sqlalchemy import Date, case, cast, func, literal, select
 from sqlalchemy.sql.elements import ColumnElement
 
 from schemas.tables import Attempt, Job
-from tierflow.constants import TIER_ORDER, AttemptStatus, JobStatus
-from tierflow.db import session_scope
+from tierflow.core.constants import TIER_ORDER, AttemptStatus, JobStatus
+from tierflow.core.db import session_scope
 
 CALLED = (AttemptStatus.PASSED.value, AttemptStatus.REJECTED.value, AttemptStatus.ERROR.value)
 """Attempt statuses that called a model (skipped and running attempts did not, or not yet)."""

@@ -11,8 +11,8 @@ from __future__ import annotations
 from typing import Any
 
 from router.plan import plan_job
-from tierflow.config import LLMConfig
-from tierflow.constants import Mode
+from tierflow.core.config import LLMConfig
+from tierflow.core.constants import Mode
 
 
 def _current_mode(config: LLMConfig, notes: list[str]) -> Mode:
@@ -43,7 +43,7 @@ def explain(
     ``config`` defaults to the process's settings; ``mode`` to the fleet's current mode.
     """
     if config is None:
-        from tierflow.settings import get_settings
+        from tierflow.core.settings import get_settings
 
         config = get_settings().llm
     notes: list[str] = []

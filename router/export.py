@@ -20,8 +20,8 @@ from sqlalchemy import select
 
 from router.costs import Window, as_time
 from schemas.tables import Attempt, Job
-from tierflow.constants import AttemptStatus
-from tierflow.db import session_scope
+from tierflow.core.constants import AttemptStatus
+from tierflow.core.db import session_scope
 
 _SECRET = re.compile(
     r"(?i:api[_-]?key|x-api-key|authorization)[\"']?\s*[:=]\s*[\"']?(?:(?i:bearer)\s+)?"

@@ -11,7 +11,7 @@ restores the mode if Redis lost it.
 A job is planned under the mode of its routing, and each attempt checks the mode again, so a
 switch is effective for the next job in every worker (and for the next attempt of jobs in flight).
 Switching to a mode whose tiers have no enabled model in the configuration raises
-:class:`~tierflow.errors.ModeError` and changes nothing (second seed: switching to local "fails
+:class:`~tierflow.core.errors.ModeError` and changes nothing (second seed: switching to local "fails
 gracefully if the runtime is not ready"). Switches are serialised by a PostgreSQL advisory lock,
 so each history row's ``from`` is the mode it really replaced.
 """
@@ -25,11 +25,11 @@ from datetime import datetime
 from sqlalchemy import select, text
 
 from schemas.tables import ModeSwitch
-from tierflow.constants import LOCAL_TIERS, Mode, Tier
-from tierflow.db import session_scope
-from tierflow.errors import ModeError
-from tierflow.redis_client import get_keys, get_redis
-from tierflow.settings import get_settings
+from tierflow.core.constants import LOCAL_TIERS, Mode, Tier
+from tierflow.core.db import session_scope
+from tierflow.core.errors import ModeError
+from tierflow.core.redis_client import get_keys, get_redis
+from tierflow.core.settings import get_settings
 
 _SWITCH_LOCK = 0x7469_6572  # advisory lock id for mode switches ("tier")
 SOURCES = {"manual": "manual", "auto": "auto", "automatic": "auto"}

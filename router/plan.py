@@ -26,8 +26,8 @@ from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from router.classify import classify_task
-from tierflow.config import LLMConfig
-from tierflow.constants import LOCAL_TIERS, TIER_ORDER, Complexity, Mode, Tier
+from tierflow.core.config import LLMConfig
+from tierflow.core.constants import LOCAL_TIERS, TIER_ORDER, Complexity, Mode, Tier
 
 QUALITY_CRITICAL_ACTIONS = frozenset({"spawn_daemon", "exec"})
 QUALITY_CRITICAL_FLAGS = ("affects_system_state", "user_visible_output")

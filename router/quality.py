@@ -33,7 +33,7 @@ from typing import Any
 
 import jsonschema
 
-from tierflow.config import ActionRule
+from tierflow.core.config import ActionRule
 
 WEIGHTS = {"format": 0.3, "completeness": 0.2, "coherence": 0.3, "self_critique": 0.2}
 DEFAULT_MIN_LENGTH = 2

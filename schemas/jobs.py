@@ -8,7 +8,7 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
-from tierflow.config import InputLimits
+from tierflow.core.config import InputLimits
 
 ACTION_PATTERN = r"^[a-z][a-z0-9_]{0,63}$"
 

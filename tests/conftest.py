@@ -47,11 +47,11 @@ def services_ready() -> None:
 def database(services_ready: None) -> Iterator[str]:
     """A fresh PostgreSQL database for this run, migrated to head."""
     url = services.create_database(DB_NAME)
-    from tierflow.db import upgrade_database
+    from tierflow.core.db import upgrade_database
 
     upgrade_database(url)
     yield url
-    from tierflow.db import reset_engines
+    from tierflow.core.db import reset_engines
 
     reset_engines()
     services.drop_database(DB_NAME)
@@ -59,7 +59,7 @@ def database(services_ready: None) -> Iterator[str]:
 
 
 def _reset_process_state() -> None:
-    from tierflow.settings import reset_settings
+    from tierflow.core.settings import reset_settings
     from workers.backends.base import registry
 
     reset_settings()

@@ -25,11 +25,11 @@ from router.mode import get_mode
 from router.plan import TierPlan
 from router.quality import Critic, QualityReport, check_quality
 from schemas.tables import Attempt, Job
-from tierflow import errors
-from tierflow.config import ActionRule, LLMConfig
-from tierflow.constants import TASK_RUN_ATTEMPT, AttemptStatus, JobStatus, Mode, Tier
-from tierflow.redis_client import get_keys, get_redis
-from tierflow.settings import get_settings
+from tierflow.core import errors
+from tierflow.core.config import ActionRule, LLMConfig
+from tierflow.core.constants import TASK_RUN_ATTEMPT, AttemptStatus, JobStatus, Mode, Tier
+from tierflow.core.redis_client import get_keys, get_redis
+from tierflow.core.settings import get_settings
 from workers import notify, persistence
 from workers.backends.base import Completion, CompletionRequest
 from workers.limits import FleetLimits

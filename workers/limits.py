@@ -26,8 +26,8 @@ from dataclasses import dataclass
 
 import redis
 
-from tierflow.config import ModelConfig
-from tierflow.constants import Keys
+from tierflow.core.config import ModelConfig
+from tierflow.core.constants import Keys
 
 WINDOW_MS = 60_000  # the per-minute limits' window; FleetLimits(window_s=...) for tests
 

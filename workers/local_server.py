@@ -39,7 +39,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
-from tierflow import errors
+from tierflow.core import errors
 from workers.backends.llamacpp import MODEL_ID, EngineChunk, EngineResult, LocalEngine, get_engine
 
 log = logging.getLogger("workers.local_server")  # same name under python -m

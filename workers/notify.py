@@ -11,7 +11,7 @@ import logging
 import time
 from typing import Any, cast
 
-from tierflow.redis_client import get_keys, get_redis
+from tierflow.core.redis_client import get_keys, get_redis
 
 log = logging.getLogger(__name__)
 FALLBACK_HISTORY_SIZE = 200

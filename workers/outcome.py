@@ -11,9 +11,9 @@ from dataclasses import dataclass
 
 from router.plan import TierPlan
 from schemas.tables import Attempt, Job
-from tierflow import errors
-from tierflow.config import LLMConfig
-from tierflow.constants import AttemptStatus, JobStatus
+from tierflow.core import errors
+from tierflow.core.config import LLMConfig
+from tierflow.core.constants import AttemptStatus, JobStatus
 from workers import notify, persistence
 
 

@@ -21,8 +21,8 @@ from sqlalchemy.dialects.postgresql import insert
 
 from schemas.jobs import AttemptSummary, JobRequest, JobResult, utcnow
 from schemas.tables import Attempt, DeadLetter, Job
-from tierflow.constants import TERMINAL_STATUSES, AttemptStatus, JobStatus
-from tierflow.db import session_scope
+from tierflow.core.constants import TERMINAL_STATUSES, AttemptStatus, JobStatus
+from tierflow.core.db import session_scope
 
 
 def _storable_text(text: str) -> str:

@@ -18,7 +18,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from tierflow.constants import MAINTENANCE_QUEUE, ROUTER_QUEUE, Tier, tier_queue
+from tierflow.core.constants import MAINTENANCE_QUEUE, ROUTER_QUEUE, Tier, tier_queue
 
 
 @dataclass(frozen=True)

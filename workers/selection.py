@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from tierflow.config import LLMConfig, ModelConfig
+from tierflow.core.config import LLMConfig, ModelConfig
 from workers.backends.base import Backend, registry
 from workers.limits import FleetLimits, Reservation
 

@@ -7,9 +7,9 @@ from datetime import datetime, timedelta
 from sqlalchemy import select, update
 
 from schemas.tables import Attempt, Job
-from tierflow.constants import TERMINAL_STATUSES, AttemptStatus, JobStatus, Tier
-from tierflow.db import session_scope
-from tierflow.settings import get_settings
+from tierflow.core.constants import TERMINAL_STATUSES, AttemptStatus, JobStatus, Tier
+from tierflow.core.db import session_scope
+from tierflow.core.settings import get_settings
 from workers import outcome, persistence
 
 

@@ -25,7 +25,7 @@ from celery import Task
 from router.mode import get_mode
 from router.plan import plan_job
 from schemas.jobs import utcnow
-from tierflow.constants import (
+from tierflow.core.constants import (
     TASK_ROUTE_JOB,
     TASK_RUN_ATTEMPT,
     TASK_SWEEP,
@@ -33,8 +33,8 @@ from tierflow.constants import (
     Tier,
     tier_queue,
 )
-from tierflow.errors import JobValidationError
-from tierflow.settings import get_settings
+from tierflow.core.errors import JobValidationError
+from tierflow.core.settings import get_settings
 from workers import attempt, outcome, persistence
 from workers.app import app
 

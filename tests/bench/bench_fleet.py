@@ -314,7 +314,7 @@ def main() -> int:
         )
         env = {**os.environ, "PYTHONUNBUFFERED": "1"}
 
-        from tierflow.db import upgrade_database
+        from tierflow.core.db import upgrade_database
 
         upgrade_database(db_url)
 
@@ -374,11 +374,11 @@ def cleanup(workers: list[Any], db_name: str, prefix: str, config_dir: Path) -> 
 
 def _close_connections() -> None:
     """Release this process's pooled PostgreSQL and Redis connections (only if opened)."""
-    if "tierflow.db" in sys.modules:
-        from tierflow.db import engine_for, reset_engines
+    if "tierflow.core.db" in sys.modules:
+        from tierflow.core.db import engine_for, reset_engines
 
         if engine_for.cache_info().currsize:
-            from tierflow.db import get_engine
+            from tierflow.core.db import get_engine
 
             get_engine().dispose()
         reset_engines()

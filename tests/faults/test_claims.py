@@ -13,8 +13,8 @@ from collections.abc import Iterator
 import pytest
 
 from schemas.jobs import JobRequest
-from tierflow.constants import AttemptStatus, JobStatus
-from tierflow.settings import get_settings
+from tierflow.core.constants import AttemptStatus, JobStatus
+from tierflow.core.settings import get_settings
 from workers import persistence
 from workers.persistence import Claim
 

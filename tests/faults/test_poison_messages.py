@@ -24,8 +24,8 @@ from router import submit_job
 from tests.faults.helpers import Figures, rows
 from tests.support import services
 from tests.support.services import fleet_config
-from tierflow.constants import ALL_QUEUES, TASK_ROUTE_JOB, TASK_RUN_ATTEMPT
-from tierflow.settings import Settings
+from tierflow.core.constants import ALL_QUEUES, TASK_ROUTE_JOB, TASK_RUN_ATTEMPT
+from tierflow.core.settings import Settings
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 

@@ -19,7 +19,7 @@ from router import submit_job
 from tests.faults.helpers import attempts, audit, describe_unfinished, rows
 from tests.support.services import PG_HOST, PG_PORT, fake_model, fleet_config
 from tests.support.tcp_proxy import TcpProxy
-from tierflow.settings import reset_settings
+from tierflow.core.settings import reset_settings
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 

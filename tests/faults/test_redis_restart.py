@@ -18,7 +18,7 @@ import pytest
 
 from tests.faults.helpers import audit
 from tests.support.services import REPO, RedisServer, fleet_config
-from tierflow.settings import redact_url
+from tierflow.core.settings import redact_url
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 

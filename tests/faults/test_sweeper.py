@@ -21,8 +21,8 @@ from router.plan import plan_job
 from schemas.jobs import JobRequest, utcnow
 from tests.faults.helpers import Figures, attempts, execute, rows, wait_finished
 from tests.support.services import fleet_config
-from tierflow.constants import TASK_SWEEP
-from tierflow.settings import get_settings
+from tierflow.core.constants import TASK_SWEEP
+from tierflow.core.settings import get_settings
 from workers import persistence
 from workers.app import app
 

@@ -15,7 +15,7 @@ import pytest
 from router import submit_job
 from tests.support.fake_providers import AnthropicServer, OpenAIServer
 from tests.support.services import REPO, fake_model, fleet_config
-from tierflow.embedded import free_port
+from tierflow.app.embedded import free_port
 from workers import persistence
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]

@@ -16,7 +16,7 @@ import psutil
 import pytest
 
 from tests.support.services import REPO
-from tierflow.embedded import free_port
+from tierflow.app.embedded import free_port
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 

@@ -13,7 +13,7 @@ from sqlalchemy import text
 from router import export_usage_log, get_cost_summary, submit_job
 from router.export import scrub
 from tests.support.services import fake_model, fleet_config
-from tierflow.db import session_scope
+from tierflow.core.db import session_scope
 from workers import persistence
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]

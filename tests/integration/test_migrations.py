@@ -17,7 +17,7 @@ def test_models_match_migrations(services_ready: None) -> None:
     name = "tierflow_migcheck_" + services.uuid.uuid4().hex[:8]
     url = services.create_database(name)
     try:
-        from tierflow.db import upgrade_database
+        from tierflow.core.db import upgrade_database
 
         upgrade_database(url)
         engine = create_engine(url)
@@ -32,7 +32,7 @@ def test_models_match_migrations(services_ready: None) -> None:
 
 def test_migrations_downgrade_to_base_and_back(services_ready: None) -> None:
     from alembic import command
-    from tierflow.db import alembic_config
+    from tierflow.core.db import alembic_config
 
     name = "tierflow_migdown_" + services.uuid.uuid4().hex[:8]
     url = services.create_database(name)

@@ -9,9 +9,9 @@ import pytest
 
 from router import get_mode, mode_history, set_mode, submit_job
 from tests.support.services import fake_model, fleet_config
-from tierflow.constants import Mode
-from tierflow.errors import ModeError
-from tierflow.redis_client import get_keys, get_redis
+from tierflow.core.constants import Mode
+from tierflow.core.errors import ModeError
+from tierflow.core.redis_client import get_keys, get_redis
 from workers import persistence
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]

@@ -56,7 +56,7 @@ from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any, Self
 
-from tierflow.config import ModelConfig
+from tierflow.core.config import ModelConfig
 
 Answer = str | Callable[[str], str] | None
 

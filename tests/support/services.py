@@ -17,7 +17,7 @@ from typing import Any
 
 import yaml
 
-from tierflow.embedded import free_port
+from tierflow.app.embedded import free_port
 
 REPO = Path(__file__).resolve().parents[2]
 PG_HOST = os.environ.get("TIERFLOW_TEST_PG_HOST", "127.0.0.1")

@@ -10,8 +10,8 @@ from router.classify import ACTION_COMPLEXITY, classify_task
 from router.explain import explain
 from router.plan import TierPlan, plan_job
 from tests.support.services import fake_model, fleet_config
-from tierflow.config import LLMConfig, load_config, parse_config
-from tierflow.constants import Complexity, Mode, Tier
+from tierflow.core.config import LLMConfig, load_config, parse_config
+from tierflow.core.constants import Complexity, Mode, Tier
 
 LF, LQ, API = Tier.LOCAL_FAST, Tier.LOCAL_QUALITY, Tier.API_FALLBACK
 

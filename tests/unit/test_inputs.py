@@ -23,8 +23,8 @@ from router import submit_job
 from schemas.tables import Job
 from tests.support import services
 from tests.support.services import fleet_config
-from tierflow.db import session_scope
-from tierflow.errors import JobValidationError
+from tierflow.core.db import session_scope
+from tierflow.core.errors import JobValidationError
 
 pytestmark = pytest.mark.integration
 

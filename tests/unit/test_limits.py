@@ -18,8 +18,8 @@ import pytest
 import redis
 
 from tests.support import services
-from tierflow.config import ModelConfig
-from tierflow.constants import Keys
+from tierflow.core.config import ModelConfig
+from tierflow.core.constants import Keys
 from workers.limits import FleetLimits
 
 pytestmark = pytest.mark.integration

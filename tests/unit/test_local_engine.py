@@ -18,8 +18,8 @@ from concurrent.futures import ThreadPoolExecutor
 import openai
 import pytest
 
-from tierflow import errors
-from tierflow.config import ModelConfig
+from tierflow.core import errors
+from tierflow.core.config import ModelConfig
 from workers.backends.base import CompletionRequest, registry
 from workers.backends.llamacpp import (
     INSTALL_HINT,

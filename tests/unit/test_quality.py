@@ -7,7 +7,7 @@ import json
 import pytest
 
 from router.quality import WEIGHTS, check_quality, extract_json, score_answer
-from tierflow.config import ActionRule
+from tierflow.core.config import ActionRule
 
 THRESHOLD = 0.7
 JSON_RULE = ActionRule(expects_json=True, required_fields=["category", "reason"])

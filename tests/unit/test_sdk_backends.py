@@ -20,8 +20,8 @@ from tests.support.fake_providers import (
     anthropic_model_config,
     openai_model_config,
 )
-from tierflow import errors
-from tierflow.embedded import free_port
+from tierflow.app.embedded import free_port
+from tierflow.core import errors
 from workers.backends.anthropic_backend import AnthropicBackend
 from workers.backends.base import Backend, CompletionRequest, registry
 from workers.backends.openai_compatible import OpenAICompatibleBackend
@@ -486,7 +486,7 @@ def test_openai_insufficient_quota_is_not_a_rate_limit() -> None:
     import httpx2
     import openai
 
-    from tierflow import errors
+    from tierflow.core import errors
     from workers.backends.sdk_errors import map_sdk_error
 
     request = httpx2.Request("POST", "http://127.0.0.1/v1/chat/completions")

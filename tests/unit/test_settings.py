@@ -6,9 +6,9 @@ from pathlib import Path
 
 import pytest
 
-from tierflow.config import load_config, parse_config
-from tierflow.errors import ConfigError
-from tierflow.settings import Settings, get_settings, redact_url, reset_settings
+from tierflow.core.config import load_config, parse_config
+from tierflow.core.errors import ConfigError
+from tierflow.core.settings import Settings, get_settings, redact_url, reset_settings
 
 
 def test_packaged_default_config_is_valid() -> None:

@@ -5,22 +5,16 @@ from __future__ import annotations
 import sys
 import warnings
 
-import typer
-from rich.console import Console
+from tierflow.app.console import err_console
+from tierflow.cli import fleet_cmds, job_cmds, report_cmds
+from tierflow.cli.base import app
+from tierflow.core.errors import TierflowError
 
-from tierflow.errors import TierflowError
-
-app = typer.Typer(no_args_is_help=True, add_completion=False, help=__doc__)
-db_app = typer.Typer(no_args_is_help=True, help="Database migrations.")
-app.add_typer(db_app, name="db")
-console = Console(width=max(Console().width, 120))
-err_console = Console(stderr=True)
+__all__ = ["app", "fleet_cmds", "job_cmds", "main", "report_cmds"]
 
 
 def main() -> None:
     """Entry point: TierflowError becomes one clear line and exit code 2, never a traceback."""
-    from tierflow.cli import fleet_cmds, job_cmds, report_cmds  # noqa: F401 - register commands
-
     # pgserver asks platformdirs for a runtime dir that headless machines lack; harmless.
     warnings.filterwarnings("ignore", message=".*XDG_RUNTIME_DIR.*")
     try:

@@ -9,7 +9,12 @@ import time
 
 import typer
 
-from tierflow.cli import app, console, db_app
+from tierflow.app.console import console
+from tierflow.app.fleet import running_fleet
+from tierflow.cli.base import app, db_app
+from tierflow.core.db import upgrade_database
+from tierflow.core.settings import get_settings, redact_url
+from workers.local_server import serve
 from workers.pools import POOLS, worker_argv
 
 
@@ -19,7 +24,6 @@ def up(
     no_engine: bool = typer.Option(False, "--no-engine", help="Do not start the embedded engine."),
 ) -> None:
     """Run the whole fleet on this machine until Ctrl-C: services, router, one worker per tier."""
-    from tierflow.fleet import running_fleet
 
     stop = False
 
@@ -55,7 +59,6 @@ def worker(
     """Run one worker for one tier, for real deployments (replaces this process with Celery)."""
     if tier not in POOLS:
         raise typer.BadParameter(f"choose one of {', '.join(POOLS)}", param_hint="--tier")
-    from tierflow.settings import get_settings
 
     get_settings().effective_redis_url  # noqa: B018 - fail now, clearly, without a broker
     argv = [sys.executable, "-m", "celery", *worker_argv(tier, concurrency or None, loglevel)]
@@ -68,7 +71,6 @@ def local_engine(
     host: str = typer.Option("127.0.0.1"),
 ) -> None:
     """Serve the embedded llama.cpp model (Gemma 3 270M) over the OpenAI-compatible HTTP API."""
-    from workers.local_server import serve
 
     serve(host=host, port=port)
 
@@ -76,8 +78,6 @@ def local_engine(
 @db_app.command("upgrade")
 def db_upgrade() -> None:
     """Apply every migration (``alembic upgrade head``) to TIERFLOW_DATABASE_URL."""
-    from tierflow.db import upgrade_database
-    from tierflow.settings import get_settings, redact_url
 
     upgrade_database()
     console.print(f"database at head: {redact_url(get_settings().database_url)}")

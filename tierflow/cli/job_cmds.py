@@ -8,8 +8,14 @@ import typer
 from rich.table import Table
 from rich.text import Text
 
+from router import submit_job
+from router.explain import explain as explain_plan
 from schemas.jobs import JobResult
-from tierflow.cli import app, console
+from tierflow.app.console import console
+from tierflow.app.demo import run_demo
+from tierflow.app.fleet import adopt_running_fleet
+from tierflow.cli.base import app
+from tierflow.core.errors import JobValidationError
 
 
 def print_result(result: JobResult) -> None:
@@ -50,9 +56,6 @@ def submit(
     idempotency_key: str = typer.Option(None, help="Same key, same job."),
 ) -> None:
     """Submit one job to the running fleet and print where it ran and what it cost."""
-    from router import submit_job
-    from tierflow.errors import JobValidationError
-    from tierflow.fleet import adopt_running_fleet
 
     adopt_running_fleet()
     try:
@@ -82,7 +85,6 @@ def route(
     explain: bool = typer.Option(True, "--explain/--brief", help="Print the reasons too."),
 ) -> None:
     """Dry run: how a job would be routed (no model is called, nothing is stored)."""
-    from router.explain import explain as explain_plan
 
     info = explain_plan(action, prompt, json.loads(context))
     if not explain:
@@ -103,6 +105,5 @@ def demo(
     timeout: float = typer.Option(900.0, help="Seconds to wait for the whole mix."),
 ) -> None:
     """Run the seed's daily action mix through a local fleet; print costs by tier and action."""
-    from tierflow.demo import run_demo
 
     run_demo(jobs, timeout)

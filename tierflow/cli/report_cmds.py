@@ -8,8 +8,13 @@ from pathlib import Path
 import typer
 from rich.table import Table
 
-from tierflow.cli import app, console
-from tierflow.fleet import adopt_running_fleet
+from router import get_mode, mode_history, set_mode
+from router.costs import get_cost_summary
+from router.export import export_usage_log
+from tierflow.app.console import console
+from tierflow.app.fleet import adopt_running_fleet
+from tierflow.app.status import render_status
+from tierflow.cli.base import app
 
 
 def _since(hours: float | None) -> datetime | None:
@@ -22,7 +27,6 @@ def mode(
     reason: str = typer.Option(None, help="Why, kept in the switch history."),
 ) -> None:
     """Show or switch the fleet's mode; every worker follows from its next attempt."""
-    from router import get_mode, mode_history, set_mode
 
     adopt_running_fleet()
     if new_mode:
@@ -43,7 +47,6 @@ def costs(
     hours: float = typer.Option(None, help="Only the last N hours (default: everything)."),
 ) -> None:
     """Totals, savings versus API-only, and breakdowns by tier, model, action and day."""
-    from router.costs import get_cost_summary
 
     adopt_running_fleet()
     summary = get_cost_summary(since=_since(hours))
@@ -88,7 +91,6 @@ def export(
     hours: float = typer.Option(None, help="Only the last N hours."),
 ) -> None:
     """Write the usage log (the seed's JSONL: one line per attempt, no secrets)."""
-    from router.export import export_usage_log
 
     adopt_running_fleet()
     count = export_usage_log(jsonl, since=_since(hours))
@@ -98,7 +100,6 @@ def export(
 @app.command()
 def status() -> None:
     """The second seed's status widget, in the terminal: mode, local vs cloud, fallbacks."""
-    from tierflow.status import render_status
 
     adopt_running_fleet()
     render_status(console)

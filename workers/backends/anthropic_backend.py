@@ -18,8 +18,8 @@ from typing import Any
 import anthropic
 import httpx2
 
-from tierflow import errors
-from tierflow.config import ModelConfig
+from tierflow.core import errors
+from tierflow.core.config import ModelConfig
 from workers.backends.base import (
     Availability,
     Completion,

@@ -1,8 +1,8 @@
 """The narrow interface every backend implements, and the one registry that finds them.
 
 A backend turns a :class:`CompletionRequest` into a :class:`Completion` with token usage, or
-raises an error from :mod:`tierflow.errors`. Timing, pricing, limits, persistence and retries live
-outside it (see :mod:`workers.attempt`). Backends never retry on their own: the SDK clients they
+raises an error from :mod:`tierflow.core.errors`. Timing, pricing, limits, persistence and retries
+live outside it (see :mod:`workers.attempt`). Backends never retry on their own: the SDK clients they
 build have ``max_retries=0``, because the fleet retries (cooldown, next model, next tier) and two
 retry layers would multiply calls against a provider that is already throttling us.
 """
@@ -13,8 +13,8 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Protocol, runtime_checkable
 
-from tierflow.config import ModelConfig
-from tierflow.errors import ConfigError
+from tierflow.core.config import ModelConfig
+from tierflow.core.errors import ConfigError
 
 
 @dataclass(frozen=True)

@@ -20,8 +20,8 @@ import json
 import time
 from collections.abc import Iterator
 
-from tierflow import errors
-from tierflow.config import ModelConfig
+from tierflow.core import errors
+from tierflow.core.config import ModelConfig
 from workers.backends.base import (
     Availability,
     Completion,

@@ -37,8 +37,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from tierflow import errors
-from tierflow.config import ModelConfig
+from tierflow.core import errors
+from tierflow.core.config import ModelConfig
 from workers.backends.base import (
     Availability,
     Completion,

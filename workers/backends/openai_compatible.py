@@ -17,8 +17,8 @@ from typing import Any
 import httpx2
 import openai
 
-from tierflow import errors
-from tierflow.config import ModelConfig
+from tierflow.core import errors
+from tierflow.core.config import ModelConfig
 from workers.backends.base import (
     Availability,
     Completion,

@@ -1,4 +1,4 @@
-"""Map the official SDKs' exceptions (``openai``, ``anthropic``) onto :mod:`tierflow.errors`.
+"""Map the official SDKs' exceptions (``openai``, ``anthropic``) onto :mod:`tierflow.core.errors`.
 
 Messages are built from the provider name, the HTTP status and the provider's own error type and
 message only, never from the SDK's message (which embeds the whole body) nor from request headers,
@@ -17,7 +17,7 @@ import anthropic
 import httpx2
 import openai
 
-from tierflow import errors
+from tierflow.core import errors
 
 _KEY_PATTERNS = (
     (re.compile(r"sk-[A-Za-z0-9_\-]{8,}"), "sk-***"),
@@ -134,7 +134,7 @@ def _status_error(exc: Any, provider: str) -> errors.BackendError:
 
 
 def map_sdk_error(exc: Exception, provider: str) -> errors.BackendError:
-    """The :class:`~tierflow.errors.BackendError` for an SDK (or transport) exception."""
+    """The :class:`~tierflow.core.errors.BackendError` for an SDK (or transport) exception."""
     if isinstance(exc, errors.BackendError):
         return exc
     if isinstance(

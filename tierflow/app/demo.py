@@ -21,10 +21,12 @@ import yaml
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
+from router import submit_job
 from schemas.jobs import JobResult
-from tierflow.cli import console
-from tierflow.config import load_config
-from tierflow.settings import get_settings, reset_settings
+from tierflow.app.console import console
+from tierflow.app.fleet import running_fleet
+from tierflow.core.config import load_config
+from tierflow.core.settings import get_settings, reset_settings
 
 SEED_MIX: dict[str, int] = {
     "write_memory": 30,
@@ -158,8 +160,6 @@ def report(outcomes: list[tuple[str, JobResult]], elapsed_s: float) -> None:
 
 
 def run_demo(total: int, timeout: float) -> None:
-    from router import submit_job
-    from tierflow.fleet import running_fleet
 
     if total < 1:
         raise SystemExit("--jobs must be at least 1")

@@ -9,9 +9,13 @@ from rich.console import Console
 from rich.table import Table
 from sqlalchemy import case, func, select
 
+from router.mode import get_mode, mode_history
 from schemas.tables import Attempt
-from tierflow.constants import Tier
-from tierflow.db import session_scope
+from tierflow.core.constants import Tier
+from tierflow.core.db import session_scope
+from tierflow.core.settings import get_settings
+from workers.backends.base import registry
+from workers.notify import recent_fallbacks
 
 
 def provider_stats(since: datetime) -> dict[str, dict[str, Any]]:
@@ -44,10 +48,6 @@ def provider_stats(since: datetime) -> dict[str, dict[str, Any]]:
 
 
 def render_status(console: Console) -> None:
-    from router.mode import get_mode, mode_history
-    from tierflow.settings import get_settings
-    from workers.backends.base import registry
-    from workers.notify import recent_fallbacks
 
     mode = get_mode()
     console.print(f"[bold]Mode[/bold]: {mode.value}")

@@ -6,8 +6,8 @@ from functools import lru_cache
 
 import redis
 
-from tierflow.constants import Keys
-from tierflow.settings import get_settings
+from tierflow.core.constants import Keys
+from tierflow.core.settings import get_settings
 
 
 @lru_cache(maxsize=4)

@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from tierflow.errors import ConfigError
+from tierflow.core.errors import ConfigError
 
 EMBEDDED_DB = "tierflow"
 

@@ -9,7 +9,7 @@ Environment (all optional):
 - ``TIERFLOW_STATE_DIR``     embedded Redis/PostgreSQL data (default: the user's data dir)
 - ``TIERFLOW_KEY_PREFIX``    prefix of every Redis key and queue (default ``tierflow``)
 
-With no broker or database URL the CLI starts embedded ones (see :mod:`tierflow.embedded`).
+With no broker or database URL the CLI starts embedded ones (see :mod:`tierflow.app.embedded`).
 """
 
 from __future__ import annotations
@@ -22,8 +22,8 @@ from platformdirs import user_data_dir
 from pydantic import Field, ValidationError, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-from tierflow.config import LLMConfig, load_config
-from tierflow.errors import ConfigError
+from tierflow.core.config import LLMConfig, load_config
+from tierflow.core.errors import ConfigError
 
 
 def redact_url(url: str | None) -> str:

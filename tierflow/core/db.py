@@ -11,9 +11,9 @@ from alembic.config import Config
 from sqlalchemy import Engine, create_engine
 from sqlalchemy.orm import Session, sessionmaker
 
-from tierflow.settings import get_settings
+from tierflow.core.settings import get_settings
 
-MIGRATIONS_DIR = Path(__file__).resolve().parents[1] / "alembic"
+MIGRATIONS_DIR = Path(__file__).resolve().parents[2] / "alembic"
 
 
 @lru_cache(maxsize=4)

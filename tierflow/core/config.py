@@ -2,7 +2,8 @@
 
 Strings may hold ``${VAR}`` or ``${VAR:-default}``, expanded from the environment when loaded, so
 one file serves a laptop and a cluster. Every field is validated; a bad file raises
-:class:`~tierflow.errors.ConfigError` naming the field, e.g. ``tiers.local_fast.models.0.provider``.
+:class:`~tierflow.core.errors.ConfigError` naming the field, e.g.
+``tiers.local_fast.models.0.provider``.
 """
 
 from __future__ import annotations
@@ -16,8 +17,8 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from tierflow.constants import Mode, Tier
-from tierflow.errors import ConfigError
+from tierflow.core.constants import Mode, Tier
+from tierflow.core.errors import ConfigError
 
 _ENV_REF = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
 
@@ -177,7 +178,7 @@ def parse_config(raw: Any, source: str = "llm_config.yaml") -> LLMConfig:
 def load_config(path: str | Path | None) -> LLMConfig:
     """Load ``path``, or the packaged default when ``path`` is None."""
     if path is None:
-        text = resources.files("tierflow").joinpath("default_llm_config.yaml").read_text()
+        text = resources.files("tierflow.core").joinpath("default_llm_config.yaml").read_text()
         return parse_config(yaml.safe_load(text), "default_llm_config.yaml")
     p = Path(path)
     try:

@@ -21,9 +21,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from urllib.parse import urlsplit
 
-from tierflow.embedded import EmbeddedServices
-from tierflow.errors import ConfigError
-from tierflow.settings import get_settings, redact_url, reset_settings
+from tierflow.app.embedded import EmbeddedServices
+from tierflow.core.db import upgrade_database
+from tierflow.core.errors import ConfigError
+from tierflow.core.settings import get_settings, redact_url, reset_settings
 from workers.pools import POOLS, worker_argv
 
 
@@ -144,7 +145,6 @@ def running_fleet(
     *, tiers: list[str] | None = None, with_engine: bool = True, flower_port: int | None = None
 ) -> Iterator[Fleet]:
     """Start the fleet, yield it, and stop every part on the way out (also on Ctrl-C)."""
-    from tierflow.db import upgrade_database
 
     state_dir = get_settings().state_dir
     state_dir.mkdir(parents=True, exist_ok=True)
