@@ -1,10 +1,10 @@
 """The narrow interface every backend implements, and the one registry that finds them.
 
 A backend turns a :class:`CompletionRequest` into a :class:`Completion` with token usage, or
-raises an error from :mod:`tierflow.core.errors`. Timing, pricing, limits, persistence and retries
-live outside it (see :mod:`workers.attempt`). Backends never retry on their own: the SDK clients they
-build have ``max_retries=0``, because the fleet retries (cooldown, next model, next tier) and two
-retry layers would multiply calls against a provider that is already throttling us.
+raises an error from :mod:`tierflow.core.errors`. Timing, pricing, limits, persistence and
+retries live outside it (in the attempt pipeline). Backends never retry on their own: the SDK
+clients they build have ``max_retries=0``, because the fleet retries (cooldown, next model, next
+tier) and two retry layers would multiply calls against a provider that is already throttling us.
 """
 
 from __future__ import annotations
