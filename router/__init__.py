@@ -1,9 +1,9 @@
 """Client side of the fleet: submit jobs, wait, switch modes, read costs and usage."""
 
 from router.client import JobHandle, get_job, submit_job
-from router.costs import get_cost_summary
 from router.export import export_usage_log
 from router.mode import get_mode, mode_history, set_mode
+from tierflow.store.costs import get_cost_summary
 
 __all__ = [
     "JobHandle",

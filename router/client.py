@@ -11,20 +11,20 @@ from typing import Any
 
 from pydantic import ValidationError
 
+from router.dispatch import enqueue_route
 from schemas.jobs import JobRequest, JobResult
+from tierflow import store
 from tierflow.core.constants import TERMINAL_STATUSES
-from tierflow.core.errors import JobNotFound, JobValidationError, JobWaitTimeout
+from tierflow.core.errors import (
+    JobNotFound,
+    JobValidationError,
+    JobWaitTimeout,
+    describe_validation_error,
+)
 from tierflow.core.redis_client import get_keys, get_redis
 from tierflow.core.settings import get_settings
-from workers import persistence
 
 log = logging.getLogger(__name__)
-
-
-def _validation_message(exc: ValidationError) -> str:
-    return "; ".join(
-        f"{'.'.join(str(p) for p in err['loc']) or 'job'}: {err['msg']}" for err in exc.errors()
-    )
 
 
 class JobHandle:
@@ -39,13 +39,13 @@ class JobHandle:
 
     def result(self) -> JobResult:
         """The job's state now, without waiting."""
-        found = persistence.job_result(self.job_id)
+        found = store.job_result(self.job_id)
         if found is None:
             raise JobNotFound(self.job_id)
         return found
 
     def _status(self) -> str:
-        status = persistence.job_status(self.job_id)
+        status = store.job_status(self.job_id)
         if status is None:
             raise JobNotFound(self.job_id)
         return status
@@ -110,8 +110,6 @@ def submit_job(
     Raises :class:`JobValidationError` naming the bad field (nothing is stored then). The same
     ``idempotency_key`` always returns the same job, which is sent only once.
     """
-    from workers.tasks import enqueue_route
-
     settings = get_settings()
     try:
         request = JobRequest(
@@ -126,11 +124,11 @@ def submit_job(
             allow_degraded=allow_degraded,
         )
     except ValidationError as exc:
-        raise JobValidationError(_validation_message(exc)) from None
+        raise JobValidationError(describe_validation_error(exc, empty="job")) from None
     problems = request.size_problems(settings.llm.inputs)
     if problems:
         raise JobValidationError("; ".join(problems))
-    job_id, created = persistence.create_job(request, settings.job_deadline_s)
+    job_id, created = store.create_job(request, settings.job_deadline_s)
     if created:
         try:
             enqueue_route(job_id, request.priority)

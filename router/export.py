@@ -16,12 +16,9 @@ import sys
 from pathlib import Path
 from typing import IO, Any
 
-from sqlalchemy import select
-
-from router.costs import Window, as_time
-from schemas.tables import Attempt, Job
-from tierflow.core.constants import AttemptStatus
-from tierflow.core.db import session_scope
+from schemas.tables import Attempt
+from tierflow.store.costs import Window, as_time
+from tierflow.store.usage import finished_attempts
 
 _SECRET = re.compile(
     r"(?i:api[_-]?key|x-api-key|authorization)[\"']?\s*[:=]\s*[\"']?(?:(?i:bearer)\s+)?"
@@ -57,21 +54,10 @@ def usage_record(attempt: Attempt, action: str) -> dict[str, Any]:
 
 
 def _write(out: IO[str], since: Window) -> int:
-    start = as_time(since)
-    query = (
-        select(Attempt, Job.action_type)
-        .join(Job, Job.id == Attempt.job_id)
-        .where(Attempt.status != AttemptStatus.RUNNING.value)
-        .order_by(Attempt.started_at, Attempt.id)
-        .execution_options(yield_per=500)
-    )
-    if start is not None:
-        query = query.where(Attempt.started_at >= start)
     count = 0
-    with session_scope() as session:
-        for attempt, action in session.execute(query):
-            out.write(json.dumps(usage_record(attempt, action)) + "\n")
-            count += 1
+    for attempt, action in finished_attempts(as_time(since)):
+        out.write(json.dumps(usage_record(attempt, action)) + "\n")
+        count += 1
     return count
 
 

@@ -12,8 +12,8 @@ A job is planned under the mode of its routing, and each attempt checks the mode
 switch is effective for the next job in every worker (and for the next attempt of jobs in flight).
 Switching to a mode whose tiers have no enabled model in the configuration raises
 :class:`~tierflow.core.errors.ModeError` and changes nothing (second seed: switching to local "fails
-gracefully if the runtime is not ready"). Switches are serialised by a PostgreSQL advisory lock,
-so each history row's ``from`` is the mode it really replaced.
+gracefully if the runtime is not ready"). Switches are serialised by the store
+(:mod:`tierflow.store.modes`), so each history row's ``from`` is the mode it really replaced.
 """
 
 from __future__ import annotations
@@ -22,16 +22,12 @@ import json
 from dataclasses import dataclass
 from datetime import datetime
 
-from sqlalchemy import select, text
-
-from schemas.tables import ModeSwitch
-from tierflow.core.constants import LOCAL_TIERS, Mode, Tier
-from tierflow.core.db import session_scope
+from tierflow.core.constants import Mode
 from tierflow.core.errors import ModeError
 from tierflow.core.redis_client import get_keys, get_redis
 from tierflow.core.settings import get_settings
+from tierflow.store.modes import last_switched_to, record_switch, switch_history
 
-_SWITCH_LOCK = 0x7469_6572  # advisory lock id for mode switches ("tier")
 SOURCES = {"manual": "manual", "auto": "auto", "automatic": "auto"}
 
 
@@ -67,10 +63,7 @@ def get_mode() -> Mode:
     raw = get_redis().get(get_keys().mode)
     if raw:
         return _parse(str(raw))
-    with session_scope() as session:
-        last = session.execute(
-            select(ModeSwitch.to_mode).order_by(ModeSwitch.id.desc()).limit(1)
-        ).scalar_one_or_none()
+    last = last_switched_to()
     mode = _parse(last) if last else get_settings().llm.routing.default_mode
     get_redis().set(get_keys().mode, mode.value, nx=True)
     return mode
@@ -81,7 +74,7 @@ def _check_servable(mode: Mode) -> None:
     if mode is Mode.AUTO:
         return
     config = get_settings().llm
-    tiers = LOCAL_TIERS if mode is Mode.LOCAL else {Tier.API_FALLBACK}
+    tiers = mode.tiers
     if not any(config.tier_models(t) for t in tiers):
         names = ", ".join(sorted(t.value for t in tiers))
         raise ModeError(f"cannot switch to {mode.value}: no enabled model in {names}")
@@ -98,24 +91,19 @@ def set_mode(mode: str | Mode, *, source: str = "manual", reason: str | None = N
         raise ModeError("source must be 'manual' or 'auto'")
     _check_servable(new)
     keys = get_keys()
-    with session_scope() as session:
-        session.execute(text("SELECT pg_advisory_xact_lock(:id)"), {"id": _SWITCH_LOCK})
-        old = get_mode()
-        row = ModeSwitch(
-            from_mode=old.value, to_mode=new.value, source=SOURCES[source], reason=reason
-        )
-        session.add(row)
-        session.flush()
-        change = ModeChange(row.at, old.value, new.value, row.source, reason)
-        get_redis().set(keys.mode, new.value)
+    row = record_switch(
+        new.value,
+        SOURCES[source],
+        reason,
+        current=lambda: get_mode().value,
+        apply=lambda to: get_redis().set(keys.mode, to),
+    )
+    change = ModeChange(row.at, row.from_mode, row.to_mode, row.source, reason)
     get_redis().publish(keys.mode_channel, json.dumps(change.as_dict()))
     return change
 
 
 def mode_history(limit: int = 20) -> list[ModeChange]:
     """The ``limit`` most recent switches, newest first (the second seed shows five)."""
-    with session_scope() as session:
-        rows = session.execute(
-            select(ModeSwitch).order_by(ModeSwitch.id.desc()).limit(limit)
-        ).scalars()
-        return [ModeChange(r.at, r.from_mode, r.to_mode, r.source, r.reason) for r in rows]
+    rows = switch_history(limit)
+    return [ModeChange(r.at, r.from_mode, r.to_mode, r.source, r.reason) for r in rows]

@@ -27,7 +27,7 @@ from typing import Any
 
 from router.classify import classify_task
 from tierflow.core.config import LLMConfig
-from tierflow.core.constants import LOCAL_TIERS, TIER_ORDER, Complexity, Mode, Tier
+from tierflow.core.constants import TIER_ORDER, Complexity, Mode, Tier
 
 QUALITY_CRITICAL_ACTIONS = frozenset({"spawn_daemon", "exec"})
 QUALITY_CRITICAL_FLAGS = ("affects_system_state", "user_visible_output")
@@ -120,7 +120,7 @@ def _apply_mode(chain: list[Tier], mode: Mode, config: LLMConfig, reasons: list[
     with an enabled model instead (local_quality, else local_fast). ``cloud`` keeps only the API.
     """
     if mode is Mode.LOCAL:
-        kept = [t for t in chain if t in LOCAL_TIERS]
+        kept = [t for t in chain if mode.allows(t)]
         if kept:
             if kept != chain:
                 reasons.append("mode local: API tier removed from the chain")

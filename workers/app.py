@@ -1,17 +1,14 @@
-"""The Celery application of the fleet (``celery -A workers.app worker``)."""
+"""The fleet's Celery application with its tasks registered (``celery -A workers.app worker``).
+
+Importing :mod:`workers.tasks` registers the tasks and, through the backends package, the
+provider SDKs (loaded at worker start, not on a worker's first job). The application object
+itself is the ground floor's (:mod:`tierflow.core.celery_app`), so the client can send tasks
+without importing the fleet.
+"""
 
 from __future__ import annotations
 
-from celery import Celery, signals
+from tierflow.core.celery_app import app
+from workers import tasks
 
-app = Celery("tierflow")
-app.config_from_object("celeryconfig")
-app.autodiscover_tasks(["workers"], related_name="tasks", force=True)
-
-
-@signals.worker_init.connect
-def _load_backends(**_: object) -> None:
-    """Import the provider SDKs at start, not on each worker's first job (1-5 s)."""
-    from workers.backends.base import _load_builtin_backends
-
-    _load_builtin_backends()
+__all__ = ["app", "tasks"]

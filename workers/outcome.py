@@ -2,7 +2,7 @@
 
 :func:`decide` is pure (the same attempt row always gives the same move), so a redelivered
 message replays the decision without calling a model again; the finishers only move a job
-forward once (see :func:`workers.persistence.finalize_job`).
+forward once (see :func:`workers.store.finalize_job`).
 """
 
 from __future__ import annotations
@@ -11,10 +11,11 @@ from dataclasses import dataclass
 
 from router.plan import TierPlan
 from schemas.tables import Attempt, Job
+from tierflow import store
 from tierflow.core import errors
 from tierflow.core.config import LLMConfig
 from tierflow.core.constants import AttemptStatus, JobStatus
-from workers import notify, persistence
+from workers import notify
 
 
 @dataclass(frozen=True)
@@ -69,7 +70,7 @@ def finish_success(
     job: Job, attempt: Attempt, config: LLMConfig, *, degraded: bool = False
 ) -> None:
     baseline = config.baseline().price(attempt.input_tokens, attempt.output_tokens)
-    done = persistence.finalize_job(
+    done = store.finalize_job(
         job.id,
         JobStatus.SUCCEEDED,
         text=attempt.text,
@@ -86,7 +87,7 @@ def finish_success(
 
 
 def finish_failure(job: Job, config: LLMConfig, reason: str | None = None) -> None:
-    attempts = persistence.attempts_of(job.id)
+    attempts = store.attempts_of(job.id)
     if job.allow_degraded:
         scored = [a for a in attempts if a.text and a.quality_score is not None]
         if scored:
@@ -94,5 +95,5 @@ def finish_failure(job: Job, config: LLMConfig, reason: str | None = None) -> No
             finish_success(job, best, config, degraded=True)
             return
     error = reason or failure_summary(attempts)
-    if persistence.finalize_job(job.id, JobStatus.FAILED, error=error[:8000]):
+    if store.finalize_job(job.id, JobStatus.FAILED, error=error[:8000]):
         notify.publish_job_event(job.id, {"type": "done", "status": "failed"})

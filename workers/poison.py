@@ -24,12 +24,12 @@ from celery import signals
 from celery.worker.consumer import Consumer
 from kombu.transport import redis as kombu_redis
 
+from tierflow.store.dead_letters import record_dead_letter
+
 log = logging.getLogger(__name__)
 
 
 def _store(reason: str, message: Any, body: Any = None, queue: str | None = None) -> None:
-    from workers.persistence import record_dead_letter
-
     headers = getattr(message, "headers", None) or {}
     info = getattr(message, "delivery_info", None) or {}
     raw = body if body is not None else getattr(message, "body", None)
@@ -142,8 +142,6 @@ def _task_failed(
     """A task called with arguments that do not fit it (wrong count, unknown keyword) is a
     poison message: store it. It is already acknowledged (``task_acks_on_failure``)."""
     if isinstance(exception, TypeError) and not _binds(sender, args, kwargs):
-        from workers.persistence import record_dead_letter
-
         info = getattr(getattr(sender, "request", None), "delivery_info", None) or {}
         try:
             record_dead_letter(

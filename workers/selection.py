@@ -38,11 +38,6 @@ class NoPick:
         self.cooling_s = seconds if self.cooling_s is None else min(self.cooling_s, seconds)
 
 
-def estimate_tokens(text: str) -> int:
-    """About four characters a token; only used to reserve before the real count is known."""
-    return max(1, (len(text) + 3) // 4)
-
-
 def pick_model(
     config: LLMConfig, tier: str, limits: FleetLimits, input_tokens: int
 ) -> Pick | NoPick:

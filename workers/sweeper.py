@@ -4,41 +4,32 @@ from __future__ import annotations
 
 from datetime import datetime, timedelta
 
-from sqlalchemy import select, update
-
-from schemas.tables import Attempt, Job
-from tierflow.core.constants import TERMINAL_STATUSES, AttemptStatus, JobStatus, Tier
-from tierflow.core.db import session_scope
+from router.dispatch import enqueue_attempt, enqueue_route
+from schemas.tables import Attempt
+from tierflow import store
+from tierflow.core.constants import AttemptStatus, JobStatus, Tier
 from tierflow.core.settings import get_settings
-from workers import outcome, persistence
+from workers import outcome
 
 
 def sweep(now: datetime, stale_after: timedelta) -> dict[str, int]:
     """One pass; returns counts of jobs failed for their deadline and jobs re-sent."""
-    from workers.tasks import enqueue_attempt, enqueue_route
-
     config = get_settings().llm
     counts = {"deadline_failed": 0, "rerouted": 0, "resent": 0}
-    for job in persistence.open_jobs_past(now):
-        story = outcome.failure_summary(persistence.attempts_of(job.id))
+    for job in store.open_jobs_past(now):
+        story = outcome.failure_summary(store.attempts_of(job.id))
         outcome.finish_failure(job, config, f"deadline exceeded; {story}")
         counts["deadline_failed"] += 1
     stale = now - stale_after
-    with session_scope() as session:
-        jobs = list(
-            session.execute(
-                select(Job).where(Job.status.not_in(TERMINAL_STATUSES), Job.updated_at < stale)
-            ).scalars()
-        )
-    for job in jobs:
+    for job in store.stale_jobs(stale):
         if job.status == JobStatus.QUEUED.value:
             enqueue_route(job.id, job.priority)
-            _touch(job.id, now)
+            store.touch_job(job.id, now)
             counts["rerouted"] += 1
             continue
         if not job.plan:
             continue
-        attempts = persistence.attempts_of(job.id)
+        attempts = store.attempts_of(job.id)
         if any(
             a.status == AttemptStatus.RUNNING.value and a.lease_until and a.lease_until > now
             for a in attempts
@@ -56,12 +47,6 @@ def sweep(now: datetime, stale_after: timedelta) -> dict[str, int]:
             max(retries, 0),
             priority=job.priority,
         )
-        _touch(job.id, now)
+        store.touch_job(job.id, now)
         counts["resent"] += 1
     return counts
-
-
-def _touch(job_id: str, now: datetime) -> None:
-    """Mark a job as just handled, so the next pass waits ``stale_after`` again."""
-    with session_scope() as session:
-        session.execute(update(Job).where(Job.id == job_id).values(updated_at=now))

@@ -7,7 +7,7 @@ retried. Infrastructure errors (PostgreSQL, Redis or the broker unreachable) are
 backoff: Celery publishes the retry (same task id) before it acknowledges the original, and the
 retry waits unacknowledged (``acks_late``), so a worker crash loses nothing. A retried attempt
 takes its own claim back at once, on whichever worker it lands (see
-:func:`workers.persistence.claim_attempt`).
+:func:`workers.store.claim_attempt`).
 """
 
 from __future__ import annotations
@@ -22,21 +22,18 @@ import redis
 import sqlalchemy.exc
 from celery import Task
 
+from router.dispatch import enqueue_attempt
 from router.mode import get_mode
 from router.plan import plan_job
 from schemas.jobs import utcnow
-from tierflow.core.constants import (
-    TASK_ROUTE_JOB,
-    TASK_RUN_ATTEMPT,
-    TASK_SWEEP,
-    JobStatus,
-    Tier,
-    tier_queue,
-)
+from tierflow import store
+from tierflow.core.celery_app import app
+from tierflow.core.constants import TASK_ROUTE_JOB, TASK_RUN_ATTEMPT, TASK_SWEEP, JobStatus, Tier
 from tierflow.core.errors import JobValidationError
 from tierflow.core.settings import get_settings
-from workers import attempt, outcome, persistence
-from workers.app import app
+from workers import outcome
+from workers.pipeline import run_attempt_steps
+from workers.sweeper import sweep
 
 log = logging.getLogger(__name__)
 
@@ -74,33 +71,9 @@ def check_counter(name: str, value: Any, limit: int = 1000) -> int:
     return value
 
 
-def enqueue_route(job_id: str, priority: int = 5) -> None:
-    """Send a job to the routing task. Priority 9 is highest (Redis' 0)."""
-    app.send_task(TASK_ROUTE_JOB, args=[job_id], queue="router", priority=9 - priority)
-
-
-def enqueue_attempt(
-    job_id: str,
-    tier: Tier,
-    step: int,
-    attempt_no: int,
-    retries_in_step: int = 0,
-    countdown: float = 0.0,
-    priority: int = 5,
-) -> None:
-    """Send one attempt of a job to its tier's queue."""
-    app.send_task(
-        TASK_RUN_ATTEMPT,
-        args=[job_id, step, attempt_no, retries_in_step],
-        queue=tier_queue(tier),
-        countdown=countdown or None,
-        priority=9 - priority,
-    )
-
-
 def _dead_letter(task: Task, reason: str, job_id: str | None = None) -> None:
     info = task.request.delivery_info or {}
-    persistence.record_dead_letter(
+    store.record_dead_letter(
         reason,
         queue=info.get("routing_key"),
         task=task.name,
@@ -118,11 +91,11 @@ def route_job(self: Task, job_id: Any) -> str | None:
     except JobValidationError as exc:
         _dead_letter(self, str(exc))
         return None
-    job = persistence.load_job(job_id)
+    job = store.load_job(job_id)
     if job is None:
         _dead_letter(self, f"unknown job {job_id}", None)
         return None
-    if job.status == JobStatus.ROUTED.value and job.plan and not persistence.attempts_of(job_id):
+    if job.status == JobStatus.ROUTED.value and job.plan and not store.attempts_of(job_id):
         # A redelivery after the plan was stored: the first attempt may not have been sent
         # (the worker died in between). Sending it again is harmless: attempts are claimed.
         enqueue_attempt(job_id, Tier(job.plan["chain"][0]), 0, 0, priority=job.priority)
@@ -132,10 +105,10 @@ def route_job(self: Task, job_id: Any) -> str | None:
     config = get_settings().llm
     plan = plan_job(job.action_type, job.prompt, job.context or {}, config, get_mode())
     if plan.error:
-        persistence.save_plan(job_id, plan.complexity.value, plan.to_json())
+        store.save_plan(job_id, plan.complexity.value, plan.to_json())
         outcome.finish_failure(job, config, plan.error)
         return "failed"
-    if persistence.save_plan(job_id, plan.complexity.value, plan.to_json()):
+    if store.save_plan(job_id, plan.complexity.value, plan.to_json()):
         enqueue_attempt(job_id, plan.chain[0], 0, 0, priority=job.priority)
     return plan.tier.value
 
@@ -154,20 +127,9 @@ def run_attempt(
         _dead_letter(self, str(exc))
         return None
     worker = f"{self.request.hostname or 'local'}:{self.request.id}"
-    nxt = attempt.execute(job_id, step, attempt_no, retries_in_step, worker)
-    if nxt is None:
-        return "done"
-    move = nxt.move
-    enqueue_attempt(
-        job_id,
-        nxt.tier,
-        move.step,
-        move.attempt_no,
-        move.retries_in_step,
-        countdown=move.countdown,
-        priority=nxt.priority,
-    )
-    return move.kind
+    config = get_settings().llm
+    ctx = run_attempt_steps(job_id, step, attempt_no, retries_in_step, worker, config)
+    return ctx.move.kind if ctx.move is not None else "done"
 
 
 @app.task(name=TASK_SWEEP, bind=True, **_RETRY)
@@ -179,6 +141,4 @@ def sweep_stuck_jobs(self: Task, stale_after_s: float = 120.0) -> dict[str, int]
     - routed/running with no attempt in flight for longer than ``stale_after_s`` → its next
       attempt is sent again (the claim makes a duplicate harmless).
     """
-    from workers.sweeper import sweep
-
     return sweep(utcnow(), timedelta(seconds=stale_after_s))

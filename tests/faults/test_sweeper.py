@@ -21,9 +21,9 @@ from router.plan import plan_job
 from schemas.jobs import JobRequest, utcnow
 from tests.faults.helpers import Figures, attempts, execute, rows, wait_finished
 from tests.support.services import fleet_config
+from tierflow import store
 from tierflow.core.constants import TASK_SWEEP
 from tierflow.core.settings import get_settings
-from workers import persistence
 from workers.app import app
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
@@ -32,16 +32,16 @@ pytestmark = [pytest.mark.integration, pytest.mark.slow]
 def stored_job(prompt: str, **kwargs) -> str:
     """A job stored the way submit_job stores it, but never sent to the broker."""
     request = JobRequest(prompt=prompt, action_type="extract_topic", **kwargs)
-    job_id, created = persistence.create_job(request, get_settings().job_deadline_s)
+    job_id, created = store.create_job(request, get_settings().job_deadline_s)
     assert created
     return job_id
 
 
 def routed(job_id: str) -> None:
-    job = persistence.load_job(job_id)
+    job = store.load_job(job_id)
     assert job is not None
     plan = plan_job(job.action_type, job.prompt, {}, get_settings().llm, get_mode())
-    assert persistence.save_plan(job_id, plan.complexity.value, plan.to_json())
+    assert store.save_plan(job_id, plan.complexity.value, plan.to_json())
 
 
 def test_sweeper_fails_late_jobs_and_resends_lost_ones(fleet, database) -> None:
@@ -51,13 +51,13 @@ def test_sweeper_fails_late_jobs_and_resends_lost_ones(fleet, database) -> None:
         "Extract topic from: 'late, mid-run'", deadline=utcnow() + timedelta(seconds=1)
     )
     routed(late_running)
-    persistence.claim_attempt(late_running, 0, 0, "local_fast", "dead-host:task-1", lease_s=600)
+    store.claim_attempt(late_running, 0, 0, "local_fast", "dead-host:task-1", lease_s=600)
     never_sent = stored_job("Extract topic from: 'broker send lost'")
     first_attempt_lost = stored_job("Extract topic from: 'routed, attempt never sent'")
     routed(first_attempt_lost)
     holder_died = stored_job("Extract topic from: 'holder died'")
     routed(holder_died)
-    persistence.claim_attempt(holder_died, 0, 0, "local_fast", "dead-host:task-2", lease_s=0.2)
+    store.claim_attempt(holder_died, 0, 0, "local_fast", "dead-host:task-2", lease_s=0.2)
     stuck = [never_sent, first_attempt_lost, holder_died]
     time.sleep(1.2)  # the deadline passes, the dead holder's lease runs out
     execute(

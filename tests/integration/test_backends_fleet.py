@@ -15,8 +15,8 @@ import pytest
 from router import submit_job
 from tests.support.fake_providers import AnthropicServer, OpenAIServer
 from tests.support.services import REPO, fake_model, fleet_config
+from tierflow import store
 from tierflow.app.embedded import free_port
-from workers import persistence
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
@@ -58,7 +58,7 @@ def test_real_local_model_end_to_end(fleet, local_engine: str) -> None:
     handle = submit_job("The three primary colours are", "extract_topic")
     result = handle.wait(timeout=120)
     assert result.status == "succeeded", result.error
-    first = persistence.attempts_of(handle.job_id)[0]
+    first = store.attempts_of(handle.job_id)[0]
     assert (first.tier, first.model, first.provider) == (
         "local_fast",
         "gemma-fast",
@@ -93,7 +93,7 @@ def test_gate_failure_escalates_to_api_priced_from_its_usage(fleet) -> None:
         result = handle.wait(timeout=30)
         assert result.status == "succeeded", result.error
         assert (result.tier, result.model) == ("api_fallback", "gpt")
-        attempts = persistence.attempts_of(handle.job_id)
+        attempts = store.attempts_of(handle.job_id)
         assert [a.status for a in attempts] == ["rejected", "rejected", "passed"]
         call = oai.calls[-1]
         usage_in, usage_out = call.input_tokens, call.output_tokens  # its usage block
@@ -132,7 +132,7 @@ def test_api_error_retries_within_the_tier(
         handle = submit_job("Analyze this stack trace: RecursionError in retry()", "debug_error")
         result = handle.wait(timeout=40)
         assert result.status == "succeeded", result.error
-        attempts = persistence.attempts_of(handle.job_id)
+        attempts = store.attempts_of(handle.job_id)
         first = attempts[0]
         assert (first.model, first.status, first.error_kind) == ("claude", "error", kind)
         assert [(a.tier, a.status) for a in attempts[1:]] == [("api_fallback", "passed")]

@@ -13,8 +13,8 @@ from sqlalchemy import text
 from router import export_usage_log, get_cost_summary, submit_job
 from router.export import scrub
 from tests.support.services import fake_model, fleet_config
+from tierflow import store
 from tierflow.core.db import session_scope
-from workers import persistence
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
@@ -92,11 +92,11 @@ def test_cost_summary_matches_a_hand_computation(priced_fleet, tmp_path: Path) -
     )
     statuses = []
     for job_id, action in actions.items():
-        result = persistence.job_result(job_id)
+        result = store.job_result(job_id)
         assert result is not None
         statuses.append(result.status)
         by_action[action]["jobs"] += 1
-        for a in persistence.attempts_of(job_id):
+        for a in store.attempts_of(job_id):
             cost = price(PRICES[a.model], a.input_tokens, a.output_tokens) if a.model else 0.0
             called = a.status in ("passed", "rejected", "error")
             expected["total"] += cost
@@ -158,7 +158,7 @@ def test_cost_summary_matches_a_hand_computation(priced_fleet, tmp_path: Path) -
     count = export_usage_log(path, since=started)
     content = path.read_text()
     lines = [json.loads(line) for line in content.splitlines()]
-    assert count == len(lines) == sum(len(persistence.attempts_of(j)) for j in actions)
+    assert count == len(lines) == sum(len(store.attempts_of(j)) for j in actions)
     assert all(set(line) == USAGE_KEYS for line in lines)
     assert {line["job_id"] for line in lines} == set(actions)
     assert all(line["action"] == actions[line["job_id"]] for line in lines)

@@ -7,7 +7,7 @@ import pytest
 
 from router import submit_job
 from tests.support.services import fake_model, fleet_config
-from workers import persistence
+from tierflow import store
 from workers.notify import recent_fallbacks
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
@@ -32,7 +32,7 @@ def test_scenario_1_local_timeout_falls_back_to_the_api(fleet) -> None:
 
     assert result.status == "succeeded", result.error
     assert (result.tier, result.model) == ("api_fallback", "fake-api")
-    attempts = persistence.attempts_of(handle.job_id)
+    attempts = store.attempts_of(handle.job_id)
     first, last = attempts[0], attempts[-1]
     assert (first.tier, first.model, first.status, first.error_kind) == (
         "local_quality",
@@ -57,7 +57,7 @@ def test_scenario_2_quality_failure_escalates_to_the_api(fleet) -> None:
 
     assert result.status == "succeeded", result.error
     assert result.tier == "api_fallback"
-    rejected, passed = persistence.attempts_of(handle.job_id)
+    rejected, passed = store.attempts_of(handle.job_id)
     assert (rejected.tier, rejected.status, rejected.error_kind) == (
         "local_quality",
         "rejected",
@@ -94,7 +94,7 @@ def test_scenario_3_rate_limited_api_models_until_the_last_succeeds(fleet) -> No
 
     assert result.status == "succeeded", result.error
     assert (result.tier, result.model) == ("api_fallback", "haiku")
-    attempts = persistence.attempts_of(handle.job_id)
+    attempts = store.attempts_of(handle.job_id)
     assert [(a.model, a.status, a.error_kind) for a in attempts] == [
         ("sonnet", "error", "rate_limited"),
         ("gpt-4o", "error", "rate_limited"),
@@ -118,7 +118,7 @@ def test_scenario_all_tiers_fail_with_every_reason_or_degrade(fleet) -> None:
 
     result = failed.wait(timeout=WAIT_S)
     assert result.status == "failed"
-    attempts = persistence.attempts_of(failed.job_id)
+    attempts = store.attempts_of(failed.job_id)
     assert [(a.tier, a.model, a.status) for a in attempts] == [
         ("local_fast", "phi3", "rejected"),
         ("local_quality", "mixtral", "rejected"),
@@ -137,4 +137,4 @@ def test_scenario_all_tiers_fail_with_every_reason_or_degrade(fleet) -> None:
     assert (best.tier, best.model) == ("local_fast", "phi3")  # 0.5 beats the refusal's 0.2
     assert best.quality == pytest.approx(0.5)
     assert best.text and "{not json" in best.text
-    assert len(persistence.attempts_of(degraded.job_id)) == 3
+    assert len(store.attempts_of(degraded.job_id)) == 3

@@ -6,7 +6,7 @@ import pytest
 
 from router import submit_job
 from tests.support.services import fake_model, fleet_config
-from workers import persistence
+from tierflow import store
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
@@ -20,7 +20,7 @@ def test_job_runs_on_its_tier_in_another_process(fleet) -> None:
     assert result.model == "fake-fast"
     assert result.fake is True
     assert "[FAKE fake-fast]" in (result.text or "")
-    attempts = persistence.attempts_of(handle.job_id)
+    attempts = store.attempts_of(handle.job_id)
     assert [(a.tier, a.status) for a in attempts] == [("local_fast", "passed")]
     assert attempts[0].worker and attempts[0].input_tokens > 0
 
@@ -34,7 +34,7 @@ def test_quality_failure_escalates_to_next_tier_with_both_attempts(fleet) -> Non
     result = handle.wait(timeout=30)
     assert result.status == "succeeded", result.error
     assert result.tier == "local_quality"
-    attempts = persistence.attempts_of(handle.job_id)
+    attempts = store.attempts_of(handle.job_id)
     assert [(a.tier, a.status) for a in attempts] == [
         ("local_fast", "rejected"),
         ("local_quality", "passed"),

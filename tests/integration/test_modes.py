@@ -9,10 +9,10 @@ import pytest
 
 from router import get_mode, mode_history, set_mode, submit_job
 from tests.support.services import fake_model, fleet_config
+from tierflow import store
 from tierflow.core.constants import Mode
 from tierflow.core.errors import ModeError
 from tierflow.core.redis_client import get_keys, get_redis
-from workers import persistence
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
@@ -28,7 +28,7 @@ def modes(fleet) -> Iterator[object]:
 
 
 def tiers_tried(job_id: str) -> list[str]:
-    return [a.tier for a in persistence.attempts_of(job_id)]
+    return [a.tier for a in store.attempts_of(job_id)]
 
 
 def test_switch_from_python_reaches_the_next_job_and_is_recorded(modes) -> None:
@@ -42,7 +42,7 @@ def test_switch_from_python_reaches_the_next_job_and_is_recorded(modes) -> None:
     result = cloud.wait(WAIT_S)
     assert result.status == "succeeded", result.error
     assert result.tier == "api_fallback" and tiers_tried(cloud.job_id) == ["api_fallback"]
-    stored = persistence.load_job(cloud.job_id)
+    stored = store.load_job(cloud.job_id)
     assert stored is not None and stored.plan is not None
     assert stored.plan["mode"] == "cloud" and "mode cloud: API tier only" in stored.plan["reasons"]
 
@@ -87,7 +87,7 @@ def test_switch_to_local_stops_the_api_step_of_a_job_in_flight(modes) -> None:
 
     result = handle.wait(WAIT_S)
     assert result.status == "failed"
-    attempts = persistence.attempts_of(handle.job_id)
+    attempts = store.attempts_of(handle.job_id)
     assert [(a.tier, a.status) for a in attempts] == [
         ("local_fast", "rejected"),
         ("local_quality", "rejected"),

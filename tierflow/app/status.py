@@ -3,48 +3,15 @@
 from __future__ import annotations
 
 from datetime import UTC, datetime, timedelta
-from typing import Any
 
 from rich.console import Console
 from rich.table import Table
-from sqlalchemy import case, func, select
 
 from router.mode import get_mode, mode_history
-from schemas.tables import Attempt
-from tierflow.core.constants import Tier
-from tierflow.core.db import session_scope
 from tierflow.core.settings import get_settings
+from tierflow.store.usage import provider_stats
 from workers.backends.base import registry
 from workers.notify import recent_fallbacks
-
-
-def provider_stats(since: datetime) -> dict[str, dict[str, Any]]:
-    """Requests, tokens, mean latency (ms) and errors of local and cloud tiers since ``since``."""
-    side = case((Attempt.tier == Tier.API_FALLBACK.value, "cloud"), else_="local")
-    query = (
-        select(
-            side,
-            func.count(Attempt.model),
-            func.coalesce(func.sum(Attempt.input_tokens + Attempt.output_tokens), 0),
-            func.avg(Attempt.latency_ms),
-            func.sum(case((Attempt.status == "error", 1), else_=0)),
-        )
-        .where(Attempt.started_at >= since, Attempt.model.is_not(None))
-        .group_by(side)
-    )
-    stats = {
-        name: {"requests": 0, "tokens": 0, "avg_ms": 0.0, "errors": 0}
-        for name in ("local", "cloud")
-    }
-    with session_scope() as session:
-        for name, requests, tokens, avg_ms, errors in session.execute(query):
-            stats[name] = {
-                "requests": int(requests),
-                "tokens": int(tokens),
-                "avg_ms": float(avg_ms or 0),
-                "errors": int(errors or 0),
-            }
-    return stats
 
 
 def render_status(console: Console) -> None:

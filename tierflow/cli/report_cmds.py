@@ -9,12 +9,12 @@ import typer
 from rich.table import Table
 
 from router import get_mode, mode_history, set_mode
-from router.costs import get_cost_summary
 from router.export import export_usage_log
 from tierflow.app.console import console
 from tierflow.app.fleet import adopt_running_fleet
 from tierflow.app.status import render_status
 from tierflow.cli.base import app
+from tierflow.store.costs import get_cost_summary
 
 
 def _since(hours: float | None) -> datetime | None:

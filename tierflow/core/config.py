@@ -18,7 +18,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from tierflow.core.constants import Mode, Tier
-from tierflow.core.errors import ConfigError
+from tierflow.core.errors import ConfigError, describe_validation_error
 
 _ENV_REF = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
 
@@ -168,11 +168,8 @@ def parse_config(raw: Any, source: str = "llm_config.yaml") -> LLMConfig:
     try:
         return LLMConfig.model_validate(expand_env(raw))
     except ValidationError as exc:
-        problems = []
-        for err in exc.errors():
-            loc = ".".join(str(p) for p in err["loc"]) or "(top level)"
-            problems.append(f"{loc}: {err['msg']}")
-        raise ConfigError(f"{source}: invalid configuration: " + "; ".join(problems)) from None
+        problems = describe_validation_error(exc, empty="(top level)")
+        raise ConfigError(f"{source}: invalid configuration: {problems}") from None
 
 
 def load_config(path: str | Path | None) -> LLMConfig:

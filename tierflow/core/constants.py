@@ -36,6 +36,19 @@ class Mode(StrEnum):
     LOCAL = "local"
     CLOUD = "cloud"
 
+    @property
+    def tiers(self) -> frozenset[Tier]:
+        """The tiers this mode lets the fleet call: the one mode-to-tier rule."""
+        if self is Mode.LOCAL:
+            return LOCAL_TIERS
+        if self is Mode.CLOUD:
+            return frozenset({Tier.API_FALLBACK})
+        return frozenset(TIER_ORDER)
+
+    def allows(self, tier: Tier | str) -> bool:
+        """Whether an attempt on ``tier`` may call a model under this mode."""
+        return Tier(tier) in self.tiers
+
 
 class JobStatus(StrEnum):
     QUEUED = "queued"

@@ -28,6 +28,10 @@ API keys: backends build them from status codes and provider error types, not fr
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
+from pydantic import ValidationError
+
 
 class TierflowError(Exception):
     """Base of every error tierflow raises on purpose."""
@@ -130,3 +134,17 @@ class ContentRefused(PermanentBackendError):
 
 class MalformedResponse(PermanentBackendError):
     kind = "malformed_response"
+
+
+def describe_validation_error(
+    exc: ValidationError, *, empty: str, name: Callable[[str], str] = str
+) -> str:
+    """``"field.path: message; ..."`` for every error of a pydantic ValidationError.
+
+    ``empty`` names an error on the whole object (no field path); ``name`` renders a field path
+    (the settings print ``TIERFLOW_<PATH>``). The one formatting of validation errors.
+    """
+    return "; ".join(
+        f"{name('.'.join(str(p) for p in err['loc'])) if err['loc'] else empty}: {err['msg']}"
+        for err in exc.errors()
+    )

@@ -23,7 +23,7 @@ from pydantic import Field, ValidationError, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from tierflow.core.config import LLMConfig, load_config
-from tierflow.core.errors import ConfigError
+from tierflow.core.errors import ConfigError, describe_validation_error
 
 
 def redact_url(url: str | None) -> str:
@@ -110,9 +110,8 @@ def get_settings() -> Settings:
     try:
         settings = Settings()
     except ValidationError as exc:
-        problems = "; ".join(
-            f"TIERFLOW_{'.'.join(str(p) for p in e['loc']).upper() or 'SETTINGS'}: {e['msg']}"
-            for e in exc.errors()
+        problems = describe_validation_error(
+            exc, empty="TIERFLOW_SETTINGS", name=lambda path: f"TIERFLOW_{path.upper()}"
         )
         raise ConfigError(f"invalid environment: {problems}") from None
     settings.llm  # noqa: B018 - validate the config file at start, not at the first job

@@ -1,5 +1,11 @@
-"""Backends: one registry, one narrow interface (see :mod:`workers.backends.base`)."""
+"""Backends: one registry, one narrow interface (see :mod:`workers.backends.base`).
 
+Importing this package registers the built-in providers (``openai_compatible`` with its aliases,
+``anthropic``, ``llamacpp`` and ``fake``); a plug-in registers its own with
+:func:`register_backend` the same way.
+"""
+
+from workers.backends import anthropic_backend, fake, llamacpp, openai_compatible
 from workers.backends.base import (
     Availability,
     Backend,
@@ -10,7 +16,10 @@ from workers.backends.base import (
     registry,
 )
 
+BUILTIN_MODULES = (anthropic_backend, fake, llamacpp, openai_compatible)
+
 __all__ = [
+    "BUILTIN_MODULES",
     "Availability",
     "Backend",
     "Completion",

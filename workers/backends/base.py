@@ -116,7 +116,6 @@ class Registry:
         key = (model.name, model.model_dump_json())
         found = self._instances.get(key)
         if found is None:
-            _load_builtin_backends()
             factory = self.factories.get(model.provider)
             if factory is None:
                 known = ", ".join(sorted(self.factories))
@@ -132,8 +131,3 @@ class Registry:
 
 registry = Registry()
 register_backend = registry.register
-
-
-def _load_builtin_backends() -> None:
-    """Import the packaged backends so their ``register_backend`` calls run."""
-    from workers.backends import anthropic_backend, fake, llamacpp, openai_compatible  # noqa: F401

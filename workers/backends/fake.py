@@ -22,6 +22,7 @@ from collections.abc import Iterator
 
 from tierflow.core import errors
 from tierflow.core.config import ModelConfig
+from tierflow.core.tokens import estimate_tokens
 from workers.backends.base import (
     Availability,
     Completion,
@@ -38,11 +39,6 @@ _FAILURES: dict[str, type[errors.BackendError]] = {
     "auth": errors.AuthError,
     "malformed": errors.MalformedResponse,
 }
-
-
-def _tokens(text: str) -> int:
-    """A stable token estimate: about four characters a token, at least one."""
-    return max(1, (len(text) + 3) // 4)
 
 
 class FakeBackend:
@@ -111,8 +107,8 @@ class FakeBackend:
         text = self._text(request)
         return Completion(
             text=text,
-            input_tokens=_tokens((request.system or "") + request.prompt),
-            output_tokens=_tokens(text) if text else 0,
+            input_tokens=estimate_tokens((request.system or "") + request.prompt),
+            output_tokens=estimate_tokens(text) if text else 0,
             model=self.model.model_id,
             provider=self.provider,
             finish_reason="stop",

@@ -1,0 +1,47 @@
+"""The store floor: every read and write of jobs, attempts, mode switches and dead letters.
+
+Both the client (:mod:`router`) and the fleet (:mod:`workers`) reach PostgreSQL only through
+here. Every write is idempotent under redelivery: jobs are keyed by their idempotency key,
+attempts by ``(job_id, attempt_no)`` and fenced by the claim (see :mod:`tierflow.store.attempts`).
+"""
+
+from tierflow.store.attempts import (
+    Claim,
+    ClaimResult,
+    attempts_of,
+    claim_attempt,
+    finish_attempt,
+    release_attempt,
+)
+from tierflow.store.dead_letters import record_dead_letter, storable_text
+from tierflow.store.jobs import (
+    create_job,
+    finalize_job,
+    job_result,
+    job_status,
+    load_job,
+    open_jobs_past,
+    save_plan,
+    stale_jobs,
+    touch_job,
+)
+
+__all__ = [
+    "Claim",
+    "ClaimResult",
+    "attempts_of",
+    "claim_attempt",
+    "create_job",
+    "finalize_job",
+    "finish_attempt",
+    "job_result",
+    "job_status",
+    "load_job",
+    "open_jobs_past",
+    "record_dead_letter",
+    "release_attempt",
+    "save_plan",
+    "stale_jobs",
+    "storable_text",
+    "touch_job",
+]

@@ -1,0 +1,167 @@
+"""Jobs: created once per idempotency key, finalized once, read as :class:`JobResult`.
+
+- ``create_job``: one row per idempotency key (``INSERT .. ON CONFLICT DO NOTHING``).
+- ``finalize_job``: only moves a job forward from a non-terminal status, so a replay changes
+  nothing and its cost (the sum of its attempts') is counted once.
+"""
+
+from __future__ import annotations
+
+import uuid
+from datetime import datetime, timedelta
+from typing import Any
+
+from sqlalchemy import select, update
+from sqlalchemy.dialects.postgresql import insert
+
+from schemas.jobs import AttemptSummary, JobRequest, JobResult, utcnow
+from schemas.tables import Attempt, Job
+from tierflow.core.constants import TERMINAL_STATUSES, JobStatus
+from tierflow.core.db import session_scope
+
+
+def create_job(request: JobRequest, default_deadline_s: int) -> tuple[str, bool]:
+    """Store a new job; return ``(job_id, created)``. Same idempotency key → same job.
+
+    ``JobRequest`` has already refused what PostgreSQL cannot store (NUL, lone surrogates).
+    """
+    job_id = str(uuid.uuid4())
+    deadline = request.deadline or utcnow() + timedelta(seconds=default_deadline_s)
+    values = {
+        "id": job_id,
+        "idempotency_key": request.idempotency_key,
+        "status": JobStatus.QUEUED.value,
+        "action_type": request.action_type,
+        "prompt": request.prompt,
+        "context": request.context,
+        "metadata": request.metadata,
+        "priority": request.priority,
+        "stream": request.stream,
+        "allow_degraded": request.allow_degraded,
+        "deadline": deadline,
+    }
+    stmt = insert(Job.__table__).values(**values)  # type: ignore[arg-type]
+    if request.idempotency_key is not None:
+        stmt = stmt.on_conflict_do_nothing(index_elements=["idempotency_key"])
+    with session_scope() as session:
+        inserted = session.execute(stmt.returning(Job.__table__.c.id)).scalar_one_or_none()
+        if inserted is not None:
+            return inserted, True
+        existing = session.execute(
+            select(Job.id).where(Job.idempotency_key == request.idempotency_key)
+        ).scalar_one()
+        return existing, False
+
+
+def job_status(job_id: str) -> str | None:
+    """The job's status alone (one indexed read); None when unknown."""
+    with session_scope() as session:
+        return session.execute(select(Job.status).where(Job.id == job_id)).scalar_one_or_none()
+
+
+def load_job(job_id: str) -> Job | None:
+    with session_scope() as session:
+        return session.get(Job, job_id)
+
+
+def save_plan(job_id: str, complexity: str, plan: dict[str, Any]) -> bool:
+    """Record the routing plan once; False when the job already had one or is finished."""
+    with session_scope() as session:
+        result = session.execute(
+            update(Job)
+            .where(Job.id == job_id, Job.status == JobStatus.QUEUED.value)
+            .values(status=JobStatus.ROUTED.value, complexity=complexity, plan=plan)
+        )
+        return result.rowcount == 1  # type: ignore[attr-defined]
+
+
+def finalize_job(job_id: str, status: JobStatus, **fields: Any) -> bool:
+    """Move a job to a terminal status once; False when it already was terminal.
+
+    The job's cost is the sum of its stored attempts' costs, computed in the same statement, so
+    it can never count an attempt twice.
+    """
+    with session_scope() as session:
+        total = (
+            session.execute(select(Attempt.cost_usd).where(Attempt.job_id == job_id))
+            .scalars()
+            .all()
+        )
+        result = session.execute(
+            update(Job)
+            .where(Job.id == job_id, Job.status.not_in(TERMINAL_STATUSES))
+            .values(status=status.value, finished_at=utcnow(), cost_usd=sum(total), **fields)
+        )
+        return result.rowcount == 1  # type: ignore[attr-defined]
+
+
+def job_result(job_id: str) -> JobResult | None:
+    """The job as a :class:`JobResult`, with every attempt; None when unknown."""
+    with session_scope() as session:
+        job = session.get(Job, job_id)
+        if job is None:
+            return None
+        attempts = [
+            AttemptSummary(
+                attempt_no=a.attempt_no,
+                tier=a.tier,
+                model=a.model,
+                status=a.status,
+                error=a.error,
+                quality=a.quality_score,
+                issues=list(a.quality_issues or []),
+                input_tokens=a.input_tokens,
+                output_tokens=a.output_tokens,
+                cost_usd=float(a.cost_usd or 0),
+                latency_ms=a.latency_ms,
+            )
+            for a in job.attempts
+        ]
+        final = next((a for a in reversed(job.attempts) if a.model == job.model and a.text), None)
+        latency = None
+        if job.finished_at is not None:
+            latency = (job.finished_at - job.created_at).total_seconds() * 1000
+        return JobResult(
+            job_id=job.id,
+            status=job.status,
+            text=job.text,
+            tier=job.tier,
+            model=job.model,
+            provider=job.provider,
+            attempts=attempts,
+            cost_usd=float(job.cost_usd or 0),
+            api_baseline_cost_usd=float(job.api_baseline_cost_usd or 0),
+            quality=job.quality,
+            latency_ms=latency,
+            error=job.error,
+            degraded=job.degraded,
+            fake=job.fake,
+            input_tokens=final.input_tokens if final else 0,
+            output_tokens=final.output_tokens if final else 0,
+            finished_at=job.finished_at,
+        )
+
+
+def open_jobs_past(deadline: datetime) -> list[Job]:
+    with session_scope() as session:
+        return list(
+            session.execute(
+                select(Job).where(Job.status.not_in(TERMINAL_STATUSES), Job.deadline < deadline)
+            ).scalars()
+        )
+
+
+def stale_jobs(before: datetime) -> list[Job]:
+    """Unfinished jobs not updated since ``before`` (candidates for the sweeper)."""
+    with session_scope() as session:
+        return list(
+            session.execute(
+                select(Job).where(Job.status.not_in(TERMINAL_STATUSES), Job.updated_at < before)
+            ).scalars()
+        )
+
+
+def touch_job(job_id: str, now: datetime) -> None:
+    """Mark a job as just handled, so the sweeper's next pass waits its full interval again."""
+    with session_scope() as session:
+        session.execute(update(Job).where(Job.id == job_id).values(updated_at=now))

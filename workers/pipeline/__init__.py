@@ -1,0 +1,68 @@
+"""The attempt as a pipeline: one delivery of ``run_attempt`` runs :data:`STEPS` in order.
+
+    LoadJob      read the job once (unknown, finished, unrouted: stop)      claim.py
+    ClaimAttempt own (job, attempt_no); finished before: replay; held: wait claim.py
+    ModeGate     the fleet's mode allows the tier?                          select.py
+    PickModel    first servable model: availability, limits, cooldowns,     select.py
+                 circuit, capacity (none: wait, or skip with reasons)
+    CallModel    call it, streaming to the waiter if asked                  call.py
+    Gate         judge the answer                                           gate.py
+    Price        its cost from real usage; the attempt's fields             price.py
+    Persist      store the outcome once                                     persist.py
+    Decide       succeed / retry / fall back / fail, from the row alone     decide.py
+    Notify       stream reset, fallback event (never on a replay)           notify.py
+    Finish       finalize the job and wake its waiter                       finish.py
+    Enqueue      send the next attempt                                      enqueue.py
+
+A redelivered message runs the same list: the claim finds the attempt finished, the steps that
+make an attempt do not apply, and the decision is replayed from the stored row without calling
+the model or charging again. A new concern (a verifier, a cache, a budget, a metric) is a new
+step in this list.
+"""
+
+from __future__ import annotations
+
+from tierflow.core.config import LLMConfig
+from workers.pipeline.call import CallModel
+from workers.pipeline.claim import ClaimAttempt, LoadJob
+from workers.pipeline.context import AttemptContext, Step, run_steps
+from workers.pipeline.decide import Decide
+from workers.pipeline.enqueue import Enqueue
+from workers.pipeline.finish import Finish
+from workers.pipeline.gate import Gate
+from workers.pipeline.notify import Notify
+from workers.pipeline.persist import Persist
+from workers.pipeline.price import Price
+from workers.pipeline.select import ModeGate, PickModel
+
+STEPS: tuple[Step, ...] = (
+    LoadJob(),
+    ClaimAttempt(),
+    ModeGate(),
+    PickModel(),
+    CallModel(),
+    Gate(),
+    Price(),
+    Persist(),
+    Decide(),
+    Notify(),
+    Finish(),
+    Enqueue(),
+)
+
+
+def run_attempt_steps(
+    job_id: str,
+    step: int,
+    attempt_no: int,
+    retries_in_step: int,
+    worker: str,
+    config: LLMConfig,
+    steps: tuple[Step, ...] = STEPS,
+) -> AttemptContext:
+    """Run (or replay) one delivery of an attempt through ``steps``; return its context."""
+    ctx = AttemptContext(job_id, step, attempt_no, retries_in_step, worker, config)
+    return run_steps(ctx, steps)
+
+
+__all__ = ["STEPS", "AttemptContext", "Step", "run_attempt_steps"]

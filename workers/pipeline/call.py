@@ -1,0 +1,127 @@
+"""Call the picked model: the request, the call (streamed to the waiter when asked), and what an
+error means for the fleet's view of the model (cooldowns, the circuit)."""
+
+from __future__ import annotations
+
+import json
+import time
+
+from schemas.tables import Job
+from tierflow.core import errors
+from tierflow.core.config import ActionRule, ModelConfig
+from tierflow.core.constants import AttemptStatus
+from tierflow.core.settings import get_settings
+from workers import notify
+from workers.backends.base import Completion, CompletionRequest
+from workers.limits import FleetLimits
+from workers.pipeline.context import AttemptContext, Step
+from workers.selection import Pick
+
+ROUTING_FLAGS = ("affects_system_state", "user_visible_output")
+# A 429/529 without retry-after keeps the whole fleet off the model for this long. A 5xx,
+# timeout or refused connection cools nothing fleet-wide (one failure in a busy fleet would
+# otherwise push every job off a model that answers most calls): the job retries, and the
+# circuit breaker takes the model out after consecutive failures.
+ERROR_COOLDOWN_S = 2.0
+# A rejected key fails every job on that model: keep the fleet off it and let the tier's other
+# models (another provider, another key) take the work.
+AUTH_COOLDOWN_S = 300.0
+
+
+def build_request(job: Job, rule: ActionRule, model: ModelConfig) -> CompletionRequest:
+    """The model call for a job: the prompt, its context, and the answer format the gate expects."""
+    system = None
+    if rule.expects_json:
+        fields = ", ".join(rule.required_fields) or "the answer"
+        system = f"Reply with only a JSON object with the fields: {fields}."
+    elif rule.expects_code:
+        system = "Reply with the code in one fenced code block."
+    context = {k: v for k, v in (job.context or {}).items() if k not in ROUTING_FLAGS}
+    prompt = job.prompt
+    if context:
+        prompt = f"{prompt}\n\nContext:\n{json.dumps(context, default=str)[:20000]}"
+    return CompletionRequest(
+        prompt=prompt,
+        system=system,
+        max_tokens=model.max_tokens,
+        temperature=model.temperature,
+        json_output=rule.expects_json and model.supports_json,
+        # The call must end before the task's soft time limit: the thread pools the fleet
+        # runs do not enforce Celery's time limits, and a call running past the visibility
+        # timeout would see its message handed to a second worker.
+        timeout_s=min(model.timeout_s, float(get_settings().task_soft_time_limit)),
+    )
+
+
+def call_backend(job: Job, pick: Pick, request: CompletionRequest) -> Completion:
+    """One call; a streaming job's chunks are published to its waiter as they come."""
+    if not job.stream:
+        return pick.backend.complete(request)
+    completion: Completion | None = None
+    for chunk in pick.backend.stream(request):
+        notify.publish_job_event(job.id, {"type": "chunk", **chunk.as_event()})
+        if chunk.done:
+            completion = chunk.completion
+    if completion is None:
+        raise errors.MalformedResponse(f"{pick.model.name}: stream ended without a final chunk")
+    return completion
+
+
+def account_failure(limits: FleetLimits, model: ModelConfig, exc: errors.BackendError) -> None:
+    """What a failed call tells the fleet: cooldowns for rate limits and bad keys, a failure
+    for the circuit when the provider may be unhealthy; a permanent error says nothing of it."""
+    if isinstance(exc, errors.AuthError):
+        limits.cool_down(model, AUTH_COOLDOWN_S)
+    if not exc.retryable:
+        limits.release_probe(model)
+        return
+    retry_after = getattr(exc, "retry_after", None)
+    if retry_after:
+        limits.cool_down(model, retry_after)
+    elif isinstance(exc, errors.RateLimited | errors.Overloaded):
+        limits.cool_down(model, ERROR_COOLDOWN_S)
+    limits.record_failure(model)
+
+
+class CallModel(Step):
+    """Call the picked model once. Its slot is given back and its token reservation settled to
+    the real usage, whatever happens; an error becomes the attempt's outcome."""
+
+    def applies(self, ctx: AttemptContext) -> bool:
+        return ctx.making and ctx.pick is not None
+
+    def run(self, ctx: AttemptContext) -> None:
+        assert ctx.job is not None and ctx.pick is not None and ctx.limits is not None
+        pick, limits = ctx.pick, ctx.limits
+        rule = ctx.config.routing.actions.get(ctx.job.action_type, ActionRule())
+        ctx.request = build_request(ctx.job, rule, pick.model)
+        started = time.perf_counter()
+        try:
+            ctx.completion = call_backend(ctx.job, pick, ctx.request)
+        except errors.BackendError as exc:
+            limits.settle(pick.model, pick.reservation, pick.reservation.input_tokens, 0)
+            account_failure(limits, pick.model, exc)
+            ctx.error = exc
+        finally:
+            limits.release_slot(pick.model, pick.slot)
+            ctx.latency_ms = (time.perf_counter() - started) * 1000
+        if ctx.error is not None:
+            ctx.outcome = self._error_fields(ctx)
+            return
+        assert ctx.completion is not None
+        usage = ctx.completion.input_tokens, ctx.completion.output_tokens
+        limits.settle(pick.model, pick.reservation, *usage)
+        limits.record_success(pick.model)
+
+    @staticmethod
+    def _error_fields(ctx: AttemptContext) -> dict:
+        assert ctx.error is not None and ctx.pick is not None
+        return {
+            "model": ctx.pick.model.name,
+            "provider": ctx.pick.model.provider,
+            "status": AttemptStatus.ERROR.value,
+            "error_kind": ctx.error.kind,
+            "error": str(ctx.error)[:2000],
+            "retry_after_s": getattr(ctx.error, "retry_after", None),
+            "latency_ms": ctx.latency_ms,
+        }

@@ -1,0 +1,55 @@
+"""Load the job and claim the attempt: the steps every delivery starts with."""
+
+from __future__ import annotations
+
+from router.plan import TierPlan
+from tierflow import store
+from tierflow.core.constants import TASK_RUN_ATTEMPT, JobStatus
+from workers.leases import lease_seconds, max_countdown
+from workers.outcome import Move, finish_failure
+from workers.pipeline.context import AttemptContext, Step
+
+
+class LoadJob(Step):
+    """Read the job once; a message for a job that is unknown, finished or unrouted ends here
+    (the odd ones are recorded as dead letters)."""
+
+    def applies(self, ctx: AttemptContext) -> bool:
+        return ctx.job is None and not ctx.stopped
+
+    def run(self, ctx: AttemptContext) -> None:
+        job = store.load_job(ctx.job_id)
+        if job is None:
+            store.record_dead_letter(
+                f"run_attempt for unknown job {ctx.job_id}", task=TASK_RUN_ATTEMPT
+            )
+            return ctx.stop()
+        if job.status in (JobStatus.SUCCEEDED, JobStatus.FAILED):
+            return ctx.stop()
+        if not job.plan:
+            store.record_dead_letter(
+                "run_attempt before the job was routed", task=TASK_RUN_ATTEMPT, job_id=job.id
+            )
+            return ctx.stop()
+        plan = TierPlan.from_json(job.plan)
+        if ctx.step >= len(plan.chain):
+            finish_failure(job, ctx.config, f"step {ctx.step} is past the end of the chain")
+            return ctx.stop()
+        ctx.job, ctx.plan, ctx.tier = job, plan, plan.chain[ctx.step]
+        return None
+
+
+class ClaimAttempt(Step):
+    """Take (job, attempt_no) for this delivery; a finished one is replayed, a held one waited
+    for (see :func:`tierflow.store.claim_attempt`)."""
+
+    def run(self, ctx: AttemptContext) -> None:
+        assert ctx.tier is not None
+        claim = store.claim_attempt(
+            ctx.job_id, ctx.attempt_no, ctx.step, ctx.tier.value, ctx.worker, lease_seconds()
+        )
+        if claim.claim is store.Claim.BUSY:
+            wait = min(claim.lease_left_s + 1, max_countdown())
+            ctx.stop(Move("wait", ctx.step, ctx.attempt_no, ctx.retries_in_step, countdown=wait))
+        elif claim.claim is store.Claim.DONE:
+            ctx.attempt, ctx.replayed = claim.attempt, True

@@ -1,0 +1,91 @@
+"""What one delivery of ``run_attempt`` knows as it moves through the steps, and the runner.
+
+Each step reads the context, does its one thing and writes what it learned back. A step runs
+when its :meth:`Step.applies` says so, which keeps the list flat: the steps that *make* the
+attempt (mode, pick, call, gate, price) run only while it is still being made; once the attempt
+row exists (stored by :class:`~workers.pipeline.persist.Persist`, or found finished by the claim
+on a redelivery) only the steps that *follow* it (decide, notify, finish, enqueue) run, so a
+replay never calls a model or charges again.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from router.plan import TierPlan
+from router.quality import QualityReport
+from schemas.tables import Attempt, Job
+from tierflow.core.config import LLMConfig
+from tierflow.core.constants import Mode, Tier
+from tierflow.core.errors import BackendError
+from workers.backends.base import Completion, CompletionRequest
+from workers.limits import FleetLimits
+from workers.outcome import Move
+from workers.selection import Pick
+
+
+@dataclass
+class AttemptContext:
+    """One delivery of attempt ``attempt_no`` (chain step ``step``) of job ``job_id``."""
+
+    job_id: str
+    step: int
+    attempt_no: int
+    retries_in_step: int
+    worker: str  # "host:task_id"; the claim recognises its own delivery by the task id
+    config: LLMConfig
+    job: Job | None = None
+    plan: TierPlan | None = None
+    tier: Tier | None = None
+    mode: Mode | None = None
+    limits: FleetLimits | None = None
+    pick: Pick | None = None
+    request: CompletionRequest | None = None
+    completion: Completion | None = None
+    error: BackendError | None = None
+    latency_ms: float | None = None
+    report: QualityReport | None = None
+    outcome: dict[str, Any] | None = None  # the attempt's fields once known, for Persist
+    attempt: Attempt | None = None  # the stored row: this delivery's, or an earlier one's
+    replayed: bool = False  # the claim found the attempt finished by an earlier delivery
+    move: Move | None = None
+    stopped: bool = False  # nothing more is to be made (the job is gone, done, or must wait)
+
+    @property
+    def making(self) -> bool:
+        """The attempt is still being made: the job is loaded and nothing has settled it."""
+        return (
+            self.job is not None
+            and not self.stopped
+            and self.attempt is None
+            and self.outcome is None
+        )
+
+    def stop(self, move: Move | None = None) -> None:
+        """Make nothing more; ``move`` (a wait) is still enqueued by the steps that follow."""
+        self.stopped = True
+        self.move = move
+
+
+class Step:
+    """One concern of an attempt. Subclasses implement :meth:`run` and, when they do not belong
+    to the making of the attempt, :meth:`applies`."""
+
+    def applies(self, ctx: AttemptContext) -> bool:
+        return ctx.making
+
+    def run(self, ctx: AttemptContext) -> None:
+        raise NotImplementedError
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}()"
+
+
+def run_steps(ctx: AttemptContext, steps: Sequence[Step]) -> AttemptContext:
+    """Run each step that applies, in order; return the context."""
+    for step in steps:
+        if step.applies(ctx):
+            step.run(ctx)
+    return ctx
