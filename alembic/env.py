@@ -6,6 +6,7 @@ from sqlalchemy import create_engine, pool
 
 from alembic import context
 from schemas.tables import Base
+from tierflow.core.settings import get_settings
 
 config = context.config
 
@@ -14,8 +15,6 @@ def _url() -> str:
     url = config.get_main_option("sqlalchemy.url")
     if url:
         return url
-    from tierflow.core.settings import get_settings
-
     return get_settings().sqlalchemy_url
 
 

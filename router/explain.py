@@ -10,16 +10,16 @@ from __future__ import annotations
 
 from typing import Any
 
+from router.mode import get_mode
 from router.plan import plan_job
 from tierflow.core.config import LLMConfig
 from tierflow.core.constants import Mode
+from tierflow.core.settings import get_settings
 
 
 def _current_mode(config: LLMConfig, notes: list[str]) -> Mode:
     """The fleet's mode from Redis/PostgreSQL; the configured default when they cannot be read."""
     try:
-        from router.mode import get_mode
-
         return get_mode()
     except Exception as exc:  # a dry run must work without the services
         notes.append(
@@ -43,8 +43,6 @@ def explain(
     ``config`` defaults to the process's settings; ``mode`` to the fleet's current mode.
     """
     if config is None:
-        from tierflow.core.settings import get_settings
-
         config = get_settings().llm
     notes: list[str] = []
     chosen = Mode(mode) if mode is not None else _current_mode(config, notes)
