@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from router.export import scrub
 from router.plan import TierPlan
 from schemas.tables import Attempt, Job
 from tierflow import store
@@ -97,3 +98,15 @@ def finish_failure(job: Job, config: LLMConfig, reason: str | None = None) -> No
     error = reason or failure_summary(attempts)
     if store.finalize_job(job.id, JobStatus.FAILED, error=error[:8000]):
         notify.publish_job_event(job.id, {"type": "done", "status": "failed"})
+
+
+def fail_on_internal_error(job_id: str, exc: BaseException) -> str:
+    """Fail a job because the fleet's own code raised ``exc``; return the stored reason.
+
+    Written straight to the store (not through :func:`finish_failure`, which may be what
+    raised); the reason is scrubbed of anything shaped like a key.
+    """
+    reason = scrub(f"internal error: {type(exc).__name__}: {exc}") or "internal error"
+    if store.finalize_job(job_id, JobStatus.FAILED, error=reason[:2000]):
+        notify.publish_job_event(job_id, {"type": "done", "status": "failed"})
+    return reason[:2000]

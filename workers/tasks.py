@@ -14,6 +14,8 @@ from __future__ import annotations
 
 import logging
 import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
 from datetime import timedelta
 from typing import Any
 
@@ -21,6 +23,7 @@ import kombu.exceptions
 import redis
 import sqlalchemy.exc
 from celery import Task
+from celery.exceptions import Retry
 
 from router.dispatch import enqueue_attempt
 from router.mode import get_mode
@@ -47,6 +50,7 @@ INFRA_ERRORS = (
     redis.TimeoutError,
     kombu.exceptions.OperationalError,
 )
+MAX_BUG_RETRIES = 2  # redeliveries of a task that raised something unexpected, before its job fails
 _RETRY = {
     "autoretry_for": INFRA_ERRORS,
     "retry_backoff": 1,
@@ -71,6 +75,24 @@ def check_counter(name: str, value: Any, limit: int = 1000) -> int:
     return value
 
 
+@contextmanager
+def job_fails_on_bug(task: Task, job_id: str) -> Iterator[None]:
+    """Let infrastructure errors retry (``autoretry_for``); any other exception is a bug: the task
+    is retried a few times (a bug can be a race), then the job fails with the reason, is counted
+    as a dead letter and its waiter is woken. No job is left hanging on a bug."""
+    try:
+        yield
+    except (*INFRA_ERRORS, Retry):
+        raise
+    except Exception as exc:
+        if task.request.retries < MAX_BUG_RETRIES:
+            log.warning("task %s for job %s raised; retrying", task.name, job_id, exc_info=True)
+            raise task.retry(exc=exc, countdown=1 + task.request.retries) from None
+        log.exception("task %s for job %s raised; the job fails", task.name, job_id)
+        reason = outcome.fail_on_internal_error(job_id, exc)
+        _dead_letter(task, reason, job_id)
+
+
 def _dead_letter(task: Task, reason: str, job_id: str | None = None) -> None:
     info = task.request.delivery_info or {}
     store.record_dead_letter(
@@ -91,9 +113,15 @@ def route_job(self: Task, job_id: Any) -> str | None:
     except JobValidationError as exc:
         _dead_letter(self, str(exc))
         return None
+    with job_fails_on_bug(self, job_id):
+        return _route(job_id)
+    return "failed"
+
+
+def _route(job_id: str) -> str | None:
     job = store.load_job(job_id)
     if job is None:
-        _dead_letter(self, f"unknown job {job_id}", None)
+        store.record_dead_letter(f"unknown job {job_id}", task=TASK_ROUTE_JOB)
         return None
     if job.status == JobStatus.ROUTED.value and job.plan and not store.attempts_of(job_id):
         # A redelivery after the plan was stored: the first attempt may not have been sent
@@ -127,9 +155,11 @@ def run_attempt(
         _dead_letter(self, str(exc))
         return None
     worker = f"{self.request.hostname or 'local'}:{self.request.id}"
-    config = get_settings().llm
-    ctx = run_attempt_steps(job_id, step, attempt_no, retries_in_step, worker, config)
-    return ctx.move.kind if ctx.move is not None else "done"
+    with job_fails_on_bug(self, job_id):
+        config = get_settings().llm
+        ctx = run_attempt_steps(job_id, step, attempt_no, retries_in_step, worker, config)
+        return ctx.move.kind if ctx.move is not None else "done"
+    return "failed"
 
 
 @app.task(name=TASK_SWEEP, bind=True, **_RETRY)

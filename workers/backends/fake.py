@@ -5,7 +5,8 @@ For tests, benchmarks and demos of failure paths. Options (``options:`` of the m
 - ``latency_ms``     sleep before answering (default 0)
 - ``failure_rate``   fraction of calls that raise (deterministic per prompt and call count)
 - ``failure``        which error: ``server_error`` (default), ``rate_limited``, ``timeout``,
-                     ``overloaded``, ``auth``, ``malformed``
+                     ``overloaded``, ``auth``, ``malformed``, or ``bug`` (a RuntimeError,
+                     not a backend error: the fleet's handling of its own bugs)
 - ``retry_after``    seconds carried by a fake 429 (default 1)
 - ``answer``         ``echo`` (default), ``bad_json``, ``empty``, ``refusal``
 
@@ -63,8 +64,10 @@ class FakeBackend:
         if digest[0] / 255.0 >= rate:
             return
         kind = str(self.options.get("failure", "server_error"))
-        cls = _FAILURES.get(kind, errors.ServerError)
         message = f"fake {kind} from {self.model.name} (FAKE)"
+        if kind == "bug":  # not a BackendError: what a broken backend or SDK would raise
+            raise RuntimeError(message)
+        cls = _FAILURES.get(kind, errors.ServerError)
         if issubclass(cls, errors.RetryableBackendError):
             retry_after = (
                 float(self.options.get("retry_after", 1.0)) if kind == "rate_limited" else None
