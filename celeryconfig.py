@@ -18,6 +18,7 @@ from tierflow.core.constants import (
     ALL_QUEUES,
     MAINTENANCE_QUEUE,
     ROUTER_QUEUE,
+    SWEEP_INTERVAL_S,
     TASK_ROUTE_JOB,
     TASK_RUN_ATTEMPT,
     TASK_SWEEP,
@@ -83,5 +84,11 @@ task_routes = {
 }
 
 beat_schedule = {
-    "sweep-stuck-jobs": {"task": TASK_SWEEP, "schedule": 30.0},
+    # Every router worker runs beat (``-B``); the task's Redis lock lets one sweep run per
+    # interval fleet-wide, however many router workers there are.
+    "sweep-stuck-jobs": {
+        "task": TASK_SWEEP,
+        "schedule": SWEEP_INTERVAL_S,
+        "kwargs": {"scheduled": True},
+    },
 }

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from router.mode import get_mode
+from router import mode as fleet_mode
 from router.plan import plan_job
 from tierflow.core.config import LLMConfig
 from tierflow.core.constants import Mode
@@ -20,7 +20,7 @@ from tierflow.core.settings import get_settings
 def _current_mode(config: LLMConfig, notes: list[str]) -> Mode:
     """The fleet's mode from Redis/PostgreSQL; the configured default when they cannot be read."""
     try:
-        return get_mode()
+        return fleet_mode.get_mode()
     except Exception as exc:  # a dry run must work without the services
         notes.append(
             f"fleet mode unreadable ({type(exc).__name__}); "

@@ -9,6 +9,12 @@ without importing the fleet.
 from __future__ import annotations
 
 from tierflow.core.celery_app import app
+from tierflow.core.settings import get_settings
 from workers import tasks
+from workers.backends import registry
+
+# A model naming an unknown provider, or options its backend does not read, stops the worker at
+# start with the field named (the settings have already validated the rest of the file).
+registry.check(get_settings().llm)
 
 __all__ = ["app", "tasks"]

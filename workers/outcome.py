@@ -70,7 +70,8 @@ def failure_summary(attempts: list[Attempt]) -> str:
 def finish_success(
     job: Job, attempt: Attempt, config: LLMConfig, *, degraded: bool = False
 ) -> None:
-    baseline = config.baseline().price(attempt.input_tokens, attempt.output_tokens)
+    model = config.baseline()
+    baseline = model.price(attempt.input_tokens, attempt.output_tokens) if model else 0.0
     done = store.finalize_job(
         job.id,
         JobStatus.SUCCEEDED,

@@ -6,7 +6,7 @@
   so the worker is sized for I/O concurrency, not for CPU count.
 - ``api_fallback``: I/O-bound HTTP calls under fleet-wide rate limits (the limits, not the pool,
   bound the request rate).
-- ``router``: classification is cheap; it also runs the sweeper.
+- ``router``: classification is cheap; it also runs beat, which schedules the sweeper.
 
 Every pool is ``threads``: the work is waiting on HTTP, PostgreSQL and Redis. Celery enforces
 ``task_time_limit`` only in the prefork pool, so here each blocking call is bounded on its own:
@@ -38,8 +38,16 @@ POOLS: dict[str, PoolSpec] = {
 
 
 def worker_argv(name: str, concurrency: int | None = None, loglevel: str = "INFO") -> list[str]:
-    """``celery worker`` arguments for one tier (or ``router``)."""
+    """``celery worker`` arguments for one tier (or ``router``).
+
+    The router worker also runs beat (``-B``), so every deployment that runs a router worker runs
+    the sweeper; the sweep's lock keeps it to one run per interval however many router workers
+    there are.
+    """
     spec = POOLS[name]
+    # Beat's in-memory scheduler: no schedule file to share or lose; a sweep every interval
+    # needs no memory of the last one.
+    beat = ["-B", "--scheduler", "celery.beat:Scheduler"] if name == "router" else []
     return [
         "-A", "workers.app", "worker",
         "-Q", spec.queues,
@@ -49,4 +57,5 @@ def worker_argv(name: str, concurrency: int | None = None, loglevel: str = "INFO
         "-n", f"{name}@%h",
         "--without-gossip", "--without-mingle",
         "-l", loglevel,
+        *beat,
     ]  # fmt: skip

@@ -41,9 +41,20 @@ class NoPick:
 def pick_model(
     config: LLMConfig, tier: str, limits: FleetLimits, input_tokens: int
 ) -> Pick | NoPick:
-    """The first model of ``tier`` that can serve now, holding its slot and reservation."""
+    """The first model of ``tier`` that can serve now, holding its slot and reservation.
+
+    ``input_tokens`` is the prompt's estimate: a model whose ``context_window`` it does not fit
+    is passed over (a later tier's larger model may take it; if none can, the job fails with
+    this reason).
+    """
     none = NoPick()
     for model in config.tier_models(tier):
+        if input_tokens >= model.context_window:
+            none.reasons[model.name] = (
+                f"prompt of about {input_tokens} tokens does not fit its context window "
+                f"({model.context_window})"
+            )
+            continue
         backend = registry.backend_for(model)
         availability = backend.availability()
         if not availability.ok:

@@ -31,8 +31,16 @@ from router.plan import plan_job
 from schemas.jobs import utcnow
 from tierflow import store
 from tierflow.core.celery_app import app
-from tierflow.core.constants import TASK_ROUTE_JOB, TASK_RUN_ATTEMPT, TASK_SWEEP, JobStatus, Tier
+from tierflow.core.constants import (
+    SWEEP_INTERVAL_S,
+    TASK_ROUTE_JOB,
+    TASK_RUN_ATTEMPT,
+    TASK_SWEEP,
+    JobStatus,
+    Tier,
+)
 from tierflow.core.errors import JobValidationError
+from tierflow.core.redis_client import get_keys, get_redis
 from tierflow.core.settings import get_settings
 from workers import outcome
 from workers.pipeline import run_attempt_steps
@@ -50,6 +58,7 @@ INFRA_ERRORS = (
     redis.TimeoutError,
     kombu.exceptions.OperationalError,
 )
+SWEEP_LOCK_S = max(1, int(SWEEP_INTERVAL_S) - 2)  # ends before the next beat tick
 MAX_BUG_RETRIES = 2  # redeliveries of a task that raised something unexpected, before its job fails
 _RETRY = {
     "autoretry_for": INFRA_ERRORS,
@@ -163,12 +172,22 @@ def run_attempt(
 
 
 @app.task(name=TASK_SWEEP, bind=True, **_RETRY)
-def sweep_stuck_jobs(self: Task, stale_after_s: float = 120.0) -> dict[str, int]:
+def sweep_stuck_jobs(
+    self: Task, stale_after_s: float = 120.0, scheduled: bool = False
+) -> dict[str, int]:
     """Find jobs that stopped moving and move them: nothing accepted is ever lost silently.
 
     - past its deadline and not finished → failed, with every attempt's story;
     - queued (never routed) for longer than ``stale_after_s`` → sent to the router again;
     - routed/running with no attempt in flight for longer than ``stale_after_s`` → its next
       attempt is sent again (the claim makes a duplicate harmless).
+
+    ``scheduled`` sweeps (sent by beat, which every router worker runs) take a Redis lock that
+    lasts most of the interval, so exactly one runs per interval fleet-wide; a sweep sent by hand
+    always runs.
     """
+    if scheduled and not get_redis().set(
+        get_keys().sweep_lock, self.request.hostname or "local", nx=True, ex=SWEEP_LOCK_S
+    ):
+        return {"skipped": 1}
     return sweep(utcnow(), timedelta(seconds=stale_after_s))

@@ -92,11 +92,14 @@ class RoutingConfig(_Strict):
     quality_threshold: float = Field(default=0.7, ge=0, le=1)
     max_fallback_attempts: int = Field(default=2, ge=0, le=10)
     max_retries_per_tier: int = Field(default=2, ge=0, le=20)
-    enable_caching: bool = True
+    # Not implemented yet: accepted only when false, so no file believes it is caching.
+    enable_caching: bool = False
     self_critique: bool = True
     default_mode: Mode = Mode.AUTO
     default_complexity: Literal["simple", "moderate", "complex"] = "moderate"
-    baseline_model: str = "claude-sonnet-4-5"
+    # The API model that prices each job's API-only baseline; None: the first enabled model of
+    # api_fallback (a file in the seed's schema names none).
+    baseline_model: str | None = None
     action_tier_overrides: dict[str, Tier] = Field(default_factory=dict)
     actions: dict[str, ActionRule] = Field(default_factory=dict)
 
@@ -123,21 +126,56 @@ class LLMConfig(_Strict):
             raise ValueError(f"model names must be unique across tiers, repeated: {dupes}")
         return tiers
 
+    @model_validator(mode="after")
+    def _cross_references(self) -> LLMConfig:
+        """Every name the routing section uses points at something that can serve."""
+        routing = self.routing
+        if routing.enable_caching:
+            raise ValueError(
+                "routing.enable_caching: response caching is not implemented yet; "
+                "remove the line or set it to false"
+            )
+        if routing.baseline_model is not None:
+            model = self._named(routing.baseline_model)
+            if model is None:
+                raise ValueError(
+                    f"routing.baseline_model: no model named {routing.baseline_model!r} "
+                    f"(known: {', '.join(sorted(m.name for m in self._all_models()))})"
+                )
+        for action, tier in routing.action_tier_overrides.items():
+            if not self.tier_models(tier):
+                raise ValueError(
+                    f"routing.action_tier_overrides.{action}: tier {tier.value} has no "
+                    "enabled model"
+                )
+        if not any(self.tier_models(t) for t in self.tiers):
+            raise ValueError("tiers: no enabled model in any tier")
+        return self
+
+    def _all_models(self) -> list[ModelConfig]:
+        return [m for tier in self.tiers.values() for m in tier.models]
+
+    def _named(self, name: str) -> ModelConfig | None:
+        return next((m for m in self._all_models() if m.name == name), None)
+
     def tier_models(self, tier: Tier | str) -> list[ModelConfig]:
         """Enabled models of a tier, in the order of the file (first is preferred)."""
         cfg = self.tiers.get(Tier(tier))
         return [m for m in cfg.models if m.enabled] if cfg else []
 
     def model(self, name: str) -> ModelConfig:
-        for tier in self.tiers.values():
-            for m in tier.models:
-                if m.name == name:
-                    return m
-        raise ConfigError(f"no model named {name!r} in the configuration")
+        found = self._named(name)
+        if found is None:
+            raise ConfigError(f"no model named {name!r} in the configuration")
+        return found
 
-    def baseline(self) -> ModelConfig:
-        """The API model that prices each job's API-only baseline cost."""
-        return self.model(self.routing.baseline_model)
+    def baseline(self) -> ModelConfig | None:
+        """The API model that prices each job's API-only baseline cost: ``routing.baseline_model``
+        (checked at load), else the first enabled ``api_fallback`` model; None when there is
+        none (a local-only fleet: its baseline cost is 0)."""
+        if self.routing.baseline_model is not None:
+            return self.model(self.routing.baseline_model)
+        return next(iter(self.tier_models(Tier.API_FALLBACK)), None)
 
 
 def expand_env(value: Any) -> Any:

@@ -87,6 +87,7 @@ ALL_QUEUES: tuple[str, ...] = (
 TASK_ROUTE_JOB = "tierflow.route_job"
 TASK_RUN_ATTEMPT = "tierflow.run_attempt"
 TASK_SWEEP = "tierflow.sweep_stuck_jobs"
+SWEEP_INTERVAL_S = 30.0  # beat sends a sweep this often; one runs per interval fleet-wide
 
 
 class Keys:
@@ -114,6 +115,10 @@ class Keys:
     @property
     def fallback_history(self) -> str:
         return f"{self.prefix}:fallbacks"
+
+    @property
+    def sweep_lock(self) -> str:
+        return f"{self.prefix}:sweep:lock"
 
     def rate(self, scope: str) -> str:
         return f"{self.prefix}:rate:{scope}"

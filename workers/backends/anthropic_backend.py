@@ -143,6 +143,6 @@ class AnthropicBackend:
         return Availability(True)
 
 
-@register_backend("anthropic")
+@register_backend("anthropic", options=("prefill", "send_temperature"))
 def make_anthropic(model: ModelConfig) -> AnthropicBackend:
     return AnthropicBackend(model)

@@ -9,11 +9,11 @@ tier) and two retry layers would multiply calls against a provider that is alrea
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from typing import Protocol, runtime_checkable
 
-from tierflow.core.config import ModelConfig
+from tierflow.core.config import LLMConfig, ModelConfig
 from tierflow.core.errors import ConfigError
 
 
@@ -101,15 +101,42 @@ class Registry:
     """Provider name → factory. Aliases (``ollama``, ``vllm``, ``openai``) map to one factory."""
 
     factories: dict[str, BackendFactory] = field(default_factory=dict)
+    known_options: dict[str, frozenset[str]] = field(default_factory=dict)
     _instances: dict[tuple[str, str], Backend] = field(default_factory=dict)
 
-    def register(self, *names: str) -> Callable[[BackendFactory], BackendFactory]:
+    def register(
+        self, *names: str, options: Iterable[str] | None = None
+    ) -> Callable[[BackendFactory], BackendFactory]:
+        """Register a factory under ``names``. ``options`` are the keys of a model's
+        ``options:`` the backend reads; any other key is refused at start (None: not checked)."""
+
         def decorate(factory: BackendFactory) -> BackendFactory:
             for name in names:
                 self.factories[name] = factory
+                if options is not None:
+                    self.known_options[name] = frozenset(options)
             return factory
 
         return decorate
+
+    def check(self, config: LLMConfig) -> None:
+        """Refuse, naming the field, a model whose provider is unknown or whose options the
+        backend does not read. Run at every start, so a typo fails before the first job."""
+        for tier, tier_config in config.tiers.items():
+            for i, model in enumerate(tier_config.models):
+                where = f"tiers.{tier.value}.models.{i}"
+                if model.provider not in self.factories:
+                    known = ", ".join(sorted(self.factories))
+                    raise ConfigError(
+                        f"{where}.provider: unknown provider {model.provider!r} (known: {known})"
+                    )
+                allowed = self.known_options.get(model.provider)
+                unknown = sorted(set(model.options) - allowed) if allowed is not None else []
+                if unknown:
+                    raise ConfigError(
+                        f"{where}.options: {model.provider} does not read {', '.join(unknown)} "
+                        f"(it reads: {', '.join(sorted(allowed or ())) or 'no options'})"
+                    )
 
     def backend_for(self, model: ModelConfig) -> Backend:
         """The (cached) backend serving ``model``; ConfigError for an unknown provider."""

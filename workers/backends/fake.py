@@ -129,6 +129,9 @@ class FakeBackend:
             yield StreamChunk(delta, text, last, self.provider, completion if last else None)
 
 
-@register_backend("fake")
+@register_backend(
+    "fake",
+    options=("latency_ms", "failure_rate", "failure", "retry_after", "answer", "unavailable"),
+)
 def make_fake(model: ModelConfig) -> FakeBackend:
     return FakeBackend(model)

@@ -166,6 +166,6 @@ class OpenAICompatibleBackend:
         return Availability(True)
 
 
-@register_backend("openai_compatible", "openai", "vllm", "ollama")
+@register_backend("openai_compatible", "openai", "vllm", "ollama", options=())
 def make_openai_compatible(model: ModelConfig) -> OpenAICompatibleBackend:
     return OpenAICompatibleBackend(model)
