@@ -136,3 +136,25 @@ class DeadLetter(Base):
     job_id: Mapped[str | None] = mapped_column(String(36), index=True)
     reason: Mapped[str] = mapped_column(Text)
     body_excerpt: Mapped[str | None] = mapped_column(Text)
+
+
+class GateLabel(Base):
+    """Whether a cheap answer was good: from a daemon's feedback or an audit on the next tier.
+
+    ``score`` and ``features`` are what the gate saw when it judged the answer, so the learned
+    verifier and the calibrated threshold can be fitted again from these rows alone.
+    """
+
+    __tablename__ = "gate_labels"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    at: Mapped[datetime] = mapped_column(DateTime(timezone=True), server_default=func.now())
+    job_id: Mapped[str] = mapped_column(String(36), ForeignKey("jobs.id"), index=True)
+    action_type: Mapped[str] = mapped_column(String(100), index=True)
+    source: Mapped[str] = mapped_column(String(20))  # feedback | audit
+    good: Mapped[bool] = mapped_column(Boolean)
+    gate_passed: Mapped[bool | None] = mapped_column(Boolean)
+    score: Mapped[float | None] = mapped_column(Float)
+    features: Mapped[dict[str, Any]] = mapped_column(JsonType, default=dict)
+    note: Mapped[str | None] = mapped_column(Text)
+    cost_usd: Mapped[float] = mapped_column(Money, default=0)  # what an audit call cost

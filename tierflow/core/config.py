@@ -77,14 +77,50 @@ class TierConfig(_Strict):
     models: list[ModelConfig] = Field(default_factory=list)
 
 
-class ActionRule(_Strict):
-    """Per-action quality expectations used by the gate."""
+AnswerKind = Literal["json", "label", "number", "code", "text"]
 
+
+class ActionRule(_Strict):
+    """What the gate expects of one action's answers, and how it judges them.
+
+    ``answer`` is the answer's kind (default: ``json`` when JSON is expected, ``code`` when code
+    is, else ``text``); ``labels`` the allowed labels of a ``label`` answer (or of a ``json``
+    answer's required fields). ``verifiers`` are composed in order (default: the kind's
+    ``checks``, then the seed's ``shape`` score); a verifier that fails vetoes the answer.
+    ``consistency_samples`` extra samples are drawn for ``consistency``; ``judge_tier`` names
+    the tier whose model ``judge`` asks. Thresholds: ``target_quality`` (the share of the next
+    tier's accuracy to keep) or ``max_escalation`` (the share of jobs allowed to escalate)
+    calibrate the score threshold from the labels once ``min_labels`` exist; until then the
+    routing's ``quality_threshold`` holds. ``audit_share`` of passed answers is re-run on the
+    next tier to make labels.
+    """
+
+    answer: AnswerKind | None = None
+    labels: list[str] = Field(default_factory=list)
     expects_json: bool = False
     expects_code: bool = False
     required_fields: list[str] = Field(default_factory=list)
     json_schema: dict[str, Any] | None = None
     min_length: int | None = Field(default=None, ge=0)
+    verifiers: list[Literal["shape", "checks", "consistency", "judge", "learned"]] = Field(
+        default_factory=lambda: ["checks", "shape"], min_length=1
+    )
+    consistency_samples: int = Field(default=2, ge=1, le=10)
+    judge_tier: Tier | None = None
+    target_quality: float | None = Field(default=None, gt=0, le=1)
+    max_escalation: float | None = Field(default=None, ge=0, le=1)
+    min_labels: int = Field(default=30, ge=2)
+    audit_share: float = Field(default=0.0, ge=0, le=1)
+
+    @model_validator(mode="after")
+    def _coherent(self) -> ActionRule:
+        if self.answer == "label" and not self.labels:
+            raise ValueError("answer: label needs labels: [...]")
+        if self.target_quality is not None and self.max_escalation is not None:
+            raise ValueError("set target_quality or max_escalation, not both")
+        if "judge" in self.verifiers and self.judge_tier is None:
+            raise ValueError("verifiers: judge needs judge_tier")
+        return self
 
 
 class RoutingConfig(_Strict):
