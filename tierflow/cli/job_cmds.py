@@ -70,7 +70,8 @@ def submit(
     handle = submit_job(prompt, action, parsed, stream=stream, idempotency_key=idempotency_key)
     if not handle.sent:
         # Waiting would only run out the timeout: the sweeper sends the job when it can.
-        console.print(f"[yellow]{handle.note}[/yellow]  job {handle.job_id}")
+        console.print(handle.note, style="yellow", markup=False)
+        console.print(f"job {handle.job_id}", markup=False)
         return
     if stream:
         for event in handle.stream(timeout):
