@@ -12,9 +12,9 @@ from typing import Any
 from pydantic import ValidationError
 
 from router.dispatch import enqueue_route
-from schemas.jobs import JobRequest, JobResult
+from schemas.jobs import JobRequest, JobResult, utcnow
 from tierflow import store
-from tierflow.core.constants import TERMINAL_STATUSES
+from tierflow.core.constants import ROUTER_QUEUE, TERMINAL_STATUSES, JobStatus, tier_queue
 from tierflow.core.errors import (
     JobNotFound,
     JobValidationError,
@@ -26,13 +26,24 @@ from tierflow.core.settings import get_settings
 
 log = logging.getLogger(__name__)
 
+BROKER_DOWN_NOTE = "stored; the broker is unreachable, it will be sent when the broker is back"
+
 
 class JobHandle:
-    """A submitted job. ``created`` is False when an idempotency key matched an earlier job."""
+    """A submitted job. ``created`` is False when an idempotency key matched an earlier job.
 
-    def __init__(self, job_id: str, created: bool = True) -> None:
+    ``sent`` is False when this submission stored the job but the broker refused the message:
+    the job is durable and the sweeper sends it once the broker is back; ``note`` then says so
+    in one line (it is None otherwise).
+    """
+
+    def __init__(
+        self, job_id: str, created: bool = True, *, sent: bool = True, note: str | None = None
+    ) -> None:
         self.job_id = job_id
         self.created = created
+        self.sent = sent
+        self.note = note
 
     def __repr__(self) -> str:
         return f"JobHandle({self.job_id!r})"
@@ -53,7 +64,9 @@ class JobHandle:
     def wait(self, timeout: float = 300.0) -> JobResult:
         """Block until the job is finished, woken by a Redis notification; ``timeout`` in seconds.
 
-        Raises :class:`JobWaitTimeout` when it runs out (the job goes on in the fleet).
+        Raises :class:`JobWaitTimeout` when it runs out (the job goes on in the fleet); its
+        message says whether the job is still queued (no worker took it: which queue lacks one)
+        or running (on which tier).
         """
         for _ in self.events(timeout):
             pass
@@ -78,7 +91,9 @@ class JobHandle:
             while True:
                 left = deadline - time.monotonic()
                 if left <= 0:
-                    raise JobWaitTimeout(f"job {self.job_id} not finished after {timeout}s")
+                    if self._status() in TERMINAL_STATUSES:
+                        return
+                    raise JobWaitTimeout(self._timeout_message(timeout))
                 message = pubsub.get_message(timeout=min(left, 5.0))
                 if message is None:
                     # Reconnects are silent in redis-py; a rare cheap check covers a lost event.
@@ -91,6 +106,23 @@ class JobHandle:
                     return
         finally:
             pubsub.close()
+
+    def _timeout_message(self, timeout: float) -> str:
+        """Why the job is unfinished: the queue no worker takes it from, or the tier running it."""
+        progress = store.job_progress(self.job_id)
+        if progress is None:
+            raise JobNotFound(self.job_id)
+        status, tier = progress
+        if status in (JobStatus.QUEUED, JobStatus.ROUTED):
+            queue = tier_queue(tier) if status == JobStatus.ROUTED and tier else ROUTER_QUEUE
+            message = (
+                f"job {self.job_id} still queued: no worker has taken it in {timeout:g}s "
+                f"(is a worker for queue {queue!r} running?)"
+            )
+            if not self.sent:
+                message += f"; {BROKER_DOWN_NOTE}"
+            return message
+        return f"job {self.job_id} still running on {tier or '-'} after {timeout:g}s"
 
 
 def submit_job(
@@ -107,8 +139,14 @@ def submit_job(
 ) -> JobHandle:
     """Store a job and send it to the router; return its handle at once.
 
-    Raises :class:`JobValidationError` naming the bad field (nothing is stored then). The same
-    ``idempotency_key`` always returns the same job, which is sent only once.
+    Raises :class:`JobValidationError` naming the bad field (nothing is stored then), also for a
+    ``deadline`` already past. The ``idempotency_key`` is bound to the request's fingerprint
+    (:meth:`JobRequest.fingerprint`): the same key with the same request returns the same job,
+    which is sent only once; the same key with a different request raises
+    :class:`IdempotencyConflict` naming the key and the existing job (nothing is stored). A
+    retry of an accepted request whose deadline has passed since gets its job back (it will
+    have ended ``expired`` or finished). When the broker is unreachable the job is stored all
+    the same, and the handle says so (``handle.sent`` False, ``handle.note``).
     """
     settings = get_settings()
     try:
@@ -128,6 +166,12 @@ def submit_job(
     problems = request.size_problems(settings.llm.inputs)
     if problems:
         raise JobValidationError("; ".join(problems))
+    if request.deadline is not None and request.deadline <= utcnow():
+        # A new job could only expire; a retry of an accepted one gets that job (or the conflict).
+        existing = store.job_for_key(request)
+        if existing is None:
+            raise JobValidationError("deadline: deadline is in the past")
+        return JobHandle(existing, created=False)
     job_id, created = store.create_job(request, settings.job_deadline_s)
     if created:
         try:
@@ -138,6 +182,7 @@ def submit_job(
             log.warning(
                 "broker unavailable; job %s stays queued for the sweeper", job_id, exc_info=True
             )
+            return JobHandle(job_id, created, sent=False, note=BROKER_DOWN_NOTE)
     return JobHandle(job_id, created)
 
 

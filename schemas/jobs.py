@@ -2,15 +2,32 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 from datetime import UTC, datetime
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic_core import InitErrorDetails, PydanticCustomError
 
 from tierflow.core.config import InputLimits
 
 ACTION_PATTERN = r"^[a-z][a-z0-9_]{0,63}$"
+# Keys of ``context`` the router reads as switches (router/plan.py): booleans, nothing else, so
+# the string "false" can never send a job to the API tier by being truthy.
+ROUTING_FLAGS = ("affects_system_state", "user_visible_output")
+# What a request's fingerprint covers: everything that changes the job's result. The
+# idempotency key itself is not part of it (it is what the fingerprint is bound to).
+FINGERPRINT_FIELDS = (
+    "prompt",
+    "action_type",
+    "context",
+    "metadata",
+    "priority",
+    "deadline",
+    "stream",
+    "allow_degraded",
+)
 
 
 def unstorable(value: Any) -> str | None:
@@ -39,8 +56,10 @@ def unstorable(value: Any) -> str | None:
 class JobRequest(BaseModel):
     """A job as submitted. Sizes are checked against ``inputs:`` of the config by ``size_problems``.
 
-    ``deadline`` is an absolute UTC time after which the sweeper fails the job; ``priority`` runs
-    0 (lowest) to 9 (highest), as the broker's priority does.
+    ``deadline`` is an absolute UTC time after which the job ends ``expired``; ``priority`` runs
+    0 (lowest) to 9 (highest), as the broker's priority does. The routing flags of ``context``
+    (:data:`ROUTING_FLAGS`) must be booleans. A deadline already past is refused by
+    :func:`router.client.submit_job`, not here: this model also builds stored rows in tests.
     """
 
     model_config = ConfigDict(extra="forbid", str_strip_whitespace=False)
@@ -91,6 +110,42 @@ class JobRequest(BaseModel):
         if problem:
             raise ValueError(problem)
         return value
+
+    @field_validator("context")
+    @classmethod
+    def _boolean_flags(cls, value: dict[str, Any]) -> dict[str, Any]:
+        errors = [
+            InitErrorDetails(
+                type=PydanticCustomError("bool_required", "must be a boolean"),
+                loc=(flag,),
+                input=value[flag],
+            )
+            for flag in ROUTING_FLAGS
+            if flag in value and not isinstance(value[flag], bool)
+        ]
+        if errors:
+            # raised as a ValidationError so each error's path is context.<flag>
+            raise ValidationError.from_exception_data("context", errors)
+        return value
+
+    def fingerprint(self) -> str:
+        """The sha256 (hex) of the request's canonical JSON: the fields of
+        :data:`FINGERPRINT_FIELDS`, keys sorted at every level, compact separators, ASCII only,
+        ``deadline`` as ISO 8601 in UTC with microseconds (or null). The same request gives the
+        same fingerprint in any process, on any host, after any restart; the idempotency key is
+        bound to it (see :func:`tierflow.store.create_job`).
+        """
+        deadline = (
+            self.deadline.astimezone(UTC).isoformat(timespec="microseconds")
+            if self.deadline is not None
+            else None
+        )
+        body = {name: getattr(self, name) for name in FINGERPRINT_FIELDS} | {"deadline": deadline}
+        # Through JSON once first: non-string keys nested in context/metadata become the strings
+        # JSON (and JSONB) make of them, so sorting keys never compares an int with a str.
+        plain = json.loads(json.dumps(body, allow_nan=False))
+        canonical = json.dumps(plain, sort_keys=True, separators=(",", ":"), ensure_ascii=True)
+        return hashlib.sha256(canonical.encode("ascii")).hexdigest()
 
     def size_problems(self, limits: InputLimits) -> list[str]:
         """Every way this request exceeds the configured input limits (empty when it fits)."""

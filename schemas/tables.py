@@ -1,7 +1,10 @@
 """SQLAlchemy tables: jobs, their attempts, mode switches and dead letters.
 
 Idempotency lives here: ``jobs.idempotency_key`` and ``attempts (job_id, attempt_no)`` are unique,
-so a redelivered message can never create a second result or charge a cost twice.
+so a redelivered message can never create a second result or charge a cost twice;
+``jobs.request_fingerprint`` binds a key to the request it was first used with.
+``jobs.status`` is a plain string (no CHECK constraint, no enum type): the values are
+:class:`tierflow.core.constants.JobStatus`.
 """
 
 from __future__ import annotations
@@ -39,6 +42,9 @@ class Job(Base):
 
     id: Mapped[str] = mapped_column(String(36), primary_key=True)
     idempotency_key: Mapped[str | None] = mapped_column(String(200), unique=True)
+    # sha256 hex of the request the key was first used with (JobRequest.fingerprint); None on
+    # rows stored before migration 0003, which match any request with their key.
+    request_fingerprint: Mapped[str | None] = mapped_column(String(64))
     status: Mapped[str] = mapped_column(String(16), index=True)
     action_type: Mapped[str] = mapped_column(String(64), index=True)
     prompt: Mapped[str] = mapped_column(Text)

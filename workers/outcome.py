@@ -1,4 +1,4 @@
-"""What follows a stored attempt: succeed, retry in the tier, fall back, or fail the job.
+"""What follows a stored attempt: succeed, retry in the tier, fall back, fail or expire the job.
 
 :func:`decide` is pure (the same attempt row always gives the same move), so a redelivered
 message replays the decision without calling a model again; the finishers only move a job
@@ -89,6 +89,24 @@ def finish_success(
 
 
 def finish_failure(job: Job, config: LLMConfig, reason: str | None = None) -> None:
+    """End the job ``failed`` (or, with ``allow_degraded``, with its best scored answer)."""
+    _finish_unsuccessful(job, config, JobStatus.FAILED, reason)
+
+
+def finish_expired(job: Job, config: LLMConfig) -> None:
+    """End a job whose deadline has passed ``expired``, calling no model.
+
+    The error is ``deadline exceeded; <every attempt's reason>``. A job submitted with
+    ``allow_degraded`` that already has a scored answer ends with that answer, degraded, as a
+    failed one does: the answer was made before the deadline.
+    """
+    story = failure_summary(store.attempts_of(job.id))
+    _finish_unsuccessful(job, config, JobStatus.EXPIRED, f"deadline exceeded; {story}")
+
+
+def _finish_unsuccessful(
+    job: Job, config: LLMConfig, status: JobStatus, reason: str | None
+) -> None:
     attempts = store.attempts_of(job.id)
     if job.allow_degraded:
         scored = [a for a in attempts if a.text and a.quality_score is not None]
@@ -97,8 +115,8 @@ def finish_failure(job: Job, config: LLMConfig, reason: str | None = None) -> No
             finish_success(job, best, config, degraded=True)
             return
     error = reason or failure_summary(attempts)
-    if store.finalize_job(job.id, JobStatus.FAILED, error=error[:8000]):
-        notify.publish_job_event(job.id, {"type": "done", "status": "failed"})
+    if store.finalize_job(job.id, status, error=error[:8000]):
+        notify.publish_job_event(job.id, {"type": "done", "status": status.value})
 
 
 def fail_on_internal_error(job_id: str, exc: BaseException) -> str:

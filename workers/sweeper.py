@@ -1,4 +1,5 @@
-"""The sweeper: jobs that stopped moving are failed or moved on, so none is lost silently."""
+"""The sweeper: jobs past their deadline expire, jobs that stopped moving are moved on, so none
+is lost silently."""
 
 from __future__ import annotations
 
@@ -13,13 +14,16 @@ from workers import outcome
 
 
 def sweep(now: datetime, stale_after: timedelta) -> dict[str, int]:
-    """One pass; returns counts of jobs failed for their deadline and jobs re-sent."""
+    """One pass; returns counts of jobs expired (deadline passed) and jobs re-sent.
+
+    A job past its deadline ends ``expired`` whether it waits in a queue or is mid-run, and is
+    never sent again: the attempt pipeline refuses to call a model for a finished job.
+    """
     config = get_settings().llm
-    counts = {"deadline_failed": 0, "rerouted": 0, "resent": 0}
+    counts = {"expired": 0, "rerouted": 0, "resent": 0}
     for job in store.open_jobs_past(now):
-        story = outcome.failure_summary(store.attempts_of(job.id))
-        outcome.finish_failure(job, config, f"deadline exceeded; {story}")
-        counts["deadline_failed"] += 1
+        outcome.finish_expired(job, config)
+        counts["expired"] += 1
     stale = now - stale_after
     for job in store.stale_jobs(stale):
         if job.status == JobStatus.QUEUED.value:

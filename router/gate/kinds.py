@@ -41,8 +41,9 @@ _FINAL = (
     re.compile(rf"(?i)answer\s*(?:is|:|=)\s*\**\s*({_NUMBER})"),
     re.compile(rf"=\s*({_NUMBER})\s*\.?\s*$"),
 )
+_OPS = "-+*/x\u00d7\u00f7"  # also the multiplication and division signs
 _ARITH = re.compile(
-    rf"({_NUMBER})\s*([-+*/×x÷])\s*({_NUMBER})\s*=\s*({_NUMBER})(?!\s*[-+*/×x÷]\s*\d)"
+    rf"({_NUMBER})\s*([{_OPS}])\s*({_NUMBER})\s*=\s*({_NUMBER})(?!\s*[{_OPS}]\s*\d)"
 )
 _ANY_NUMBER = re.compile(_NUMBER)
 
@@ -163,7 +164,7 @@ def _recompute(a: Decimal, op: str, b: Decimal) -> Decimal | None:
         return a + b
     if op == "-":
         return a - b
-    if op in "*×x":
+    if op in "*x\u00d7":
         return a * b
     return a / b if b != 0 else None
 

@@ -15,6 +15,7 @@ from typing import Any
 
 from sqlalchemy import Engine, create_engine, text
 
+FINISHED = ("succeeded", "failed", "expired")  # the terminal job statuses
 _engines: dict[str, Engine] = {}
 
 
@@ -37,7 +38,7 @@ def execute(url: str, sql: str, **params: Any) -> int:
 
 
 def wait_finished(url: str, job_ids: Iterable[str], timeout: float) -> dict[str, str]:
-    """Poll until every job is succeeded or failed (or ``timeout``); return id -> status."""
+    """Poll until every job is finished (or ``timeout``); return id -> status."""
     ids = list(job_ids)
     deadline = time.monotonic() + timeout
     while True:
@@ -45,7 +46,7 @@ def wait_finished(url: str, job_ids: Iterable[str], timeout: float) -> dict[str,
             r["id"]: r["status"]
             for r in rows(url, "SELECT id, status FROM jobs WHERE id = ANY(:ids)", ids=ids)
         }
-        if all(found.get(i) in ("succeeded", "failed") for i in ids):
+        if all(found.get(i) in FINISHED for i in ids):
             return found
         if time.monotonic() > deadline:
             return found
@@ -91,7 +92,7 @@ def audit(url: str, name: str, job_ids: Iterable[str], timeout: float) -> Figure
     status = wait_finished(url, ids, timeout)
     fig = Figures(name, jobs=len(ids))
     fig.succeeded = sum(1 for s in status.values() if s == "succeeded")
-    fig.failed = sum(1 for s in status.values() if s == "failed")
+    fig.failed = sum(1 for s in status.values() if s in ("failed", "expired"))
     fig.lost = len(ids) - fig.succeeded - fig.failed
     per_job = rows(
         url,
@@ -107,9 +108,7 @@ def audit(url: str, name: str, job_ids: Iterable[str], timeout: float) -> Figure
     for r in per_job:
         if (r["status"] == "succeeded" and r["passed"] != 1) or r["passed"] > 1:
             fig.duplicates += 1
-        if r["status"] in ("succeeded", "failed") and Decimal(r["cost_usd"]) != Decimal(
-            r["attempts_cost"]
-        ):
+        if r["status"] in FINISHED and Decimal(r["cost_usd"]) != Decimal(r["attempts_cost"]):
             fig.cost_mismatches += 1
     return fig
 
@@ -128,7 +127,7 @@ def describe_unfinished(url: str, job_ids: Iterable[str], logs: str = "") -> str
     for job in rows(
         url,
         "SELECT id, status, updated_at, plan IS NOT NULL AS planned FROM jobs "
-        "WHERE id = ANY(:ids) AND status NOT IN ('succeeded', 'failed')",
+        "WHERE id = ANY(:ids) AND status NOT IN ('succeeded', 'failed', 'expired')",
         ids=list(job_ids),
     ):
         out.append(f"job {job}")

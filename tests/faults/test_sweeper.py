@@ -3,7 +3,7 @@
 Each stuck state is built by hand in PostgreSQL, the way a crash or a lost broker send leaves
 it, then one sweep is sent to the ``maintenance`` queue of a running worker:
 
-- a job past its deadline is failed, with the reason and its attempts' story;
+- a job past its deadline ends expired, with the reason and its attempts' story;
 - a queued job whose broker send was lost is sent to the router again;
 - a routed job whose first attempt was never sent gets it sent;
 - a job whose attempt holder died (lease over, message gone) gets that attempt sent again.
@@ -76,7 +76,7 @@ def test_sweeper_fails_late_jobs_and_resends_lost_ones(fleet, database) -> None:
     }
     fig = Figures("sweeper", jobs=5)
     fig.succeeded = sum(1 for j in stuck if status.get(j) == "succeeded")
-    fig.failed = sum(1 for j in (late, late_running) if status.get(j) == "failed")
+    fig.failed = sum(1 for j in (late, late_running) if status.get(j) == "expired")
     fig.lost = 5 - fig.succeeded - fig.failed
     fig.faults = {
         "past_deadline": 2,
@@ -85,7 +85,7 @@ def test_sweeper_fails_late_jobs_and_resends_lost_ones(fleet, database) -> None:
         "dead_holder": 1,
     }
     fig.report().assert_clean()
-    assert status[late] == status[late_running] == "failed"
+    assert status[late] == status[late_running] == "expired"
     assert errors[late].startswith("deadline exceeded; no attempt was made")
     assert errors[late_running].startswith("deadline exceeded; #0 local_fast/-: running")
     assert all(status[j] == "succeeded" for j in stuck), status

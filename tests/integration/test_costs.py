@@ -30,7 +30,7 @@ JOBS = [
     (
         "Is this a decision or a fact? 'We chose React'",
         "classify_memory",
-        {"affects_system_state": 1},
+        {"affects_system_state": True},
     ),
     # expects 5000 characters of code, more than the fake ever writes: rejected on every tier
     ("Add error handling to this function: [code]", "edit_file", {}),

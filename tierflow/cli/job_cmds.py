@@ -55,7 +55,10 @@ def submit(
     stream: bool = typer.Option(False, help="Print the answer as it is written."),
     idempotency_key: str = typer.Option(None, help="Same key, same job."),
 ) -> None:
-    """Submit one job to the running fleet and print where it ran and what it cost."""
+    """Submit one job to the running fleet and print where it ran and what it cost.
+
+    With the broker unreachable the job is stored and this says so at once, without waiting.
+    """
 
     adopt_running_fleet()
     try:
@@ -65,6 +68,11 @@ def submit(
     if not isinstance(parsed, dict):
         raise JobValidationError("--context must be a JSON object")
     handle = submit_job(prompt, action, parsed, stream=stream, idempotency_key=idempotency_key)
+    if not handle.sent:
+        # Waiting would only run out the timeout: the sweeper sends the job when it can.
+        console.print(handle.note, style="yellow", markup=False)
+        console.print(f"job {handle.job_id}", markup=False)
+        return
     if stream:
         for event in handle.stream(timeout):
             if event["type"] == "reset":

@@ -78,6 +78,11 @@ class TierConfig(_Strict):
 
 
 AnswerKind = Literal["json", "label", "number", "code", "text"]
+VerifierName = Literal["shape", "checks", "consistency", "judge", "learned"]
+
+
+def _default_verifiers() -> list[VerifierName]:
+    return ["checks", "shape"]
 
 
 class ActionRule(_Strict):
@@ -102,9 +107,7 @@ class ActionRule(_Strict):
     required_fields: list[str] = Field(default_factory=list)
     json_schema: dict[str, Any] | None = None
     min_length: int | None = Field(default=None, ge=0)
-    verifiers: list[Literal["shape", "checks", "consistency", "judge", "learned"]] = Field(
-        default_factory=lambda: ["checks", "shape"], min_length=1
-    )
+    verifiers: list[VerifierName] = Field(default_factory=_default_verifiers, min_length=1)
     consistency_samples: int = Field(default=2, ge=1, le=10)
     judge_tier: Tier | None = None
     target_quality: float | None = Field(default=None, gt=0, le=1)

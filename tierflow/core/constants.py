@@ -56,9 +56,12 @@ class JobStatus(StrEnum):
     RUNNING = "running"
     SUCCEEDED = "succeeded"
     FAILED = "failed"
+    EXPIRED = "expired"  # its deadline passed before it finished; no model is called after
 
 
-TERMINAL_STATUSES: frozenset[str] = frozenset({JobStatus.SUCCEEDED, JobStatus.FAILED})
+TERMINAL_STATUSES: frozenset[str] = frozenset(
+    {JobStatus.SUCCEEDED, JobStatus.FAILED, JobStatus.EXPIRED}
+)
 
 
 class AttemptStatus(StrEnum):

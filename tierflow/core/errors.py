@@ -3,6 +3,7 @@
     TierflowError
     ├── ConfigError                  bad llm_config.yaml or environment (names the field)
     ├── JobValidationError           bad submit_job input or broker message (names the field)
+    │   └── IdempotencyConflict      an idempotency key reused with a different request
     ├── JobNotFound
     ├── JobWaitTimeout               wait() ran past its timeout; the job goes on
     ├── ModeError                    unknown mode, or a mode no tier can serve
@@ -43,6 +44,23 @@ class ConfigError(TierflowError):
 
 class JobValidationError(TierflowError, ValueError):
     """A job request or broker message is invalid; the message names the field."""
+
+
+class IdempotencyConflict(JobValidationError):
+    """An idempotency key already names a job submitted with a different request.
+
+    Nothing is stored. ``key`` and ``job_id`` (the existing job) are attached; the message starts
+    with ``idempotency_key:`` like every other validation error of that field.
+    """
+
+    def __init__(self, key: str, job_id: str) -> None:
+        self.key = key
+        self.job_id = job_id
+        super().__init__(
+            f"idempotency_key: {key!r} is already bound to job {job_id}, which was submitted "
+            "with a different request (prompt, action, context, metadata, priority, deadline, "
+            "stream or allow_degraded); use a new key for a new request"
+        )
 
 
 class JobNotFound(TierflowError, LookupError):

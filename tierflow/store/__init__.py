@@ -17,6 +17,8 @@ from tierflow.store.dead_letters import record_dead_letter, storable_text
 from tierflow.store.jobs import (
     create_job,
     finalize_job,
+    job_for_key,
+    job_progress,
     job_result,
     job_status,
     load_job,
@@ -34,6 +36,8 @@ __all__ = [
     "create_job",
     "finalize_job",
     "finish_attempt",
+    "job_for_key",
+    "job_progress",
     "job_result",
     "job_status",
     "load_job",

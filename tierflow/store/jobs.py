@@ -1,6 +1,7 @@
 """Jobs: created once per idempotency key, finalized once, read as :class:`JobResult`.
 
-- ``create_job``: one row per idempotency key (``INSERT .. ON CONFLICT DO NOTHING``).
+- ``create_job``: one row per idempotency key (``INSERT .. ON CONFLICT DO NOTHING``); the key is
+  bound to the request's fingerprint, so the same key with a different request is refused.
 - ``finalize_job``: only moves a job forward from a non-terminal status, so a replay changes
   nothing and its cost (the sum of its attempts') is counted once.
 """
@@ -18,18 +19,56 @@ from schemas.jobs import AttemptSummary, JobRequest, JobResult, utcnow
 from schemas.tables import Attempt, Job
 from tierflow.core.constants import TERMINAL_STATUSES, JobStatus
 from tierflow.core.db import session_scope
+from tierflow.core.errors import IdempotencyConflict
+
+
+def _same_request(key: str, job_id: str, stored: str | None, fingerprint: str) -> str:
+    """The id of the job ``key`` names when it was stored for this request, or the conflict.
+
+    A row stored before fingerprints existed (``None``) matches any request: refusing the
+    retries of jobs that were accepted before an upgrade would break their submitters.
+    """
+    if stored is not None and stored != fingerprint:
+        raise IdempotencyConflict(key, job_id)
+    return job_id
+
+
+def job_for_key(request: JobRequest) -> str | None:
+    """The job the request's idempotency key already names, or None (also with no key).
+
+    Raises :class:`IdempotencyConflict` when that job was submitted with a different request.
+    """
+    if request.idempotency_key is None:
+        return None
+    with session_scope() as session:
+        found = session.execute(
+            select(Job.id, Job.request_fingerprint).where(
+                Job.idempotency_key == request.idempotency_key
+            )
+        ).one_or_none()
+    if found is None:
+        return None
+    return _same_request(
+        request.idempotency_key, found.id, found.request_fingerprint, request.fingerprint()
+    )
 
 
 def create_job(request: JobRequest, default_deadline_s: int) -> tuple[str, bool]:
-    """Store a new job; return ``(job_id, created)``. Same idempotency key → same job.
+    """Store a new job; return ``(job_id, created)``. Same idempotency key and same request →
+    same job; same key and a different request → :class:`IdempotencyConflict`, nothing stored.
 
+    The ``INSERT .. ON CONFLICT DO NOTHING`` serialises concurrent submitters of one key: the
+    loser's insert waits for the winner's transaction, does nothing, and the ``SELECT`` that
+    follows (a new snapshot under READ COMMITTED) reads the winner's row and fingerprint.
     ``JobRequest`` has already refused what PostgreSQL cannot store (NUL, lone surrogates).
     """
     job_id = str(uuid.uuid4())
+    fingerprint = request.fingerprint()
     deadline = request.deadline or utcnow() + timedelta(seconds=default_deadline_s)
     values = {
         "id": job_id,
         "idempotency_key": request.idempotency_key,
+        "request_fingerprint": fingerprint,
         "status": JobStatus.QUEUED.value,
         "action_type": request.action_type,
         "prompt": request.prompt,
@@ -47,16 +86,41 @@ def create_job(request: JobRequest, default_deadline_s: int) -> tuple[str, bool]
         inserted = session.execute(stmt.returning(Job.__table__.c.id)).scalar_one_or_none()
         if inserted is not None:
             return inserted, True
-        existing = session.execute(
-            select(Job.id).where(Job.idempotency_key == request.idempotency_key)
-        ).scalar_one()
-        return existing, False
+        assert request.idempotency_key is not None  # without a key every insert goes in
+        found = session.execute(
+            select(Job.id, Job.request_fingerprint).where(
+                Job.idempotency_key == request.idempotency_key
+            )
+        ).one()
+    existing = _same_request(
+        request.idempotency_key, found.id, found.request_fingerprint, fingerprint
+    )
+    return existing, False
 
 
 def job_status(job_id: str) -> str | None:
     """The job's status alone (one indexed read); None when unknown."""
     with session_scope() as session:
         return session.execute(select(Job.status).where(Job.id == job_id)).scalar_one_or_none()
+
+
+def job_progress(job_id: str) -> tuple[str, str | None] | None:
+    """``(status, tier)`` of a job: the tier of its latest attempt, or, routed but not yet
+    attempted, the first tier of its plan (None before it is routed); None when unknown."""
+    with session_scope() as session:
+        job = session.execute(select(Job.status, Job.plan).where(Job.id == job_id)).one_or_none()
+        if job is None:
+            return None
+        last = session.execute(
+            select(Attempt.tier)
+            .where(Attempt.job_id == job_id)
+            .order_by(Attempt.attempt_no.desc())
+            .limit(1)
+        ).scalar_one_or_none()
+    status, plan = job
+    if last is None and plan and plan.get("chain"):
+        last = plan["chain"][0]
+    return status, last
 
 
 def load_job(job_id: str) -> Job | None:

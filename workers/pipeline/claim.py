@@ -3,16 +3,17 @@
 from __future__ import annotations
 
 from router.plan import TierPlan
+from schemas.jobs import utcnow
 from tierflow import store
-from tierflow.core.constants import TASK_RUN_ATTEMPT, JobStatus
+from tierflow.core.constants import TASK_RUN_ATTEMPT, TERMINAL_STATUSES
 from workers.leases import lease_seconds, max_countdown
-from workers.outcome import Move, finish_failure
+from workers.outcome import Move, finish_expired, finish_failure
 from workers.pipeline.context import AttemptContext, Step
 
 
 class LoadJob(Step):
     """Read the job once; a message for a job that is unknown, finished or unrouted ends here
-    (the odd ones are recorded as dead letters)."""
+    (the odd ones are recorded as dead letters), and a job past its deadline ends ``expired``."""
 
     def applies(self, ctx: AttemptContext) -> bool:
         return ctx.job is None and not ctx.stopped
@@ -24,7 +25,10 @@ class LoadJob(Step):
                 f"run_attempt for unknown job {ctx.job_id}", task=TASK_RUN_ATTEMPT
             )
             return ctx.stop()
-        if job.status in (JobStatus.SUCCEEDED, JobStatus.FAILED):
+        if job.status in TERMINAL_STATUSES:
+            return ctx.stop()
+        if job.deadline is not None and job.deadline <= utcnow():
+            finish_expired(job, ctx.config)  # no model is called past a job's deadline
             return ctx.stop()
         if not job.plan:
             store.record_dead_letter(
