@@ -27,6 +27,7 @@ from tierflow.store.jobs import (
     stale_jobs,
     touch_job,
 )
+from tierflow.store.labels import gate_figures, labels_for, record_label
 
 __all__ = [
     "Claim",
@@ -36,13 +37,16 @@ __all__ = [
     "create_job",
     "finalize_job",
     "finish_attempt",
+    "gate_figures",
     "job_for_key",
     "job_progress",
     "job_result",
     "job_status",
+    "labels_for",
     "load_job",
     "open_jobs_past",
     "record_dead_letter",
+    "record_label",
     "release_attempt",
     "save_plan",
     "stale_jobs",

@@ -41,6 +41,7 @@ class Completion:
     provider: str
     finish_reason: str | None = None
     fake: bool = False
+    fake_wrong: bool | None = None  # the fake backend's record of answering wrong on purpose
 
 
 @dataclass(frozen=True)

@@ -8,16 +8,18 @@ For tests, benchmarks and demos of failure paths. Options (``options:`` of the m
                      ``overloaded``, ``auth``, ``malformed``, or ``bug`` (a RuntimeError,
                      not a backend error: the fleet's handling of its own bugs)
 - ``retry_after``    seconds carried by a fake 429 (default 1)
-- ``answer``         ``echo`` (default), ``bad_json``, ``empty``, ``refusal``
+- ``answer``         ``right`` (default), ``wrong``, ``bad_json``, ``empty``, ``refusal``
+- ``wrong_rate``     with ``right``: the share of prompts answered wrong on purpose
+                     (see :mod:`workers.backends.fake_answers`)
 
-The text always starts with ``[FAKE <model>]`` and completions carry ``fake=True``.
+The text always starts with ``[FAKE <model>]`` (a JSON answer carries it in its values) and
+completions carry ``fake=True`` and ``fake_wrong`` (whether the answer was made wrong).
 """
 
 from __future__ import annotations
 
 import hashlib
 import itertools
-import json
 import time
 from collections.abc import Iterator
 
@@ -31,6 +33,7 @@ from workers.backends.base import (
     StreamChunk,
     register_backend,
 )
+from workers.backends.fake_answers import fake_answer
 
 _FAILURES: dict[str, type[errors.BackendError]] = {
     "server_error": errors.ServerError,
@@ -75,39 +78,25 @@ class FakeBackend:
             raise cls(message, retry_after=retry_after)
         raise cls(message)
 
-    def _text(self, request: CompletionRequest) -> str:
+    def _text(self, request: CompletionRequest) -> tuple[str, bool | None]:
         label = f"[FAKE {self.model.name}]"
-        answer = self.options.get("answer", "echo")
+        answer = self.options.get("answer", "right")
         if answer == "empty":
-            return ""
+            return "", None
         if answer == "refusal":
-            return f"{label} I'm sorry, but I cannot help with that."
+            return f"{label} I'm sorry, but I cannot help with that.", None
         if answer == "bad_json":
-            return f"{label} {{not json"
+            return f"{label} {{not json", None
         digest = hashlib.sha256(request.prompt.encode()).hexdigest()[:12]
-        if request.json_output:
-            return json.dumps(
-                {
-                    "fake": True,
-                    "model": self.model.name,
-                    "answer": f"{label} {digest}",
-                    "category": "fact",
-                    "topic": "fake-topic",
-                    "decision": "yes",
-                    "plan": ["fake step"],
-                }
-            )
-        text = f"{label} answer {digest} to: {request.prompt[:200]}"
-        if "code block" in (request.system or ""):
-            return f"{label}\n```python\n# answer {digest}\npass\n```"
-        return text
+        wrong_rate = 1.0 if answer == "wrong" else float(self.options.get("wrong_rate", 0.0))
+        return fake_answer(label, request.system, request.prompt, digest, wrong_rate)
 
     def complete(self, request: CompletionRequest) -> Completion:
         latency = float(self.options.get("latency_ms", 0)) / 1000.0
         if latency:
             time.sleep(latency)
         self._maybe_fail(request)
-        text = self._text(request)
+        text, wrong = self._text(request)
         return Completion(
             text=text,
             input_tokens=estimate_tokens((request.system or "") + request.prompt),
@@ -116,6 +105,7 @@ class FakeBackend:
             provider=self.provider,
             finish_reason="stop",
             fake=True,
+            fake_wrong=wrong,
         )
 
     def stream(self, request: CompletionRequest) -> Iterator[StreamChunk]:
@@ -131,7 +121,15 @@ class FakeBackend:
 
 @register_backend(
     "fake",
-    options=("latency_ms", "failure_rate", "failure", "retry_after", "answer", "unavailable"),
+    options=(
+        "latency_ms",
+        "failure_rate",
+        "failure",
+        "retry_after",
+        "answer",
+        "wrong_rate",
+        "unavailable",
+    ),
 )
 def make_fake(model: ModelConfig) -> FakeBackend:
     return FakeBackend(model)

@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import time
 
+from router.gate import kind_of
 from schemas.tables import Job
 from tierflow.core import errors
 from tierflow.core.config import ActionRule, ModelConfig
@@ -28,24 +29,33 @@ ERROR_COOLDOWN_S = 2.0
 AUTH_COOLDOWN_S = 300.0
 
 
+def instructions(rule: ActionRule) -> str | None:
+    """The system text that tells a model what kind of answer the gate expects."""
+    kind = kind_of(rule)
+    if kind == "json":
+        fields = ", ".join(rule.required_fields) or "the answer"
+        return f"Reply with only a JSON object with the fields: {fields}."
+    if kind == "label":
+        return f"Reply with exactly one of: {', '.join(rule.labels)}."
+    if kind == "number":
+        return "Show the working, then end with: The answer is <number>."
+    if kind == "code":
+        return "Reply with the code in one fenced code block."
+    return None
+
+
 def build_request(job: Job, rule: ActionRule, model: ModelConfig) -> CompletionRequest:
     """The model call for a job: the prompt, its context, and the answer format the gate expects."""
-    system = None
-    if rule.expects_json:
-        fields = ", ".join(rule.required_fields) or "the answer"
-        system = f"Reply with only a JSON object with the fields: {fields}."
-    elif rule.expects_code:
-        system = "Reply with the code in one fenced code block."
     context = {k: v for k, v in (job.context or {}).items() if k not in ROUTING_FLAGS}
     prompt = job.prompt
     if context:
         prompt = f"{prompt}\n\nContext:\n{json.dumps(context, default=str)[:20000]}"
     return CompletionRequest(
         prompt=prompt,
-        system=system,
+        system=instructions(rule),
         max_tokens=model.max_tokens,
         temperature=model.temperature,
-        json_output=rule.expects_json and model.supports_json,
+        json_output=kind_of(rule) == "json" and model.supports_json,
         # The call must end before the task's soft time limit: the thread pools the fleet
         # runs do not enforce Celery's time limits, and a call running past the visibility
         # timeout would see its message handed to a second worker.

@@ -11,11 +11,11 @@ replay never calls a model or charges again.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
+from router.gate import GateReport
 from router.plan import TierPlan
-from router.quality import QualityReport
 from schemas.tables import Attempt, Job
 from tierflow.core.config import LLMConfig
 from tierflow.core.constants import Mode, Tier
@@ -46,7 +46,8 @@ class AttemptContext:
     completion: Completion | None = None
     error: BackendError | None = None
     latency_ms: float | None = None
-    report: QualityReport | None = None
+    report: GateReport | None = None
+    extra_calls: list[dict[str, Any]] = field(default_factory=list)  # the gate's own calls
     outcome: dict[str, Any] | None = None  # the attempt's fields once known, for Persist
     attempt: Attempt | None = None  # the stored row: this delivery's, or an earlier one's
     replayed: bool = False  # the claim found the attempt finished by an earlier delivery

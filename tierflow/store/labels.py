@@ -1,0 +1,94 @@
+"""Gate labels: whether a cheap answer was good, from feedback or audits (see
+:mod:`router.gate.learned`), and the gate's own figures per action."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from sqlalchemy import func, select
+
+from schemas.tables import Attempt, GateLabel, Job
+from tierflow.core.db import session_scope
+
+
+def record_label(
+    job_id: str,
+    action_type: str,
+    *,
+    source: str,
+    good: bool,
+    gate_passed: bool | None,
+    score: float | None,
+    features: dict[str, float],
+    note: str | None = None,
+    cost_usd: float = 0.0,
+) -> int:
+    """Store one label; returns its id. ``source`` is ``feedback`` or ``audit``."""
+    with session_scope() as session:
+        row = GateLabel(
+            job_id=job_id,
+            action_type=action_type,
+            source=source,
+            good=good,
+            gate_passed=gate_passed,
+            score=score,
+            features=features,
+            note=note,
+            cost_usd=cost_usd,
+        )
+        session.add(row)
+        session.flush()
+        return int(row.id)
+
+
+def labels_for(action_type: str, limit: int = 5000) -> list[GateLabel]:
+    """The action's most recent labels (at most ``limit``), oldest first."""
+    with session_scope() as session:
+        rows = session.execute(
+            select(GateLabel)
+            .where(GateLabel.action_type == action_type)
+            .order_by(GateLabel.id.desc())
+            .limit(limit)
+        ).scalars()
+        return list(reversed(list(rows)))
+
+
+def gate_figures() -> dict[str, dict[str, Any]]:
+    """Per action: jobs finished, share escalated (a first attempt the gate rejected), labels,
+    audited passes and the estimated miss rate of passed answers (audited passes judged bad)."""
+    first = select(Attempt.job_id, Attempt.status).where(Attempt.attempt_no == 0).subquery()
+    with session_scope() as session:
+        jobs = session.execute(
+            select(
+                Job.action_type,
+                func.count(),
+                func.count().filter(first.c.status == "rejected"),
+            )
+            .join(first, first.c.job_id == Job.id)
+            .group_by(Job.action_type)
+        ).all()
+        labels = session.execute(
+            select(
+                GateLabel.action_type,
+                func.count(),
+                func.count().filter(GateLabel.source == "audit", GateLabel.gate_passed.is_(True)),
+                func.count().filter(
+                    GateLabel.source == "audit",
+                    GateLabel.gate_passed.is_(True),
+                    GateLabel.good.is_(False),
+                ),
+            ).group_by(GateLabel.action_type)
+        ).all()
+    figures: dict[str, dict[str, Any]] = {}
+    for action, count, rejected in jobs:
+        figures[action] = {"jobs": int(count), "escalation_rate": int(rejected or 0) / count}
+    for action, count, audited, missed in labels:
+        row = figures.setdefault(action, {"jobs": 0, "escalation_rate": 0.0})
+        row["labels"] = int(count)
+        row["audited_passes"] = int(audited)
+        row["miss_rate"] = (int(missed) / audited) if audited else None
+    for row in figures.values():
+        row.setdefault("labels", 0)
+        row.setdefault("audited_passes", 0)
+        row.setdefault("miss_rate", None)
+    return figures
