@@ -12,6 +12,7 @@ from typing import Any
 from pydantic import ValidationError
 
 from router.dispatch import enqueue_route
+from router.feedback import record_feedback
 from schemas.jobs import JobRequest, JobResult, utcnow
 from tierflow import store
 from tierflow.core.constants import ROUTER_QUEUE, TERMINAL_STATUSES, JobStatus, tier_queue
@@ -60,6 +61,10 @@ class JobHandle:
         if status is None:
             raise JobNotFound(self.job_id)
         return status
+
+    def feedback(self, correct: bool, note: str | None = None) -> int:
+        """Say how the answer turned out (a label the gate learns from); returns its id."""
+        return record_feedback(self.job_id, correct, note)
 
     def wait(self, timeout: float = 300.0) -> JobResult:
         """Block until the job is finished, woken by a Redis notification; ``timeout`` in seconds.

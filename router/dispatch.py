@@ -7,7 +7,14 @@ Messages carry ids and counters only (the job lives in PostgreSQL). Priorities a
 from __future__ import annotations
 
 from tierflow.core.celery_app import app
-from tierflow.core.constants import ROUTER_QUEUE, TASK_ROUTE_JOB, TASK_RUN_ATTEMPT, Tier, tier_queue
+from tierflow.core.constants import (
+    ROUTER_QUEUE,
+    TASK_AUDIT,
+    TASK_ROUTE_JOB,
+    TASK_RUN_ATTEMPT,
+    Tier,
+    tier_queue,
+)
 
 
 def enqueue_route(job_id: str, priority: int = 5) -> None:
@@ -32,3 +39,8 @@ def enqueue_attempt(
         countdown=countdown or None,
         priority=9 - priority,
     )
+
+
+def enqueue_audit(job_id: str, attempt_no: int, tier: Tier) -> None:
+    """Send a passed answer to be re-run on ``tier`` (an audit), at the lowest priority."""
+    app.send_task(TASK_AUDIT, args=[job_id, attempt_no], queue=tier_queue(tier), priority=9)

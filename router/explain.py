@@ -11,8 +11,9 @@ from __future__ import annotations
 from typing import Any
 
 from router import mode as fleet_mode
+from router.gate import kind_of
 from router.plan import plan_job
-from tierflow.core.config import LLMConfig
+from tierflow.core.config import ActionRule, LLMConfig
 from tierflow.core.constants import Mode
 from tierflow.core.settings import get_settings
 
@@ -38,7 +39,8 @@ def explain(
     mode: Mode | str | None = None,
 ) -> dict[str, Any]:
     """The plan as a dict (``TierPlan.to_json()`` keys) plus ``action_type``, ``model`` (the model
-    that would be tried, or None), ``provider`` and ``models`` (enabled models of each chain tier).
+    that would be tried, or None), ``provider``, ``models`` (enabled models of each chain tier),
+    ``answer_kind`` and ``verifiers`` (how the gate will judge the answer).
 
     ``config`` defaults to the process's settings; ``mode`` to the fleet's current mode.
     """
@@ -54,4 +56,7 @@ def explain(
     info["model"] = first.name if first else None
     info["provider"] = first.provider if first else None
     info["models"] = {t.value: [m.name for m in config.tier_models(t)] for t in plan.chain}
+    rule = config.routing.actions.get(action_type, ActionRule())
+    info["answer_kind"] = kind_of(rule)
+    info["verifiers"] = list(rule.verifiers)
     return info

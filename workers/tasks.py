@@ -33,16 +33,18 @@ from tierflow import store
 from tierflow.core.celery_app import app
 from tierflow.core.constants import (
     SWEEP_INTERVAL_S,
+    TASK_AUDIT,
     TASK_ROUTE_JOB,
     TASK_RUN_ATTEMPT,
     TASK_SWEEP,
     JobStatus,
     Tier,
+    tier_of_queue,
 )
 from tierflow.core.errors import JobValidationError
 from tierflow.core.redis_client import get_keys, get_redis
 from tierflow.core.settings import get_settings
-from workers import outcome
+from workers import audit, outcome
 from workers.pipeline import run_attempt_steps
 from workers.sweeper import sweep
 
@@ -85,7 +87,7 @@ def check_counter(name: str, value: Any, limit: int = 1000) -> int:
 
 
 @contextmanager
-def job_fails_on_bug(task: Task, job_id: str) -> Iterator[None]:
+def job_fails_on_bug(task: Task, job_id: str, *, fail_job: bool = True) -> Iterator[None]:
     """Let infrastructure errors retry (``autoretry_for``); any other exception is a bug: the task
     is retried a few times (a bug can be a race), then the job fails with the reason, is counted
     as a dead letter and its waiter is woken. No job is left hanging on a bug."""
@@ -97,8 +99,11 @@ def job_fails_on_bug(task: Task, job_id: str) -> Iterator[None]:
         if task.request.retries < MAX_BUG_RETRIES:
             log.warning("task %s for job %s raised; retrying", task.name, job_id, exc_info=True)
             raise task.retry(exc=exc, countdown=1 + task.request.retries) from None
-        log.exception("task %s for job %s raised; the job fails", task.name, job_id)
-        reason = outcome.fail_on_internal_error(job_id, exc)
+        log.exception("task %s for job %s raised", task.name, job_id)
+        if fail_job:
+            reason = outcome.fail_on_internal_error(job_id, exc)
+        else:  # an audit's bug must not touch the job it audits
+            reason = f"internal error: {type(exc).__name__}: {exc}"[:2000]
         _dead_letter(task, reason, job_id)
 
 
@@ -191,3 +196,18 @@ def sweep_stuck_jobs(
     ):
         return {"skipped": 1}
     return sweep(utcnow(), timedelta(seconds=stale_after_s))
+
+
+@app.task(name=TASK_AUDIT, bind=True, **_RETRY)
+def audit_answer(self: Task, job_id: Any, attempt_no: Any = 0) -> str | None:
+    """Re-run a passed answer on this queue's tier and store the agreement as a label."""
+    try:
+        job_id = check_job_id(job_id)
+        attempt_no = check_counter("attempt_no", attempt_no)
+        tier = tier_of_queue((self.request.delivery_info or {}).get("routing_key"))
+    except (JobValidationError, ValueError) as exc:
+        _dead_letter(self, str(exc))
+        return None
+    with job_fails_on_bug(self, job_id, fail_job=False):
+        return audit.audit_answer(job_id, attempt_no, tier, get_settings().llm)
+    return "failed"

@@ -90,6 +90,7 @@ def test_steps_are_wired_once_in_order() -> None:
         "Decide",
         "Notify",
         "Finish",
+        "Audit",
         "Enqueue",
     ]
 

@@ -10,6 +10,7 @@ from rich.text import Text
 
 from router import submit_job
 from router.explain import explain as explain_plan
+from router.feedback import record_feedback
 from schemas.jobs import JobResult
 from tierflow.app.console import console
 from tierflow.app.demo import run_demo
@@ -98,13 +99,28 @@ def route(
     if not explain:
         console.print(info["tier"])
         return
-    for key in ("complexity", "quality_critical", "mode", "tier", "chain", "model"):
+    keys = ("complexity", "quality_critical", "mode", "tier", "chain", "model")
+    for key in (*keys, "answer_kind", "verifiers"):
         console.print(f"[bold]{key:17}[/bold] {info.get(key)}")
     console.print("[bold]reasons[/bold]")
     for reason in info.get("reasons", []):
         console.print(f"  - {reason}")
     if info.get("error"):
         console.print(f"[red]{info['error']}[/red]")
+
+
+@app.command()
+def feedback(
+    job_id: str,
+    verdict: str = typer.Argument(..., help="good or bad"),
+    note: str = typer.Option("", help="Why, in a few words."),
+) -> None:
+    """Say how a job's answer turned out: a label the quality gate learns from."""
+    if verdict not in ("good", "bad"):
+        raise typer.BadParameter("say good or bad", param_hint="VERDICT")
+    adopt_running_fleet()
+    label = record_feedback(job_id, verdict == "good", note or None)
+    console.print(f"label {label}: job {job_id} was {verdict}")
 
 
 @app.command()

@@ -12,7 +12,7 @@ from router import get_mode, mode_history, set_mode
 from router.export import export_usage_log
 from tierflow.app.console import console
 from tierflow.app.fleet import adopt_running_fleet
-from tierflow.app.status import render_status
+from tierflow.app.status import gate_table, render_status
 from tierflow.cli.base import app
 from tierflow.store.costs import get_cost_summary
 
@@ -69,6 +69,8 @@ def costs(
         for name, stats in rows.items():
             table.add_row(str(name), *(_fmt(stats.get(c)) for c in columns))
         console.print(table)
+    if summary.get("gate"):
+        console.print(gate_table(summary["gate"]))
 
 
 COLUMNS = {

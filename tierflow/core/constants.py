@@ -76,6 +76,15 @@ ROUTER_QUEUE = "router"
 MAINTENANCE_QUEUE = "maintenance"
 
 
+def tier_of_queue(queue: str | None) -> Tier:
+    """The tier a ``tier.<name>`` queue serves; ValueError for any other queue."""
+    name = (queue or "").removeprefix("tier.")
+    try:
+        return Tier(name)
+    except ValueError:
+        raise ValueError(f"queue {queue!r} is no tier queue") from None
+
+
 def tier_queue(tier: Tier | str) -> str:
     """The Celery queue that serves a tier, e.g. ``tier.local_fast``."""
     return f"tier.{Tier(tier).value}"
@@ -90,6 +99,7 @@ ALL_QUEUES: tuple[str, ...] = (
 TASK_ROUTE_JOB = "tierflow.route_job"
 TASK_RUN_ATTEMPT = "tierflow.run_attempt"
 TASK_SWEEP = "tierflow.sweep_stuck_jobs"
+TASK_AUDIT = "tierflow.audit_answer"
 SWEEP_INTERVAL_S = 30.0  # beat sends a sweep this often; one runs per interval fleet-wide
 
 

@@ -24,6 +24,7 @@ from sqlalchemy.sql.elements import ColumnElement
 from schemas.tables import Attempt, Job
 from tierflow.core.constants import TIER_ORDER, AttemptStatus, JobStatus
 from tierflow.core.db import session_scope
+from tierflow.store.labels import gate_figures
 
 CALLED = (AttemptStatus.PASSED.value, AttemptStatus.REJECTED.value, AttemptStatus.ERROR.value)
 """Attempt statuses that called a model (skipped and running attempts did not, or not yet)."""
@@ -175,7 +176,9 @@ def get_cost_summary(since: Window = None, until: Window = None) -> dict[str, An
     ago) or None (unbounded). Money is US dollars as ``float``; ``savings_pct`` is a percentage.
     Keys: ``total_cost``, ``api_baseline_cost``, ``savings``, ``savings_pct``, ``jobs``,
     ``calls`` and the other counters of a breakdown row, ``tier_stats``, ``model_stats``,
-    ``action_stats``, ``day_stats`` (keyed by ISO date), ``since`` and ``until`` (ISO or None).
+    ``action_stats``, ``day_stats`` (keyed by ISO date), ``gate`` (per action: jobs, escalation
+    rate, labels, audited passes, estimated miss rate; see
+    :func:`tierflow.store.labels.gate_figures`), ``since`` and ``until`` (ISO or None).
     """
     start, end = as_time(since), as_time(until)
     where = _job_filter(start, end)
@@ -198,6 +201,7 @@ def get_cost_summary(since: Window = None, until: Window = None) -> dict[str, An
     summary["day_stats"] = {
         (d.isoformat() if isinstance(d, date) else str(d)): stats for d, stats in by_day.items()
     }
+    summary["gate"] = gate_figures()  # all time: labels accumulate across windows
     summary["since"] = start.isoformat() if start else None
     summary["until"] = end.isoformat() if end else None
     return summary

@@ -12,6 +12,7 @@
     Decide       succeed / retry / fall back / fail, from the row alone     decide.py
     Notify       stream reset, fallback event (never on a replay)           notify.py
     Finish       finalize the job and wake its waiter                       finish.py
+    Audit        send a share of passed answers to the next tier            audit.py
     Enqueue      send the next attempt                                      enqueue.py
 
 A redelivered message runs the same list: the claim finds the attempt finished, the steps that
@@ -23,6 +24,7 @@ step in this list.
 from __future__ import annotations
 
 from tierflow.core.config import LLMConfig
+from workers.pipeline.audit import Audit
 from workers.pipeline.call import CallModel
 from workers.pipeline.claim import ClaimAttempt, LoadJob
 from workers.pipeline.context import AttemptContext, Step, run_steps
@@ -47,6 +49,7 @@ STEPS: tuple[Step, ...] = (
     Decide(),
     Notify(),
     Finish(),
+    Audit(),
     Enqueue(),
 )
 
