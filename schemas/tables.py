@@ -71,6 +71,8 @@ class Job(Base):
         DateTime(timezone=True), server_default=func.now(), onupdate=func.now()
     )
     finished_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    batch_id: Mapped[str | None] = mapped_column(String(36), ForeignKey("batches.id"), index=True)
+    batch_line: Mapped[int | None] = mapped_column(Integer)  # the job's line in its batch file
 
     attempts: Mapped[list[Attempt]] = relationship(
         back_populates="job", order_by="Attempt.attempt_no", cascade="all, delete-orphan"
@@ -164,3 +166,21 @@ class GateLabel(Base):
     features: Mapped[dict[str, Any]] = mapped_column(JsonType, default=dict)
     note: Mapped[str | None] = mapped_column(Text)
     cost_usd: Mapped[float] = mapped_column(Money, default=0)  # what an audit call cost
+
+
+class Batch(Base):
+    """A named set of jobs run as one: its progress, cost ceiling and state.
+
+    The name is unique: submitting the same name again resumes the batch (each job's
+    idempotency key is derived from the batch and its line).
+    """
+
+    __tablename__ = "batches"
+
+    id: Mapped[str] = mapped_column(String(36), primary_key=True)
+    name: Mapped[str] = mapped_column(String(200), unique=True)
+    status: Mapped[str] = mapped_column(String(16), index=True)
+    max_cost_usd: Mapped[float | None] = mapped_column(Money)
+    submitted: Mapped[int] = mapped_column(Integer, default=0)  # lines read so far
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), server_default=func.now())
+    finished_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))

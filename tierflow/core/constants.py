@@ -57,11 +57,22 @@ class JobStatus(StrEnum):
     SUCCEEDED = "succeeded"
     FAILED = "failed"
     EXPIRED = "expired"  # its deadline passed before it finished; no model is called after
+    CANCELLED = "cancelled"  # its batch was cancelled before any attempt ran
 
 
 TERMINAL_STATUSES: frozenset[str] = frozenset(
-    {JobStatus.SUCCEEDED, JobStatus.FAILED, JobStatus.EXPIRED}
+    {JobStatus.SUCCEEDED, JobStatus.FAILED, JobStatus.EXPIRED, JobStatus.CANCELLED}
 )
+
+
+class BatchStatus(StrEnum):
+    RUNNING = "running"  # jobs are being sent or are in the fleet
+    CANCELLING = "cancelling"  # queued jobs were cancelled; jobs in flight are finishing
+    CANCELLED = "cancelled"
+    DONE = "done"  # every job of the batch is finished
+
+
+BATCH_PRIORITY = 1  # below a daemon's default 5: interactive work first
 
 
 class AttemptStatus(StrEnum):

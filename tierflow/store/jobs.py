@@ -53,7 +53,13 @@ def job_for_key(request: JobRequest) -> str | None:
     )
 
 
-def create_job(request: JobRequest, default_deadline_s: int) -> tuple[str, bool]:
+def create_job(
+    request: JobRequest,
+    default_deadline_s: int,
+    *,
+    batch_id: str | None = None,
+    batch_line: int | None = None,
+) -> tuple[str, bool]:
     """Store a new job; return ``(job_id, created)``. Same idempotency key and same request →
     same job; same key and a different request → :class:`IdempotencyConflict`, nothing stored.
 
@@ -78,6 +84,8 @@ def create_job(request: JobRequest, default_deadline_s: int) -> tuple[str, bool]
         "stream": request.stream,
         "allow_degraded": request.allow_degraded,
         "deadline": deadline,
+        "batch_id": batch_id,
+        "batch_line": batch_line,
     }
     stmt = insert(Job.__table__).values(**values)  # type: ignore[arg-type]
     if request.idempotency_key is not None:

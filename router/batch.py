@@ -1,0 +1,233 @@
+"""Batch runs: thousands of jobs as one named run, resumable, with a cost ceiling and a cancel.
+
+``submit_batch(specs, name=...)`` reads ``specs`` as a stream (any iterable of dicts with
+``prompt`` and optionally ``action_type``, ``context``, ``metadata``), so the submitter's memory
+stays flat however many there are. Each job's idempotency key is ``batch:<batch id>:<line>``:
+submitting the same name again **resumes** (finished jobs are skipped, unsent ones are sent,
+a changed line is refused as an idempotency conflict). Batch jobs run at
+:data:`~tierflow.core.constants.BATCH_PRIORITY`, below a daemon's default, so interactive work
+goes first on the same queues. ``max_cost_usd`` stops sending new lines once the batch has spent
+that much (the rest stay unsent: rerun to resume). A bad line is refused with its number and
+reason and the others go on.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+from pydantic import ValidationError
+
+from router.dispatch import enqueue_route
+from router.mode import get_mode
+from router.plan import plan_job
+from schemas.jobs import JobRequest, utcnow
+from tierflow import store
+from tierflow.core.config import LLMConfig
+from tierflow.core.constants import BATCH_PRIORITY, TERMINAL_STATUSES, JobStatus
+from tierflow.core.errors import JobValidationError, TierflowError, describe_validation_error
+from tierflow.core.settings import get_settings
+from tierflow.core.tokens import estimate_tokens
+
+log = logging.getLogger(__name__)
+COST_CHECK_EVERY = 100  # lines between two reads of the batch's spending
+SPEC_FIELDS = ("prompt", "action_type", "context", "metadata")
+ESTIMATED_ANSWER_TOKENS = 256  # a dry run's guess of each answer's length, capped by max_tokens
+
+
+class BatchError(TierflowError):
+    """A batch that cannot be read or found."""
+
+
+@dataclass
+class LineError:
+    line: int
+    reason: str
+
+
+@dataclass
+class Submitted:
+    """What one submission did: lines read, jobs sent, jobs already there, lines refused."""
+
+    batch_id: str
+    name: str
+    lines: int = 0
+    sent: int = 0
+    existing: int = 0
+    stopped_at_cost: float | None = None
+    errors: list[LineError] = field(default_factory=list)
+
+
+def read_jsonl(path: str | Path) -> Iterator[dict[str, Any]]:
+    """One job spec per non-empty line; a line that is not a JSON object raises BatchError
+    naming it (the file is read lazily, line by line)."""
+    file = Path(path)
+    if not file.is_file():
+        raise BatchError(f"cannot read {path}: no such file")
+    with file.open(encoding="utf-8") as handle:
+        for number, line in enumerate(handle, start=1):
+            if not line.strip():
+                continue
+            try:
+                spec = json.loads(line)
+            except ValueError:
+                raise BatchError(f"{path}:{number}: not valid JSON") from None
+            if not isinstance(spec, dict):
+                raise BatchError(f"{path}:{number}: each line must be a JSON object")
+            yield spec
+
+
+def _request(spec: dict[str, Any], key: str, deadline: datetime) -> JobRequest:
+    unknown = sorted(set(spec) - set(SPEC_FIELDS))
+    if unknown:
+        raise JobValidationError(f"unknown fields {unknown} (a line may have {SPEC_FIELDS})")
+    try:
+        return JobRequest(
+            prompt=spec.get("prompt", ""),
+            action_type=spec.get("action_type") or "unknown",
+            context=spec.get("context") or {},
+            metadata=spec.get("metadata") or {},
+            idempotency_key=key,
+            priority=BATCH_PRIORITY,
+            deadline=deadline,
+        )
+    except ValidationError as exc:
+        raise JobValidationError(describe_validation_error(exc, empty="line")) from None
+
+
+def submit_batch(
+    specs: Iterable[dict[str, Any]],
+    *,
+    name: str,
+    max_cost_usd: float | None = None,
+    deadline_s: float = 24 * 3600,
+) -> Submitted:
+    """Store and send a batch's jobs (or resume it); return what was done. See the module."""
+    batch, _ = store.open_batch(name, max_cost_usd)
+    if batch.status == "cancelled":
+        raise BatchError(f"batch {name} was cancelled; use a new name")
+    done = Submitted(batch.id, batch.name)
+    limits = get_settings().llm.inputs
+    # From the batch's creation, so a resumed line asks for the same deadline as before (the
+    # idempotency fingerprint includes it).
+    deadline = batch.created_at + timedelta(seconds=deadline_s)
+    if deadline <= utcnow():
+        raise BatchError(f"batch {name} is past its deadline ({deadline:%Y-%m-%d %H:%M} UTC)")
+    for line, spec in enumerate(specs):
+        done.lines = line + 1
+        if max_cost_usd is not None and line % COST_CHECK_EVERY == 0:
+            spent = store.batch_cost(batch.id)
+            if spent >= max_cost_usd:
+                done.stopped_at_cost = spent
+                done.lines = line
+                break
+        try:
+            # The key hashes the request too: a changed line is refused, never confused.
+            request = _request(spec, f"batch:{batch.id}:{line}", deadline)
+            problems = request.size_problems(limits)
+            if problems:
+                raise JobValidationError("; ".join(problems))
+            _submit_line(request, batch.id, line, done)
+        except JobValidationError as exc:
+            done.errors.append(LineError(line + 1, str(exc)))
+    store.note_submitted(batch.id, done.lines)
+    store.settle_batch(batch.id)
+    return done
+
+
+def _submit_line(request: JobRequest, batch_id: str, line: int, done: Submitted) -> None:
+    job_id, created = store.create_job(
+        request, get_settings().job_deadline_s, batch_id=batch_id, batch_line=line
+    )
+    if created:
+        done.sent += 1
+        enqueue_route(job_id, request.priority)
+        return
+    done.existing += 1
+    if store.job_status(job_id) == JobStatus.QUEUED.value:
+        enqueue_route(job_id, request.priority)  # stored before a crash but maybe never sent
+
+
+def estimate_batch(specs: Iterable[dict[str, Any]], config: LLMConfig) -> dict[str, Any]:
+    """A dry run: jobs per first tier from the router's plan, and the estimated cost (US
+    dollars) on each plan's first model beside API-only (the baseline model), from token
+    estimates: the prompt's, and an answer of ``ESTIMATED_ANSWER_TOKENS`` capped by max_tokens.
+    Nothing is stored or called."""
+    mode = get_mode()
+    baseline = config.baseline()
+    per_tier: dict[str, int] = {}
+    cost = api_only = 0.0
+    lines = 0
+    for spec in specs:
+        lines += 1
+        prompt = str(spec.get("prompt") or "")
+        context = spec.get("context") or {}
+        plan = plan_job(spec.get("action_type") or "unknown", prompt, context, config, mode)
+        per_tier[plan.tier.value] = per_tier.get(plan.tier.value, 0) + 1
+        tokens_in = estimate_tokens(prompt + json.dumps(context))
+        models = config.tier_models(plan.tier)
+        if models:
+            out = min(ESTIMATED_ANSWER_TOKENS, models[0].max_tokens)
+            cost += models[0].price(tokens_in, out)
+        if baseline is not None:
+            api_only += baseline.price(tokens_in, min(ESTIMATED_ANSWER_TOKENS, baseline.max_tokens))
+    return {"jobs": lines, "per_tier": per_tier, "cost_usd": cost, "api_only_usd": api_only}
+
+
+@dataclass(frozen=True)
+class BatchHandle:
+    """A batch by id: its progress, results and cancellation."""
+
+    batch_id: str
+
+    @classmethod
+    def find(cls, batch_id_or_name: str) -> BatchHandle:
+        batch = store.get_batch(batch_id_or_name)
+        if batch is None:
+            raise BatchError(f"no batch {batch_id_or_name!r}")
+        return cls(batch.id)
+
+    def progress(self) -> dict[str, Any]:
+        """Counts by status and tier, cost so far, the batch's state and an ETA (seconds, from
+        the finish rate so far; None until two jobs have finished)."""
+        found = store.batch_progress(self.batch_id)
+        batch = store.get_batch(self.batch_id)
+        found["state"] = store.settle_batch(self.batch_id)
+        found["name"] = batch.name if batch else None
+        found["submitted"] = batch.submitted if batch else 0
+        first, last = found["first_finished_at"], found["last_finished_at"]
+        left = found["jobs"] - found["finished"]
+        eta = None
+        if first and last and last > first and found["finished"] > 1:
+            rate = (found["finished"] - 1) / (last - first).total_seconds()
+            eta = left / rate if rate > 0 else None
+        found["eta_s"] = eta
+        return found
+
+    def results(self, order: str = "input") -> Iterator[dict[str, Any]]:
+        return store.batch_rows(self.batch_id, order)
+
+    def cancel(self) -> int:
+        """Cancel the queued jobs (in-flight ones finish and are kept); returns how many."""
+        cancelled = store.cancel_batch(self.batch_id)
+        store.settle_batch(self.batch_id)
+        return cancelled
+
+    def wait(self, timeout: float = 3600.0, poll_s: float = 1.0) -> dict[str, Any]:
+        """Block until every job of the batch is finished; returns the progress then."""
+        deadline = time.monotonic() + timeout
+        while True:
+            found = self.progress()
+            if found["finished"] >= found["jobs"] and found["state"] not in ("running", None):
+                return found
+            if all(s in TERMINAL_STATUSES for s in found["statuses"]) and found["jobs"]:
+                return found
+            if time.monotonic() > deadline:
+                raise BatchError(f"batch {self.batch_id} not finished after {timeout}s")
+            time.sleep(poll_s)

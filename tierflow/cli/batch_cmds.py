@@ -1,0 +1,128 @@
+"""``tierflow batch``: run a JSONL file of jobs as one batch, watch it, read its results, cancel."""
+
+from __future__ import annotations
+
+import json
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import typer
+from rich.live import Live
+from rich.table import Table
+
+from router.batch import BatchHandle, estimate_batch, read_jsonl, submit_batch
+from tierflow.app.console import console
+from tierflow.app.fleet import adopt_running_fleet
+from tierflow.cli.base import app
+from tierflow.core.settings import get_settings
+
+batch_app = typer.Typer(no_args_is_help=True, help="Batch runs: many jobs as one, resumable.")
+app.add_typer(batch_app, name="batch")
+
+
+def progress_table(found: dict[str, Any]) -> Table:
+    """Done / failed / running per tier, cost so far and the ETA."""
+    statuses = found["statuses"]
+    eta = found.get("eta_s")
+    title = (
+        f"batch {found.get('name')} [{found.get('state')}]  {found['finished']}/{found['jobs']} "
+        f"finished  ${found['cost_usd']:.6f}  ETA {'-' if eta is None else f'{eta:.0f}s'}"
+    )
+    table = Table("status", "jobs", title=title)
+    for status in sorted(statuses):
+        table.add_row(status, str(statuses[status]))
+    for tier, count in sorted(found["by_tier"].items()):
+        table.add_row(f"served by {tier}", str(count))
+    return table
+
+
+@batch_app.command("run")
+def run(
+    file: Path,
+    name: str = typer.Option("", help="The batch's name (default: the file's name)."),
+    dry_run: bool = typer.Option(False, "--dry-run", help="Print the plan and cost estimate."),
+    max_cost: float = typer.Option(0.0, help="Stop sending new jobs once this much is spent."),
+    deadline_hours: float = typer.Option(24.0, help="Every job's deadline, from the start."),
+) -> None:
+    """Send every line of FILE (JSONL: prompt, action_type, context, metadata) as one batch;
+    running the same file (same name) again resumes it."""
+    if dry_run:
+        plan = estimate_batch(read_jsonl(file), get_settings().llm)
+        table = Table("first tier", "jobs", title=f"{plan['jobs']} jobs (dry run: nothing sent)")
+        for tier, count in sorted(plan["per_tier"].items()):
+            table.add_row(tier, str(count))
+        console.print(table)
+        console.print(
+            f"estimated cost ${plan['cost_usd']:.6f}  API-only ${plan['api_only_usd']:.6f}"
+        )
+        return
+    adopt_running_fleet()
+    done = submit_batch(
+        read_jsonl(file),
+        name=name or file.stem,
+        max_cost_usd=max_cost or None,
+        deadline_s=deadline_hours * 3600,
+    )
+    console.print(
+        f"batch {done.name} ({done.batch_id}): {done.lines} lines, {done.sent} sent, "
+        f"{done.existing} already there, {len(done.errors)} refused"
+    )
+    for error in done.errors[:20]:
+        console.print(f"  [red]line {error.line}[/red]: {error.reason}")
+    if done.stopped_at_cost is not None:
+        console.print(
+            f"[yellow]stopped at ${done.stopped_at_cost:.6f} (max {max_cost}); rerun to resume"
+            "[/yellow]"
+        )
+
+
+@batch_app.command("status")
+def status(
+    batch: str,
+    watch: bool = typer.Option(False, "--watch", help="Refresh every 2 s until it ends."),
+) -> None:
+    """Progress of a batch (by id or name): per status and tier, cost so far, ETA."""
+    adopt_running_fleet()
+    handle = BatchHandle.find(batch)
+    if not watch:
+        console.print(progress_table(handle.progress()))
+        return
+    with Live(progress_table(handle.progress()), console=console, refresh_per_second=1) as live:
+        while True:
+            found = handle.progress()
+            live.update(progress_table(found))
+            if found["state"] in ("done", "cancelled"):
+                return
+            time.sleep(2)
+
+
+@batch_app.command("results")
+def results(
+    batch: str,
+    jsonl: Path = typer.Option(Path("-"), "--jsonl", help="File to write (- for stdout)."),
+    order: str = typer.Option("input", help="input (line order) or completed (finish order)."),
+) -> None:
+    """One JSON line per job of the batch; partial results are readable at any time."""
+    if order not in ("input", "completed"):
+        raise typer.BadParameter("input or completed", param_hint="--order")
+    adopt_running_fleet()
+    rows = BatchHandle.find(batch).results(order)
+    if str(jsonl) == "-":
+        for row in rows:
+            sys.stdout.write(json.dumps(row) + "\n")
+        return
+    count = 0
+    with jsonl.open("w", encoding="utf-8") as out:
+        for row in rows:
+            out.write(json.dumps(row) + "\n")
+            count += 1
+    console.print(f"{count} results written to {jsonl}")
+
+
+@batch_app.command("cancel")
+def cancel(batch: str) -> None:
+    """Cancel every queued job of the batch; jobs in flight finish and are kept."""
+    adopt_running_fleet()
+    console.print(f"{BatchHandle.find(batch).cancel()} queued jobs cancelled")
