@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import os
 import signal
 import sys
@@ -12,6 +13,7 @@ import typer
 from tierflow.app.console import console
 from tierflow.app.fleet import running_fleet
 from tierflow.cli.base import app, db_app
+from tierflow.core.config import EXTRA_BUFFERS_CHOICES
 from tierflow.core.db import upgrade_database
 from tierflow.core.settings import get_settings, redact_url
 from workers.local_server import serve
@@ -69,10 +71,17 @@ def worker(
 def local_engine(
     port: int = typer.Option(8765, help="TCP port on 127.0.0.1."),
     host: str = typer.Option("127.0.0.1"),
+    extra_buffers: str = typer.Option(
+        "auto",
+        help="llama.cpp extra buffer types (AMX, repacking): auto (probe once), on or off.",
+    ),
 ) -> None:
     """Serve the embedded llama.cpp model (Gemma 3 270M) over the OpenAI-compatible HTTP API."""
-
-    serve(host=host, port=port)
+    if extra_buffers not in EXTRA_BUFFERS_CHOICES:
+        choices = ", ".join(EXTRA_BUFFERS_CHOICES)
+        raise typer.BadParameter(f"choose one of {choices}", param_hint="--extra-buffers")
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
+    serve(host=host, port=port, extra_buffers=extra_buffers)
 
 
 @db_app.command("upgrade")
