@@ -10,7 +10,7 @@ import time
 
 import typer
 
-from tierflow.app.console import console
+from tierflow.app.console import console, print_event
 from tierflow.app.fleet import running_fleet
 from tierflow.cli.base import app, db_app
 from tierflow.core.config import EXTRA_BUFFERS_CHOICES
@@ -25,7 +25,11 @@ def up(
     flower: int = typer.Option(0, help="Also start Flower on this port (0: no Flower)."),
     no_engine: bool = typer.Option(False, "--no-engine", help="Do not start the embedded engine."),
 ) -> None:
-    """Run the whole fleet on this machine until Ctrl-C: services, router, one worker per tier."""
+    """Run the whole fleet on this machine until Ctrl-C: services, router, one worker per tier.
+
+    A part that dies is restarted with backoff (1 s doubling to 30 s) and the restart is printed;
+    the fleet keeps running. Its children die with it, even by ``kill -9``.
+    """
 
     stop = False
 
@@ -35,17 +39,15 @@ def up(
 
     signal.signal(signal.SIGTERM, on_signal)
     try:
-        with running_fleet(with_engine=not no_engine, flower_port=flower or None) as fleet:
+        with running_fleet(
+            with_engine=not no_engine, flower_port=flower or None, on_event=print_event
+        ) as fleet:
             for note in fleet.notes:
                 console.print(f"  {note}")
-            names = ", ".join(c.name for c in fleet.children)
+            names = ", ".join(fleet.names)
             console.print(f"[green]fleet up[/green]: {names}. Logs in {fleet.state_dir}/logs.")
             console.print('Submit with `tierflow submit "prompt" --action ACTION`; Ctrl-C stops.')
             while not stop:
-                dead = fleet.dead()
-                if dead:
-                    console.print(f"[red]{dead[0].name} exited[/red]: see {dead[0].log}")
-                    break
                 time.sleep(0.5)
     except KeyboardInterrupt:
         pass
