@@ -24,6 +24,7 @@ from urllib.parse import urlsplit
 
 from tierflow.app.embedded import EmbeddedServices
 from tierflow.app.supervisor import Event, Supervisor
+from tierflow.core.config import ModelConfig
 from tierflow.core.db import upgrade_database
 from tierflow.core.engine_state import record_engine_state
 from tierflow.core.errors import ConfigError
@@ -51,6 +52,10 @@ class Fleet:
         """How many times the supervisor restarted ``name`` (e.g. ``"local-engine"``)."""
         return self.supervisor.restarts(name)
 
+    def exits(self, name: str) -> int:
+        """How many times ``name`` died while supervised (stops by the fleet not counted)."""
+        return self.supervisor.exits(name)
+
 
 def _record_engine_event(event: Event) -> None:
     if event.child != ENGINE:
@@ -62,32 +67,26 @@ def _record_engine_event(event: Event) -> None:
         record_engine_state("up", "local engine ready", restarts=event.restarts)
 
 
-def _engine_extra_buffers() -> str:
-    """``options.extra_buffers`` of the models the engine serves (one value, default auto)."""
+def engine_models() -> list[ModelConfig]:
+    """The enabled models served by the embedded engine (``base_url`` = its URL)."""
     settings = get_settings()
     target = settings.local_engine_url.rstrip("/")
-    values = {
-        str(m.options.get("extra_buffers", "auto"))
+    return [
+        m
         for tier in settings.llm.tiers.values()
         for m in tier.models
         if m.enabled and (m.base_url or "").rstrip("/") == target
-    }
+    ]
+
+
+def _engine_extra_buffers() -> str:
+    """``options.extra_buffers`` of the models the engine serves (one value, default auto)."""
+    values = {str(m.options.get("extra_buffers", "auto")) for m in engine_models()}
     if len(values) > 1:
         raise ConfigError(
             f"models served by the local engine disagree on options.extra_buffers: {sorted(values)}"
         )
     return values.pop() if values else "auto"
-
-
-def _engine_needed() -> bool:
-    settings = get_settings()
-    target = settings.local_engine_url.rstrip("/")
-    return any(
-        (m.base_url or "").rstrip("/") == target
-        for tier in settings.llm.tiers.values()
-        for m in tier.models
-        if m.enabled
-    )
 
 
 def _healthy(url: str) -> bool:
@@ -174,7 +173,7 @@ def running_fleet(
             )
         supervisor.start()
         engine_url = settings.local_engine_url
-        if with_engine and _engine_needed() and not _healthy(engine_url):
+        if with_engine and engine_models() and not _healthy(engine_url):
             port = urlsplit(engine_url).port or 8765
             argv = [sys.executable, "-m", "tierflow.cli", "local-engine", "--port", str(port),
                     "--extra-buffers", _engine_extra_buffers()]  # fmt: skip

@@ -9,9 +9,10 @@ with SIGKILL; restart 2 in 2.0s"), written to ``supervisor.log`` in the log dire
 ``on_event`` and counted in :attr:`Child.restarts`.
 
 Readiness: a child may name a marker that its log shows once it is ready (Celery's ``" ready."``;
-only output written since its latest start counts) or a health check (the engine's ``/health``).
-:meth:`Supervisor.wait_ready` waits for it, and a ``ready`` event fires each time a (re)started
-child becomes ready. Output goes to ``LOG_DIR/NAME.log``, appended across restarts.
+only output written since its latest start counts) or a health check (the engine's ``/health``);
+a child with neither is ready once it runs. :meth:`Supervisor.wait_ready` waits for it, and a
+``ready`` event fires each time a (re)started child becomes ready. Output goes to
+``LOG_DIR/NAME.log``, appended across restarts.
 """
 
 from __future__ import annotations
@@ -78,6 +79,7 @@ class Child:
     started_at: float = 0.0  # time.monotonic() of the latest start
     ready: bool = False
     restarts: int = 0
+    exits: int = 0  # deaths seen, including one whose restart is still pending
     streak: int = 0  # exits in a row, none of which followed Backoff.reset_after_s of uptime
     restart_at: float | None = None  # time.monotonic() of the next start while it is down
     last_exit: str | None = None
@@ -161,6 +163,11 @@ class Supervisor:
         """How many times ``name`` was restarted (0 for a child never supervised)."""
         child = self._children.get(name)
         return child.restarts if child else 0
+
+    def exits(self, name: str) -> int:
+        """How many times ``name`` died (a restart may still be pending for the last one)."""
+        child = self._children.get(name)
+        return child.exits if child else 0
 
     def wait_ready(self, names: Iterable[str], timeout: float) -> None:
         """Wait until each child is ready; ConfigError if one exits first or time runs out.
@@ -253,6 +260,7 @@ class Supervisor:
         if now - child.started_at >= self.backoff.reset_after_s:
             child.streak = 0
         child.streak += 1
+        child.exits += 1
         delay = self.backoff.delay(child.streak)
         child.last_exit = describe_exit(how) if isinstance(how, int) else how
         child.proc, child.ready, child.restart_at = None, False, now + delay
