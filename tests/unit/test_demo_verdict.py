@@ -59,8 +59,12 @@ def test_no_local_job_is_explained_from_the_attempts() -> None:
     verdict = demo_verdict(results, URL, ENGINE_MODELS, engine_exits=0)
     assert verdict.warnings == [
         "the local tiers served no job: quality gate (2 attempts); engine down (2 attempts); "
-        "circuit open (1 attempts)"
+        "circuit open (1 attempts)",
+        f"e.g. (quality gate): {GATE[3]}",
     ]
+    down = demo_verdict([_job("failed", None, CALL_DOWN), *results[2:]], URL, ENGINE_MODELS, 1)
+    assert down.warnings[1].startswith("e.g. (engine down): no model of tier local_fast")
+    assert "local engine exited with SIGSEGV" in down.warnings[1] and down.exit_code == 1
     assert verdict.exit_code == 0  # a weak model is not a failure of the run
 
 

@@ -37,14 +37,22 @@ def served_by_tier(results: Iterable[JobResult]) -> dict[str, int]:
 
 def why_local_attempts_failed(
     results: Iterable[JobResult], engine_url: str, engine_models: set[str]
-) -> Counter[str]:
-    """Local tiers' unsuccessful attempts by cause (see the module docstring)."""
+) -> tuple[Counter[str], dict[str, str]]:
+    """Local tiers' unsuccessful attempts by cause (see the module docstring), and one stored
+    error of each cause as an example (the first, or the first with the supervisor's note)."""
     causes: Counter[str] = Counter()
+    examples: dict[str, str] = {}
     for result in results:
         for attempt in result.attempts:
             if attempt.tier in LOCAL_TIERS and attempt.status != "passed":
-                causes[_cause(attempt, engine_url.rstrip("/"), engine_models)] += 1
-    return causes
+                cause = _cause(attempt, engine_url.rstrip("/"), engine_models)
+                causes[cause] += 1
+                error = attempt.error or attempt.status
+                if cause not in examples or (
+                    "local engine" in error and "local engine" not in examples[cause]
+                ):  # the supervisor's note says more than a bare "cannot connect"
+                    examples[cause] = error
+    return causes, examples
 
 
 def _cause(attempt: AttemptSummary, engine_url: str, engine_models: set[str]) -> str:
@@ -71,9 +79,12 @@ def demo_verdict(
     served = served_by_tier(results)
     warnings = []
     if results and not any(served.get(t.value) for t in LOCAL_TIERS):
-        causes = why_local_attempts_failed(results, engine_url, engine_models)
+        causes, examples = why_local_attempts_failed(results, engine_url, engine_models)
         why = "; ".join(f"{cause} ({n} attempts)" for cause, n in causes.most_common())
         warnings.append(f"the local tiers served no job: {why or 'no local attempt was made'}")
+        if causes:
+            top = causes.most_common(1)[0][0]
+            warnings.append(f"e.g. ({top}): {examples[top][:300]}")
     if engine_exits:
         warnings.append(
             f"the local engine died {engine_exits} time(s) during the run and was restarted: "

@@ -288,8 +288,7 @@ class Supervisor:
 
     def _emit(self, event: Event) -> None:
         stamp = datetime.fromtimestamp(event.at).strftime("%Y-%m-%d %H:%M:%S")
-        level = logging.WARNING if event.kind == "exited" else logging.INFO
-        log.log(level, "%s", event.message)
+        log.info("%s", event.message)  # INFO: the journal and on_event are the loud channels
         with contextlib.suppress(OSError), self._journal.open("a") as journal:
             journal.write(f"{stamp} {event.message}\n")
         if self.on_event is not None:
