@@ -20,7 +20,9 @@ not a JSON object, or bad parameters, get 400 with an OpenAI-style ``invalid_req
 prompt over the context window gets 400 with code ``context_length_exceeded``.
 
 Requests are served one generation at a time (the engine's lock); each is logged on one line with
-its status, latency (ms) and generation speed (completion tokens/s).
+its status, latency (ms) and generation speed (completion tokens/s). The start-up line says
+whether llama.cpp's extra buffer types are in use and why (``--extra-buffers auto|on|off``; see
+:mod:`workers.backends.llamacpp`).
 """
 
 from __future__ import annotations
@@ -40,6 +42,7 @@ from pathlib import Path
 from typing import Any
 
 from tierflow.core import errors
+from tierflow.core.config import EXTRA_BUFFERS_CHOICES
 from workers.backends.llamacpp import MODEL_ID, EngineChunk, EngineResult, LocalEngine, get_engine
 
 log = logging.getLogger("workers.local_server")  # same name under python -m
@@ -390,17 +393,23 @@ def _api_error(exc: errors.BackendError) -> ApiError:
 
 
 def make_server(
-    host: str = "127.0.0.1", port: int = DEFAULT_PORT, model_path: str | Path | None = None
+    host: str = "127.0.0.1",
+    port: int = DEFAULT_PORT,
+    model_path: str | Path | None = None,
+    extra_buffers: str = "auto",
 ) -> LocalServer:
     """A bound server (port 0 picks a free one) with the engine loaded; not yet serving."""
-    return LocalServer((host, port), get_engine(model_path))
+    return LocalServer((host, port), get_engine(model_path, extra_buffers=extra_buffers))
 
 
 def start_in_thread(
-    port: int = 0, host: str = "127.0.0.1", model_path: str | Path | None = None
+    port: int = 0,
+    host: str = "127.0.0.1",
+    model_path: str | Path | None = None,
+    extra_buffers: str = "auto",
 ) -> tuple[LocalServer, str]:
     """Serve in a daemon thread; returns the server (``shutdown()`` it) and its ``/v1`` URL."""
-    server = make_server(host, port, model_path)
+    server = make_server(host, port, model_path, extra_buffers)
     thread = threading.Thread(
         target=server.serve_forever, kwargs={"poll_interval": 0.1}, daemon=True
     )
@@ -409,10 +418,13 @@ def start_in_thread(
 
 
 def serve(
-    host: str = "127.0.0.1", port: int = DEFAULT_PORT, model_path: str | Path | None = None
+    host: str = "127.0.0.1",
+    port: int = DEFAULT_PORT,
+    model_path: str | Path | None = None,
+    extra_buffers: str = "auto",
 ) -> None:
     """Serve until SIGTERM or SIGINT (handled when called from the main thread), then close."""
-    server = make_server(host, port, model_path)
+    server = make_server(host, port, model_path, extra_buffers)
     engine = server.engine
 
     def stop(signum: int, _frame: object) -> None:
@@ -424,10 +436,11 @@ def serve(
         for sig in (signal.SIGTERM, signal.SIGINT):
             previous[sig] = signal.signal(sig, stop)
     log.info(
-        "serving %s (%s, loaded in %.2fs) on %s",
+        "serving %s (%s, loaded in %.2fs; %s) on %s",
         MODEL_ID,
         engine.model_path,
         engine.load_s,
+        engine.extra_buffers.describe(),
         server.url,
     )
     try:
@@ -440,14 +453,16 @@ def serve(
 
 
 def main(argv: list[str] | None = None) -> None:
-    """``python -m workers.local_server [--host H] [--port P] [--model-path GGUF]``."""
+    """``python -m workers.local_server [--host H] [--port P] [--model-path GGUF]
+    [--extra-buffers auto|on|off]``."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--port", type=int, default=DEFAULT_PORT)
     parser.add_argument("--model-path", default=None)
+    parser.add_argument("--extra-buffers", choices=EXTRA_BUFFERS_CHOICES, default="auto")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
-    serve(args.host, args.port, args.model_path)
+    serve(args.host, args.port, args.model_path, args.extra_buffers)
 
 
 if __name__ == "__main__":

@@ -37,17 +37,19 @@ POOLS: dict[str, PoolSpec] = {
 }
 
 
-def worker_argv(name: str, concurrency: int | None = None, loglevel: str = "INFO") -> list[str]:
+def worker_argv(
+    name: str, concurrency: int | None = None, loglevel: str = "INFO", *, beat: bool = True
+) -> list[str]:
     """``celery worker`` arguments for one tier (or ``router``).
 
-    The router worker also runs beat (``-B``), so every deployment that runs a router worker runs
-    the sweeper; the sweep's lock keeps it to one run per interval however many router workers
-    there are.
+    The router worker also runs beat (``-B``) unless ``beat`` is False (``tierflow up`` runs
+    beat as its own supervised child), so every deployment that runs a router worker runs the
+    sweeper; the sweep's lock keeps it to one run per interval however many beats there are.
     """
     spec = POOLS[name]
     # Beat's in-memory scheduler: no schedule file to share or lose; a sweep every interval
     # needs no memory of the last one.
-    beat = ["-B", "--scheduler", "celery.beat:Scheduler"] if name == "router" else []
+    embedded = ["-B", "--scheduler", "celery.beat:Scheduler"] if beat and name == "router" else []
     return [
         "-A", "workers.app", "worker",
         "-Q", spec.queues,
@@ -57,5 +59,5 @@ def worker_argv(name: str, concurrency: int | None = None, loglevel: str = "INFO
         "-n", f"{name}@%h",
         "--without-gossip", "--without-mingle",
         "-l", loglevel,
-        *beat,
+        *embedded,
     ]  # fmt: skip

@@ -1,12 +1,17 @@
 """Benchmark the embedded engine on this machine: direct calls vs. the OpenAI-compatible server.
 
     .venv/bin/python tests/bench/bench_local_engine.py [--requests 10] [--max-tokens 32]
+        [--extra-buffers auto|on|off]
 
 Each mode runs one warm-up request, then ``--requests`` greedy completions of ``--max-tokens``
 tokens over distinct prompts (so llama.cpp's prompt-prefix reuse does not flatter the numbers).
 Reports latency p50/p90 (ms, whole request), time to first token p50 for streams (ms), and
 tokens/s (completion tokens summed over all requests / their latency summed). Not collected by
 pytest (``tests/bench`` is ignored).
+
+``--extra-buffers`` loads the engine with or without llama.cpp's extra buffer types (AMX,
+repacked weights); run it once with ``on`` and once with ``off`` to compare. ``on`` is refused
+where the probe saw it crash (a CPU that advertises AMX and faults on it), rather than dying.
 """
 
 from __future__ import annotations
@@ -19,6 +24,8 @@ from dataclasses import dataclass
 
 import openai
 
+from tierflow.core.config import EXTRA_BUFFERS_CHOICES
+from workers.backends.engine_probe import probe_extra_buffers
 from workers.backends.llamacpp import MODEL_ID, get_engine
 from workers.local_server import start_in_thread
 
@@ -68,13 +75,19 @@ def main() -> None:
     parser = argparse.ArgumentParser(description="benchmark the embedded llama.cpp engine")
     parser.add_argument("--requests", type=int, default=10)
     parser.add_argument("--max-tokens", type=int, default=32)
+    parser.add_argument("--extra-buffers", choices=EXTRA_BUFFERS_CHOICES, default="auto")
     args = parser.parse_args()
     max_tokens = args.max_tokens
+    if args.extra_buffers == "on":
+        verdict = probe_extra_buffers()
+        if not verdict.works:
+            raise SystemExit(f"extra buffers on: not measured, {verdict.describe()}")
 
     started = time.perf_counter()
-    engine = get_engine()
+    engine = get_engine(extra_buffers=args.extra_buffers)
     print(f"engine ready in {time.perf_counter() - started:.2f}s (model load {engine.load_s:.2f}s)")
-    server, url = start_in_thread(port=0)
+    print(engine.extra_buffers.describe())
+    server, url = start_in_thread(port=0, extra_buffers=args.extra_buffers)
     client = openai.OpenAI(base_url=url, api_key="local", max_retries=0, timeout=120)
 
     def direct(prompt: str) -> Sample:
@@ -132,7 +145,11 @@ def main() -> None:
         server.shutdown()
         server.server_close()
 
-    print(f"\n{args.requests} requests per mode, max_tokens={max_tokens}, greedy, 2 threads")
+    buffers = "on" if engine.extra_buffers.enabled else "off"
+    print(
+        f"\n{args.requests} requests per mode, max_tokens={max_tokens}, greedy, 2 threads, "
+        f"extra buffers {buffers}"
+    )
     header = f"{'mode':<20}{'p50 ms':>9}{'p90 ms':>9}{'TTFT p50':>10}{'tokens':>8}{'tok/s':>8}"
     print(header)
     print("-" * len(header))

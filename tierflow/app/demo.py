@@ -8,6 +8,10 @@ beside the seed's estimate.
 Without ``ANTHROPIC_API_KEY``/``OPENAI_API_KEY`` the API tier cannot be reached, so the demo
 serves it with the fake backend under the API models' real prices, and says so in every line
 that shows it ("FAKE"). Local tiers always run the real embedded model.
+
+It ends with how many jobs each tier served, a warning saying why when the local tiers served
+none (engine down, circuit open, quality gate: from the stored attempts), and exit code 1 when
+the local engine died during the run (:mod:`tierflow.app.demo_verdict`).
 """
 
 from __future__ import annotations
@@ -23,8 +27,9 @@ from rich.table import Table
 
 from router import submit_job
 from schemas.jobs import JobResult
-from tierflow.app.console import console
-from tierflow.app.fleet import running_fleet
+from tierflow.app.console import console, print_event
+from tierflow.app.demo_verdict import DemoVerdict, demo_verdict
+from tierflow.app.fleet import ENGINE, engine_models, running_fleet
 from tierflow.core.config import load_config
 from tierflow.core.settings import get_settings, reset_settings
 
@@ -109,7 +114,10 @@ def demo_config_path(state_dir: Path) -> Path | None:
         model.pop("api_key_env", None)
         model.pop("cost_per_1k_tokens", None)
     routing = raw["routing"]
-    routing["baseline_model"] = renamed.get(routing["baseline_model"], routing["baseline_model"])
+    if routing.get("baseline_model"):
+        routing["baseline_model"] = renamed.get(
+            routing["baseline_model"], routing["baseline_model"]
+        )
     for model in (m for t in raw["tiers"].values() for m in t["models"]):
         model.pop("cost_per_1k_tokens", None)
     path = state_dir / "demo_llm_config.yaml"
@@ -159,7 +167,16 @@ def report(outcomes: list[tuple[str, JobResult]], elapsed_s: float) -> None:
     )
 
 
-def run_demo(total: int, timeout: float) -> None:
+def print_verdict(verdict: DemoVerdict) -> None:
+    """The served-per-tier line, then each warning."""
+    served = ", ".join(f"{tier} {n}" for tier, n in verdict.served.items())
+    console.print(f"Jobs served by tier: {served}")
+    for warning in verdict.warnings:
+        console.print(f"[yellow]warning:[/yellow] {warning}")
+
+
+def run_demo(total: int, timeout: float) -> int:
+    """Run the demo; the exit code (0, or 1 when the local engine died during the run)."""
 
     if total < 1:
         raise SystemExit("--jobs must be at least 1")
@@ -172,7 +189,7 @@ def run_demo(total: int, timeout: float) -> None:
             "[yellow]No ANTHROPIC_API_KEY/OPENAI_API_KEY: the API tier is served by the FAKE "
             "backend at the real models' prices. Local tiers run the real embedded model.[/yellow]"
         )
-    with running_fleet() as fleet:
+    with running_fleet(on_event=print_event) as fleet:
         for note in fleet.notes:
             console.print(f"  {note}")
         actions = scaled_mix(total)
@@ -195,3 +212,11 @@ def run_demo(total: int, timeout: float) -> None:
                 outcomes.append((action, handle.wait(max(deadline - time.monotonic(), 1.0))))
                 progress.advance(task)
         report(outcomes, time.monotonic() - started)
+        verdict = demo_verdict(
+            [r for _, r in outcomes],
+            get_settings().local_engine_url,
+            {m.name for m in engine_models()},
+            fleet.exits(ENGINE),
+        )
+    print_verdict(verdict)
+    return verdict.exit_code

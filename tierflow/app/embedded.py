@@ -2,7 +2,9 @@
 
 Used only when no broker or database URL is configured. Data lives under
 ``TIERFLOW_STATE_DIR`` (``redis/`` with an append-only file, ``pg/``) and survives restarts;
-both servers stop when :meth:`EmbeddedServices.stop` runs or the process exits.
+both servers stop when :meth:`EmbeddedServices.stop` runs or the process exits, and, since both
+run as daemons that no parent-death signal reaches, a :mod:`~tierflow.app.watchdog` process
+stops them when this process dies without doing so (``kill -9``).
 """
 
 from __future__ import annotations
@@ -13,6 +15,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from tierflow.app.watchdog import Watchdog
 from tierflow.core.errors import ConfigError
 
 EMBEDDED_DB = "tierflow"
@@ -31,6 +34,12 @@ class EmbeddedServices:
     redis_url: str | None = None
     database_url: str | None = None
     _handles: list[Any] = field(default_factory=list)
+    _watchdog: Watchdog | None = None
+
+    def _guard(self, line: str) -> None:
+        if self._watchdog is None:
+            self._watchdog = Watchdog(self.state_dir / "logs" / "watchdog.log")
+        self._watchdog.guard(line)
 
     def start_redis(self) -> str:
         try:
@@ -54,6 +63,7 @@ class EmbeddedServices:
         )
         server.ping()
         self._handles.append(server)
+        self._guard(f"redis {server.pid}")
         self.redis_url = f"redis://127.0.0.1:{port}/0"
         return self.redis_url
 
@@ -74,6 +84,7 @@ class EmbeddedServices:
         directory.parent.mkdir(parents=True, exist_ok=True)
         server = pgserver.get_server(directory, cleanup_mode="stop")
         self._handles.append(server)
+        self._guard(f"postgres {directory.resolve()}")
         exists = server.psql(f"SELECT 1 FROM pg_database WHERE datname = '{EMBEDDED_DB}';")
         if "(1 row)" not in exists:
             server.psql(f"CREATE DATABASE {EMBEDDED_DB};")
@@ -93,6 +104,8 @@ class EmbeddedServices:
                 handle.shutdown(save=True)
             if pid:
                 _wait_gone(pid)
+        if self._watchdog is not None:
+            self._watchdog.dismiss()
 
 
 def _wait_gone(pid: int, timeout: float = 10.0) -> None:

@@ -1,100 +1,92 @@
-"""``tierflow up``: the whole fleet on one machine, each part in its own process.
+"""``tierflow up``: the whole fleet on one machine, each part in its own supervised process.
 
 Starts (as needed) the embedded Redis and PostgreSQL, migrates the database, starts the embedded
 llama.cpp engine when a local model points at ``TIERFLOW_LOCAL_ENGINE_URL``, then one worker for
-the router and one per tier. Children inherit the environment with every URL filled in. Ctrl-C
-(or SIGTERM) stops the workers warmly (in-flight jobs finish), then the engine, then the services.
+the router and one per tier, Celery beat (the sweeper's schedule) and Flower if asked. Children
+inherit the environment with every URL filled in. A :class:`~tierflow.app.supervisor.Supervisor`
+restarts any child that dies, with backoff, and logs it; children die with the supervisor, even
+by ``kill -9``. The engine's state (down and why, restarting, up) goes to Redis for workers'
+error messages (:mod:`tierflow.core.engine_state`). Leaving the context (Ctrl-C, SIGTERM) stops
+the workers warmly (in-flight jobs finish), then the engine, then the services.
 """
 
 from __future__ import annotations
 
 import json
 import os
-import signal
-import subprocess
 import sys
-import time
 import urllib.request
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from urllib.parse import urlsplit
 
 from tierflow.app.embedded import EmbeddedServices
+from tierflow.app.supervisor import Event, Supervisor
+from tierflow.core.config import ModelConfig
 from tierflow.core.db import upgrade_database
+from tierflow.core.engine_state import record_engine_state
 from tierflow.core.errors import ConfigError
 from tierflow.core.settings import get_settings, redact_url, reset_settings
 from workers.pools import POOLS, worker_argv
 
-
-@dataclass
-class Child:
-    name: str
-    proc: subprocess.Popen[bytes]
-    log: Path
+ENGINE = "local-engine"
+ENGINE_START_S = 180.0  # first start may assemble the GGUF and run the extra-buffers probe
+WORKERS_START_S = 90.0
 
 
 @dataclass
 class Fleet:
     state_dir: Path
     services: EmbeddedServices
-    children: list[Child] = field(default_factory=list)
+    supervisor: Supervisor
     notes: list[str] = field(default_factory=list)
 
-    def spawn(self, name: str, argv: list[str]) -> Child:
-        log_dir = self.state_dir / "logs"
-        log_dir.mkdir(parents=True, exist_ok=True)
-        log = log_dir / f"{name}.log"
-        handle = log.open("ab")
-        proc = subprocess.Popen(
-            [sys.executable, *argv], stdout=handle, stderr=subprocess.STDOUT,
-            env={**os.environ, "PYTHONUNBUFFERED": "1"}, start_new_session=True,
-        )  # fmt: skip
-        handle.close()
-        child = Child(name, proc, log)
-        self.children.append(child)
-        return child
+    @property
+    def names(self) -> list[str]:
+        """The supervised children, in start order."""
+        return self.supervisor.names
 
-    def wait_workers_ready(self, timeout: float = 90.0) -> None:
-        deadline = time.monotonic() + timeout
-        for child in self.children:
-            if not child.name.startswith("worker-"):
-                continue
-            while " ready." not in child.log.read_text(errors="replace"):
-                if child.proc.poll() is not None:
-                    raise ConfigError(f"{child.name} exited: see {child.log}")
-                if time.monotonic() > deadline:
-                    raise ConfigError(f"{child.name} not ready after {timeout}s: see {child.log}")
-                time.sleep(0.2)
+    def restarts(self, name: str) -> int:
+        """How many times the supervisor restarted ``name`` (e.g. ``"local-engine"``)."""
+        return self.supervisor.restarts(name)
 
-    def dead(self) -> list[Child]:
-        return [c for c in self.children if c.proc.poll() is not None]
-
-    def stop(self, timeout: float = 30.0) -> None:
-        """Warm shutdown: SIGTERM to every child, SIGKILL to those still alive after ``timeout``."""
-        for child in reversed(self.children):
-            if child.proc.poll() is None:
-                os.killpg(child.proc.pid, signal.SIGTERM)
-        deadline = time.monotonic() + timeout
-        for child in self.children:
-            try:
-                child.proc.wait(max(deadline - time.monotonic(), 0.1))
-            except subprocess.TimeoutExpired:
-                os.killpg(child.proc.pid, signal.SIGKILL)
-        self.children.clear()
-        self.services.stop()
+    def exits(self, name: str) -> int:
+        """How many times ``name`` died while supervised (stops by the fleet not counted)."""
+        return self.supervisor.exits(name)
 
 
-def _engine_needed() -> bool:
+def _record_engine_event(event: Event) -> None:
+    if event.child != ENGINE:
+        return
+    if event.kind == "exited":
+        reason = f"local engine exited with {event.exit}"
+        record_engine_state("down", reason, restarting=True, restarts=event.restarts)
+    elif event.kind == "ready":
+        record_engine_state("up", "local engine ready", restarts=event.restarts)
+
+
+def engine_models() -> list[ModelConfig]:
+    """The enabled models served by the embedded engine (``base_url`` = its URL)."""
     settings = get_settings()
     target = settings.local_engine_url.rstrip("/")
-    return any(
-        (m.base_url or "").rstrip("/") == target
+    return [
+        m
         for tier in settings.llm.tiers.values()
         for m in tier.models
-        if m.enabled
-    )
+        if m.enabled and (m.base_url or "").rstrip("/") == target
+    ]
+
+
+def _engine_extra_buffers() -> str:
+    """``options.extra_buffers`` of the models the engine serves (one value, default auto)."""
+    values = {str(m.options.get("extra_buffers", "auto")) for m in engine_models()}
+    if len(values) > 1:
+        raise ConfigError(
+            f"models served by the local engine disagree on options.extra_buffers: {sorted(values)}"
+        )
+    return values.pop() if values else "auto"
 
 
 def _healthy(url: str) -> bool:
@@ -142,14 +134,29 @@ def prepare_services(state_dir: Path) -> EmbeddedServices:
 
 @contextmanager
 def running_fleet(
-    *, tiers: list[str] | None = None, with_engine: bool = True, flower_port: int | None = None
+    *,
+    tiers: list[str] | None = None,
+    with_engine: bool = True,
+    flower_port: int | None = None,
+    on_event: Callable[[Event], None] | None = None,
 ) -> Iterator[Fleet]:
-    """Start the fleet, yield it, and stop every part on the way out (also on Ctrl-C)."""
+    """Start the fleet, yield it, and stop every part on the way out (also on Ctrl-C).
+
+    ``on_event`` sees every supervisor event (starts, exits with their restart delay, ready),
+    from the supervisor's thread. Raises ConfigError when a part cannot start at all.
+    """
 
     state_dir = get_settings().state_dir
     state_dir.mkdir(parents=True, exist_ok=True)
     services = prepare_services(state_dir)
-    fleet = Fleet(state_dir, services)
+
+    def handle(event: Event) -> None:
+        _record_engine_event(event)
+        if on_event is not None:
+            on_event(event)
+
+    supervisor = Supervisor(state_dir / "logs", on_event=handle)
+    fleet = Fleet(state_dir, services, supervisor)
     try:
         settings = get_settings()
         fleet.notes.append(f"broker   {redact_url(settings.broker_url)}")
@@ -164,32 +171,39 @@ def running_fleet(
                     }
                 )
             )
+        supervisor.start()
         engine_url = settings.local_engine_url
-        if with_engine and _engine_needed() and not _healthy(engine_url):
+        if with_engine and engine_models() and not _healthy(engine_url):
             port = urlsplit(engine_url).port or 8765
-            fleet.spawn("local-engine", ["-m", "tierflow.cli", "local-engine", "--port", str(port)])
-            deadline = time.monotonic() + 180
-            while not _healthy(engine_url):
-                if fleet.dead() or time.monotonic() > deadline:
-                    raise ConfigError(
-                        f"local engine did not start: see {state_dir}/logs/local-engine.log"
-                    )
-                time.sleep(0.5)
+            argv = [sys.executable, "-m", "tierflow.cli", "local-engine", "--port", str(port),
+                    "--extra-buffers", _engine_extra_buffers()]  # fmt: skip
+            supervisor.add(ENGINE, argv, health=lambda: _healthy(engine_url), stop_order=1)
+            supervisor.wait_ready([ENGINE], ENGINE_START_S)
             fleet.notes.append(f"engine   {engine_url} (embedded llama.cpp, Gemma 3 270M)")
+        workers = []
         for name in ["router", *(tiers or [n for n in POOLS if n != "router"])]:
-            argv = ["-m", "celery", *worker_argv(name)]
-            if name == "router":
-                argv += ["-B", "-s", str(state_dir / "celerybeat-schedule")]
-            fleet.spawn(f"worker-{name}", argv)
+            argv = [sys.executable, "-m", "celery", *worker_argv(name, beat=False)]
+            supervisor.add(f"worker-{name}", argv, ready_marker=" ready.")
+            workers.append(f"worker-{name}")
+        # Beat in its own process, not the router's -B: the embedded beat is a grandchild that
+        # a parent-death signal on the worker would not reach, so it could outlive the fleet.
+        supervisor.add(
+            "beat",
+            [sys.executable, "-m", "celery", "-A", "workers.app", "beat",
+             "-s", str(state_dir / "celerybeat-schedule"), "-l", "INFO"],
+        )  # fmt: skip
         if flower_port:
-            fleet.spawn(
+            supervisor.add(
                 "flower",
-                ["-m", "celery", "-A", "workers.app", "flower", f"--port={flower_port}",
-                 "--address=127.0.0.1"],
+                [sys.executable, "-m", "celery", "-A", "workers.app", "flower",
+                 f"--port={flower_port}", "--address=127.0.0.1"],
             )  # fmt: skip
             fleet.notes.append(f"flower   http://127.0.0.1:{flower_port}")
-        fleet.wait_workers_ready()
+        supervisor.wait_ready(workers, WORKERS_START_S)
         yield fleet
     finally:
         endpoints_file(state_dir).unlink(missing_ok=True)
-        fleet.stop()
+        supervisor.stop()
+        if ENGINE in supervisor.names:
+            record_engine_state("stopped", "local engine stopped with the fleet")
+        services.stop()

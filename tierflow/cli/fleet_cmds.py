@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import os
 import signal
 import sys
@@ -9,9 +10,10 @@ import time
 
 import typer
 
-from tierflow.app.console import console
+from tierflow.app.console import console, print_event
 from tierflow.app.fleet import running_fleet
 from tierflow.cli.base import app, db_app
+from tierflow.core.config import EXTRA_BUFFERS_CHOICES
 from tierflow.core.db import upgrade_database
 from tierflow.core.settings import get_settings, redact_url
 from workers.local_server import serve
@@ -23,7 +25,11 @@ def up(
     flower: int = typer.Option(0, help="Also start Flower on this port (0: no Flower)."),
     no_engine: bool = typer.Option(False, "--no-engine", help="Do not start the embedded engine."),
 ) -> None:
-    """Run the whole fleet on this machine until Ctrl-C: services, router, one worker per tier."""
+    """Run the whole fleet on this machine until Ctrl-C: services, router, one worker per tier.
+
+    A part that dies is restarted with backoff (1 s doubling to 30 s) and the restart is printed;
+    the fleet keeps running. Its children die with it, even by ``kill -9``.
+    """
 
     stop = False
 
@@ -33,17 +39,15 @@ def up(
 
     signal.signal(signal.SIGTERM, on_signal)
     try:
-        with running_fleet(with_engine=not no_engine, flower_port=flower or None) as fleet:
+        with running_fleet(
+            with_engine=not no_engine, flower_port=flower or None, on_event=print_event
+        ) as fleet:
             for note in fleet.notes:
                 console.print(f"  {note}")
-            names = ", ".join(c.name for c in fleet.children)
+            names = ", ".join(fleet.names)
             console.print(f"[green]fleet up[/green]: {names}. Logs in {fleet.state_dir}/logs.")
             console.print('Submit with `tierflow submit "prompt" --action ACTION`; Ctrl-C stops.')
             while not stop:
-                dead = fleet.dead()
-                if dead:
-                    console.print(f"[red]{dead[0].name} exited[/red]: see {dead[0].log}")
-                    break
                 time.sleep(0.5)
     except KeyboardInterrupt:
         pass
@@ -69,10 +73,17 @@ def worker(
 def local_engine(
     port: int = typer.Option(8765, help="TCP port on 127.0.0.1."),
     host: str = typer.Option("127.0.0.1"),
+    extra_buffers: str = typer.Option(
+        "auto",
+        help="llama.cpp extra buffer types (AMX, repacking): auto (probe once), on or off.",
+    ),
 ) -> None:
     """Serve the embedded llama.cpp model (Gemma 3 270M) over the OpenAI-compatible HTTP API."""
-
-    serve(host=host, port=port)
+    if extra_buffers not in EXTRA_BUFFERS_CHOICES:
+        choices = ", ".join(EXTRA_BUFFERS_CHOICES)
+        raise typer.BadParameter(f"choose one of {choices}", param_hint="--extra-buffers")
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
+    serve(host=host, port=port, extra_buffers=extra_buffers)
 
 
 @db_app.command("upgrade")

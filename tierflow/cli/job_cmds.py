@@ -128,6 +128,11 @@ def demo(
     jobs: int = typer.Option(20, help="Jobs to run, in the seed's daily proportions (90 = a day)."),
     timeout: float = typer.Option(900.0, help="Seconds to wait for the whole mix."),
 ) -> None:
-    """Run the seed's daily action mix through a local fleet; print costs by tier and action."""
+    """Run the seed's daily action mix through a local fleet; print costs by tier and action.
 
-    run_demo(jobs, timeout)
+    Exits 1 when the local engine died during the run.
+    """
+
+    code = run_demo(jobs, timeout)
+    if code:
+        raise typer.Exit(code)

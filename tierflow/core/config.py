@@ -21,6 +21,8 @@ from tierflow.core.constants import Mode, Tier
 from tierflow.core.errors import ConfigError, describe_validation_error
 
 _ENV_REF = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
+# ``options.extra_buffers`` of a model served by the embedded llama.cpp engine.
+EXTRA_BUFFERS_CHOICES = ("auto", "on", "off")
 
 
 class _Strict(BaseModel):
@@ -56,6 +58,16 @@ class ModelConfig(_Strict):
     enabled: bool = True
     limits: ModelLimits = ModelLimits()
     options: dict[str, Any] = Field(default_factory=dict)
+
+    @field_validator("options")
+    @classmethod
+    def _extra_buffers(cls, options: dict[str, Any]) -> dict[str, Any]:
+        value = options.get("extra_buffers", "auto")
+        if isinstance(value, bool):  # YAML 1.1 reads a bare on/off as a boolean
+            return {**options, "extra_buffers": "on" if value else "off"}
+        if value not in EXTRA_BUFFERS_CHOICES:
+            raise ValueError(f"extra_buffers must be one of {', '.join(EXTRA_BUFFERS_CHOICES)}")
+        return options
 
     @model_validator(mode="after")
     def _seed_price(self) -> ModelConfig:

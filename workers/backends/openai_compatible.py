@@ -4,6 +4,11 @@ Provider names: ``openai`` (the API; key from ``OPENAI_API_KEY`` or ``api_key_en
 ``base_url`` or the SDK's own ``OPENAI_BASE_URL``), ``vllm`` (default http://127.0.0.1:8000/v1),
 ``ollama`` (default http://127.0.0.1:11434/v1) and ``openai_compatible`` (any such server at
 ``base_url``). Local servers need no key unless ``api_key_env`` names one.
+
+A model whose ``base_url`` is ``TIERFLOW_LOCAL_ENGINE_URL`` is served by the embedded engine
+under ``tierflow up``; when it cannot connect, its error carries what the supervisor recorded
+("cannot connect to the server (local engine exited with SIGSEGV at 20:31:02; restarting)"),
+read only on that error path (:mod:`tierflow.core.engine_state`).
 """
 
 from __future__ import annotations
@@ -19,6 +24,8 @@ import openai
 
 from tierflow.core import errors
 from tierflow.core.config import ModelConfig
+from tierflow.core.engine_state import engine_state_note
+from tierflow.core.settings import get_settings
 from workers.backends.base import (
     Availability,
     Completion,
@@ -108,7 +115,7 @@ class OpenAICompatibleBackend:
         try:
             response = self._sdk().chat.completions.create(**self._params(request))
         except _SDK_ERRORS as exc:
-            raise map_sdk_error(exc, self.provider) from None
+            raise self._explained(map_sdk_error(exc, self.provider)) from None
         choices = getattr(response, "choices", None)
         choice = choices[0] if isinstance(choices, list) and choices else None
         message = getattr(choice, "message", None)
@@ -137,7 +144,7 @@ class OpenAICompatibleBackend:
                             text += delta
                             yield StreamChunk(delta, text, False, self.provider)
         except _SDK_ERRORS as exc:
-            raise map_sdk_error(exc, self.provider) from None
+            raise self._explained(map_sdk_error(exc, self.provider)) from None
         if refused and not text:
             raise errors.ContentRefused(f"{self.provider}: the model refused the request")
         yield StreamChunk("", text, True, self.provider, self._completion(text, usage, finish))
@@ -154,12 +161,28 @@ class OpenAICompatibleBackend:
         self._probe = (time.monotonic(), answer)
         return answer
 
+    def _explained(self, err: errors.BackendError) -> errors.BackendError:
+        """``err``, plus the supervisor's note when this is the embedded engine and it is down."""
+        if not isinstance(err, errors.BackendUnavailable) or not self._is_local_engine():
+            return err
+        note = engine_state_note()
+        if note is None:
+            return err
+        return errors.BackendUnavailable(f"{err} ({note})", retry_after=err.retry_after)
+
+    def _is_local_engine(self) -> bool:
+        try:
+            engine_url = get_settings().local_engine_url
+        except errors.TierflowError:
+            return False
+        return (self.base_url or "").rstrip("/") == engine_url.rstrip("/")
+
     def _check_server(self) -> Availability:
         """GET {base_url}/models with a short timeout; any HTTP answer but 5xx/auth means up."""
         try:
             self._sdk().models.list(timeout=min(1.0, self.model.timeout_s))
         except _SDK_ERRORS as exc:
-            err = map_sdk_error(exc, self.provider)
+            err = self._explained(map_sdk_error(exc, self.provider))
             if not isinstance(err, errors.InvalidRequest):  # e.g. 404: up, just no /models
                 where = scrub(self.base_url or "OPENAI_BASE_URL")
                 return Availability(False, f"{where} not usable: {err}")
