@@ -6,6 +6,7 @@ import sys
 import warnings
 
 from tierflow.app.console import err_console
+from tierflow.cli import eval_cmds as eval_cmds  # registers `tierflow eval`
 from tierflow.cli import fleet_cmds, job_cmds, report_cmds
 from tierflow.cli.base import app
 from tierflow.core.errors import TierflowError
