@@ -238,7 +238,9 @@ class Replay:
     fitted: bool = True
 
 
-def _answer(row: EvalRow, rule: ActionRule, shape_mark: float, scorer: Any) -> Answer:
+def _answer(
+    row: EvalRow, rule: ActionRule, shape_mark: float, scorer: LogisticScorer | None
+) -> Answer:
     # samples=None when the file has none: the consistency verifier abstains, as it says.
     return Answer(
         prompt=row.prompt,
@@ -315,12 +317,16 @@ def replay(
         notes = [*found.notes, f"in-sample: fitted on all {len(rows)} rows, then judged them"]
         return Replay(judged, prequential, refit_every, found.threshold, notes)
     found = fit(rule, default_threshold, [], [])
-    judged = []
+    judged, unscored = [], 0
     for i, row in enumerate(rows):
         if i and i % refit_every == 0:
             found = fit(rule, default_threshold, rows[:i], bases[:i])
+        unscored += found.scorer is None
         judged.append(_judge(row, rule, default_threshold, found))
-    return Replay(judged, prequential, refit_every, found.threshold, list(found.notes))
+    notes = list(found.notes)
+    if "learned" in rule.verifiers:
+        notes.append(f"prequential: {unscored} of {len(rows)} rows judged before a scorer existed")
+    return Replay(judged, prequential, refit_every, found.threshold, notes)
 
 
 def _judge(row: EvalRow, rule: ActionRule, default_threshold: float, found: Calibration) -> Judged:

@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 
+import router.gate
 from router.gate.evaluate import (
     EvalFileError,
     EvalRow,
@@ -261,3 +262,13 @@ def test_the_command_prints_tables_and_refuses_a_bad_file_in_one_line(tmp_path: 
     assert done.returncode == 2
     assert "row 1, column cheap_correct" in done.stderr
     assert "Traceback" not in done.stderr
+
+
+def test_the_learned_verifier_runs_once_its_submodule_is_imported() -> None:
+    # router/gate/__init__.py binds the verifier function `learned`; importing the submodule
+    # router.gate.learned (calibration does) rebinds that name to the module, and judge_answer
+    # then calls a module. router.gate.evaluate restores the function until the package stops
+    # shadowing it (see its module); the fleet's Gate step has the same import order.
+    assert callable(router.gate.learned)
+    rule = ActionRule(answer="number", verifiers=["checks", "learned"])
+    assert replay([row(" 4", True)], rule, 0.7).judged[0].score == 1.0

@@ -32,8 +32,10 @@ def eval_command(
     ),
     as_json: bool = typer.Option(False, "--json", help="One JSON object instead of tables."),
 ) -> None:
-    """The gate's cost and quality on labelled answers, beside weak-only, strong-only, the
-    oracle and random escalation at the same rate."""
+    """Replay labelled answers through the gate offline: its cost and quality beside baselines.
+
+    The baselines are weak-only, strong-only, the oracle and random escalation at the gate's
+    rate; no model is called."""
 
     llm = load_config(config) if config is not None else get_settings().llm
     name, rule = rule_for(llm, action)
