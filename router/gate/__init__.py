@@ -20,7 +20,7 @@ from router.gate.verifiers import (
     Verdict,
     features,
     get_verifier,
-    learned,
+    learned_verdict,
     register_verifier,
 )
 
@@ -75,7 +75,7 @@ def judge_answer(answer: Answer, threshold: float, notes: list[str] | None = Non
     verdicts = [get_verifier(name)(answer) for name in names if name != "learned"]
     feats = features(answer, verdicts)
     if "learned" in names:
-        verdicts.append(learned(answer, verdicts))
+        verdicts.append(learned_verdict(answer, verdicts))
     fitted = "learned" in names and answer.learned is not None
     score = verdicts[-1].score if fitted else sum(v.score for v in verdicts) / len(verdicts)
     vetoed = any(not v.passed for v in verdicts)

@@ -152,7 +152,7 @@ def features(answer: Answer, verdicts: list[Verdict]) -> dict[str, float]:
     return found
 
 
-def learned(answer: Answer, verdicts: list[Verdict]) -> Verdict:
+def learned_verdict(answer: Answer, verdicts: list[Verdict]) -> Verdict:
     """The probability that the answer is right, from the action's fitted model; abstains
     (score 1, passes) when no model is fitted yet."""
     feats = features(answer, verdicts)

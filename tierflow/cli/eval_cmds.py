@@ -1,0 +1,97 @@
+"""``tierflow eval``: replay a labelled file through the configured gate, with no model calls."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import typer
+from rich.table import Table
+
+from router.gate.evaluate import DEFAULT_REFIT_EVERY, Evaluation, evaluate, read_rows, rule_for
+from tierflow.app.console import console
+from tierflow.cli.base import app
+from tierflow.core.config import load_config
+from tierflow.core.settings import get_settings
+
+
+@app.command("eval")
+def eval_command(
+    file: Path = typer.Argument(
+        ...,
+        help="CSV or JSONL: prompt, cheap_answer, cheap_correct, strong_correct; optional "
+        "strong_answer, cheap_samples (JSON list), cheap_finish_reason.",
+    ),
+    action: str = typer.Option(None, help="The action whose rule judges (default: a text rule)."),
+    config: Path = typer.Option(None, help="An llm_config.yaml (default: the settings' one)."),
+    prequential: bool = typer.Option(
+        False, help="Fit each row's gate on the earlier rows only, as the fleet learns."
+    ),
+    refit_every: int = typer.Option(
+        DEFAULT_REFIT_EVERY, min=1, help="With --prequential: refit every N rows."
+    ),
+    as_json: bool = typer.Option(False, "--json", help="One JSON object instead of tables."),
+) -> None:
+    """Replay labelled answers through the gate offline: its cost and quality beside baselines.
+
+    The baselines are weak-only, strong-only, the oracle and random escalation at the gate's
+    rate; no model is called."""
+
+    llm = load_config(config) if config is not None else get_settings().llm
+    name, rule = rule_for(llm, action)
+    rows = read_rows(file)
+    found = evaluate(
+        rows,
+        rule,
+        llm.routing.quality_threshold,
+        action=name,
+        prequential=prequential,
+        refit_every=refit_every,
+    )
+    if as_json:
+        typer.echo(json.dumps({"file": str(file), **found.as_dict()}))
+    else:
+        render(found, str(file))
+
+
+def _share(value: float | None) -> str:
+    return "" if value is None else f"{value:.1%}"
+
+
+def _auc(value: float | None) -> str:
+    return "" if value is None else f"{value:.3f}"
+
+
+def render(found: Evaluation, source: str) -> None:
+    """The comparison table and the accuracy-at-budget table."""
+    if not found.fitted:
+        mode = "nothing fitted"
+    elif found.prequential:
+        mode = f"prequential (refit every {found.refit_every} rows)"
+    else:
+        mode = "in-sample (fitted on every row, then judged them: optimistic)"
+    console.print(
+        f"{source}: {found.rows} rows, action [bold]{found.action}[/bold] "
+        f"(verifiers {', '.join(found.verifiers)}), {mode}, threshold {found.threshold:.3f}"
+    )
+    table = Table("policy", "strong calls", "accuracy", "vs strong", "AUROC", title="Gate")
+    for policy in found.policies:
+        table.add_row(
+            policy.name,
+            _share(policy.strong_calls),
+            _share(policy.accuracy),
+            _share(policy.quality_vs_strong),
+            _auc(policy.auroc),
+        )
+    console.print(table)
+    curve = Table("strong calls", "gate", "random", "oracle", title="Accuracy at a budget")
+    for point in found.curve:
+        curve.add_row(
+            _share(point.strong_calls),
+            _share(point.gate),
+            _share(point.random),
+            _share(point.oracle),
+        )
+    console.print(curve)
+    for note in found.notes:
+        console.print(f"note: {note}")
