@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-import json
 import logging
+import queue
 import time
 from collections.abc import Iterator
 from datetime import datetime
@@ -13,6 +13,7 @@ from pydantic import ValidationError
 
 from router.dispatch import enqueue_route
 from router.feedback import record_feedback
+from router.waiter import event_hub
 from schemas.jobs import JobRequest, JobResult, utcnow
 from tierflow import store
 from tierflow.core.constants import ROUTER_QUEUE, TERMINAL_STATUSES, JobStatus, tier_queue
@@ -22,7 +23,6 @@ from tierflow.core.errors import (
     JobWaitTimeout,
     describe_validation_error,
 )
-from tierflow.core.redis_client import get_keys, get_redis
 from tierflow.core.settings import get_settings
 
 log = logging.getLogger(__name__)
@@ -86,10 +86,11 @@ class JobHandle:
                 yield event
 
     def events(self, timeout: float) -> Iterator[dict[str, Any]]:
-        """Every event of the job until it finishes; subscribes before reading the state."""
+        """Every event of the job until it finishes; registers before reading the state (one
+        shared subscription per process: :mod:`router.waiter`)."""
         deadline = time.monotonic() + timeout
-        pubsub = get_redis().pubsub(ignore_subscribe_messages=True)
-        pubsub.subscribe(get_keys().job_channel(self.job_id))
+        hub = event_hub()
+        inbox = hub.register(self.job_id)
         try:
             if self._status() in TERMINAL_STATUSES:
                 return
@@ -99,18 +100,18 @@ class JobHandle:
                     if self._status() in TERMINAL_STATUSES:
                         return
                     raise JobWaitTimeout(self._timeout_message(timeout))
-                message = pubsub.get_message(timeout=min(left, 5.0))
-                if message is None:
-                    # Reconnects are silent in redis-py; a rare cheap check covers a lost event.
+                try:
+                    event = inbox.get(timeout=min(left, 5.0))
+                except queue.Empty:
+                    # A reconnect can lose an event; a rare cheap check covers it.
                     if self._status() in TERMINAL_STATUSES:
                         return
                     continue
-                event = json.loads(message["data"])
                 yield event
                 if event.get("type") == "done":
                     return
         finally:
-            pubsub.close()
+            hub.unregister(self.job_id, inbox)
 
     def _timeout_message(self, timeout: float) -> str:
         """Why the job is unfinished: the queue no worker takes it from, or the tier running it."""

@@ -4,7 +4,8 @@ The fake reads what the request asks for (the system text the fleet writes for e
 kind) and answers it **right**, or, for a deterministic share ``wrong_rate`` of prompts,
 **wrong** in the way real models are wrong while looking fine:
 
-- JSON with fields: right fills every requested field; wrong leaves one out.
+- JSON with fields: right fills every requested field (with the type the JSON schema in the
+  request asks for, when there is one); wrong leaves one out.
 - one of some labels: right names the label given by a ``[truth: LABEL]`` marker in the prompt
   (else the first label); wrong names another one.
 - arithmetic ("what is 17 + 25"): right shows ``17 + 25 = 42`` and the answer; wrong writes a
@@ -25,6 +26,7 @@ import re
 from decimal import Decimal
 
 _FIELDS = re.compile(r"JSON object with the fields: ([^.]+)\.")
+_SCHEMA = re.compile(r"JSON schema: (\{.*\})\s*$", re.S)
 _LABELS = re.compile(r"exactly one of: ([^.]+)\.")
 _TRUTH = re.compile(r"\[truth:\s*([^\]]+)\]")
 _SUM = re.compile(r"(-?\d+(?:\.\d+)?)\s*([-+*x])\s*(-?\d+(?:\.\d+)?)")
@@ -50,6 +52,36 @@ def _arithmetic(prompt: str, wrong: bool) -> str | None:
     return f"{match[1]} {op} {match[3]} = {shown}. The answer is {shown}."
 
 
+def _schema(system: str) -> dict[str, dict[str, object]]:
+    """The properties of the JSON schema the fleet put in the system text, if any."""
+    found = _SCHEMA.search(system)
+    if found is None:
+        return {}
+    try:
+        schema = json.loads(found[1])
+    except ValueError:
+        return {}
+    properties = schema.get("properties") if isinstance(schema, dict) else None
+    return properties if isinstance(properties, dict) else {}
+
+
+def _value(spec: dict[str, object], text: str) -> object:
+    """A value of the type a schema property asks for (the first of an enum)."""
+    enum = spec.get("enum")
+    if isinstance(enum, list) and enum:
+        return enum[0]
+    kind = spec.get("type")
+    if kind == "array":
+        return [text]
+    if kind in ("number", "integer"):
+        return 1
+    if kind == "boolean":
+        return True
+    if kind == "object":
+        return {"value": text}
+    return text
+
+
 def fake_answer(
     tag: str, system: str | None, prompt: str, digest: str, wrong_rate: float
 ) -> tuple[str, bool | None]:
@@ -59,7 +91,8 @@ def fake_answer(
     if fields := _FIELDS.search(system):
         names = [f.strip() for f in fields[1].split(",") if f.strip() != "the answer"]
         kept = names[:-1] if wrong and names else names
-        answer = {name: f"{tag} {name} {digest}" for name in kept}
+        schema = _schema(system)
+        answer = {name: _value(schema.get(name, {}), f"{tag} {name} {digest}") for name in kept}
         return json.dumps(answer), bool(wrong and names)
     if labels := _LABELS.search(system):
         options = [label.strip() for label in labels[1].split(",") if label.strip()]

@@ -34,7 +34,10 @@ def instructions(rule: ActionRule) -> str | None:
     kind = kind_of(rule)
     if kind == "json":
         fields = ", ".join(rule.required_fields) or "the answer"
-        return f"Reply with only a JSON object with the fields: {fields}."
+        text = f"Reply with only a JSON object with the fields: {fields}."
+        if rule.json_schema is not None:
+            text += f" It must match this JSON schema: {json.dumps(rule.json_schema)}"
+        return text
     if kind == "label":
         return f"Reply with exactly one of: {', '.join(rule.labels)}."
     if kind == "number":

@@ -1,0 +1,37 @@
+"""Many waiters in one process share one pub/sub connection, and none misses its wake-up."""
+
+from __future__ import annotations
+
+import time
+from concurrent.futures import ThreadPoolExecutor
+
+import pytest
+
+from router import submit_job
+from router.waiter import event_hub
+from tests.support.services import fleet_config
+from tierflow.core.redis_client import get_redis
+
+pytestmark = [pytest.mark.integration, pytest.mark.slow]
+
+
+def pubsub_clients() -> int:
+    """Connections to Redis subscribed to something (channels or patterns)."""
+    return sum(
+        1 for c in get_redis().client_list() if int(c.get("psub", 0)) or int(c.get("sub", 0))
+    )
+
+
+def test_four_hundred_concurrent_waits_share_one_subscription(fleet) -> None:
+    fleet(fleet_config(), workers=1, concurrency=8)
+    event_hub()  # the process's one subscription, made once
+    before = pubsub_clients()
+    handles = [submit_job(f"Extract topic from: 'note {i}'", "extract_topic") for i in range(400)]
+    with ThreadPoolExecutor(max_workers=400) as pool:
+        waits = [pool.submit(h.wait, 120) for h in handles]
+        time.sleep(0.5)  # every thread is waiting by now (400 jobs take seconds to run)
+        peak = pubsub_clients()
+        results = [w.result() for w in waits]
+    assert [r.status for r in results] == ["succeeded"] * 400
+    assert peak - before <= 1, f"{peak - before} new subscribed connections for 400 waiters"
+    assert event_hub().waiting == 0  # every waiter unregistered
