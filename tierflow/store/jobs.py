@@ -12,7 +12,7 @@ import uuid
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import select, update
+from sqlalchemy import func, select, update
 from sqlalchemy.dialects.postgresql import insert
 
 from schemas.jobs import AttemptSummary, JobRequest, JobResult, utcnow
@@ -150,19 +150,19 @@ def save_plan(job_id: str, complexity: str, plan: dict[str, Any]) -> bool:
 def finalize_job(job_id: str, status: JobStatus, **fields: Any) -> bool:
     """Move a job to a terminal status once; False when it already was terminal.
 
-    The job's cost is the sum of its stored attempts' costs, computed in the same statement, so
-    it can never count an attempt twice.
+    The job's cost is the sum of its stored attempts' costs, computed in the same statement (one
+    round trip), so it can never count an attempt twice.
     """
+    total = (
+        select(func.coalesce(func.sum(Attempt.cost_usd), 0))
+        .where(Attempt.job_id == job_id)
+        .scalar_subquery()
+    )
     with session_scope() as session:
-        total = (
-            session.execute(select(Attempt.cost_usd).where(Attempt.job_id == job_id))
-            .scalars()
-            .all()
-        )
         result = session.execute(
             update(Job)
             .where(Job.id == job_id, Job.status.not_in(TERMINAL_STATUSES))
-            .values(status=status.value, finished_at=utcnow(), cost_usd=sum(total), **fields)
+            .values(status=status.value, finished_at=utcnow(), cost_usd=total, **fields)
         )
         return result.rowcount == 1  # type: ignore[attr-defined]
 
