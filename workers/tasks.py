@@ -59,6 +59,7 @@ INFRA_ERRORS = (
     kombu.exceptions.OperationalError,
 )
 SWEEP_LOCK_S = max(1, int(SWEEP_INTERVAL_S) - 2)  # ends before the next beat tick
+MAX_WAITS = 10_000  # far above what a job's deadline allows at the longest countdown
 MAX_BUG_RETRIES = 2  # redeliveries of a task that raised something unexpected, before its job fails
 _RETRY = {
     "autoretry_for": INFRA_ERRORS,
@@ -152,21 +153,36 @@ def _route(job_id: str) -> str | None:
 
 @app.task(name=TASK_RUN_ATTEMPT, bind=True, **_RETRY)
 def run_attempt(
-    self: Task, job_id: Any, step: Any = 0, attempt_no: Any = 0, retries_in_step: Any = 0
+    self: Task,
+    job_id: Any,
+    step: Any = 0,
+    attempt_no: Any = 0,
+    retries_in_step: Any = 0,
+    waits: Any = 0,
 ) -> str | None:
-    """Run one attempt of a job on this queue's tier, then enqueue whatever comes next."""
+    """Run one attempt of a job on this queue's tier, then enqueue whatever comes next.
+
+    ``waits`` counts how often this attempt already waited for capacity (a concurrency cap, a
+    rate limit), so the next wait backs off; messages without it (sent before it existed) start
+    at 0.
+    """
     try:
         job_id = check_job_id(job_id)
         step = check_counter("step", step, 10)
         attempt_no = check_counter("attempt_no", attempt_no)
         retries_in_step = check_counter("retries_in_step", retries_in_step, 100)
+        waits = check_counter("waits", waits, MAX_WAITS)
     except JobValidationError as exc:
         _dead_letter(self, str(exc))
         return None
     worker = f"{self.request.hostname or 'local'}:{self.request.id}"
     with job_fails_on_bug(self, job_id):
         config = get_settings().llm
-        ctx = run_attempt_steps(job_id, step, attempt_no, retries_in_step, worker, config)
+        ctx = run_attempt_steps(
+            job_id, step, attempt_no, retries_in_step, worker, config, waits=waits
+        )
+        if ctx.superseded:
+            return "superseded"
         return ctx.move.kind if ctx.move is not None else "done"
     return "failed"
 

@@ -6,20 +6,25 @@ A job is stored and planned the way ``submit_job`` and ``route_job`` do it; each
 
 from __future__ import annotations
 
+import itertools
 import os
 from collections.abc import Callable, Iterator
 from typing import Any
 
 import pytest
+from sqlalchemy import select
 
 from router.plan import plan_job
 from schemas.jobs import JobRequest
+from schemas.tables import DeadLetter
 from tests.support import services
 from tests.support.services import fake_model, fleet_config
 from tierflow import store
 from tierflow.core.constants import AttemptStatus, JobStatus, Mode
+from tierflow.core.db import session_scope
 from tierflow.core.redis_client import get_keys, get_redis
 from tierflow.core.settings import get_settings
+from workers.leases import capacity_wait, max_countdown
 from workers.outcome import Move
 from workers.pipeline import STEPS, AttemptContext, run_attempt_steps
 from workers.pipeline.call import CallModel
@@ -30,6 +35,7 @@ from workers.pipeline.notify import Notify
 from workers.pipeline.persist import Persist
 from workers.pipeline.price import Price
 from workers.pipeline.select import ModeGate, PickModel
+from workers.tasks import run_attempt
 
 pytestmark = pytest.mark.integration
 
@@ -229,3 +235,54 @@ def test_a_new_concern_is_a_new_step(use: Callable) -> None:
     job_id = planned_job()
     run_attempt_steps(job_id, 0, 0, 0, WORKER, get_settings().llm, steps=(*STEPS, Audit()))
     assert len(seen) == 1 and seen[0][1] is not None
+
+
+def test_waits_at_a_cap_back_off_and_the_counter_travels_with_the_wait(use: Callable) -> None:
+    use(local_fast=[fake_model("capped", limits={"max_concurrency": 1})])
+    holder = through(context(planned_job()), PickModel)
+    assert holder.pick is not None
+    job_id = planned_job("Extract topic from: 'waiting'")
+    countdowns = []
+    for waits in range(10):
+        ctx = AttemptContext(job_id, 0, 0, 0, f"h:t{waits}", get_settings().llm, waits=waits)
+        through(ctx, PickModel)
+        assert ctx.move is not None and ctx.move.kind == "wait" and ctx.move.waits == waits + 1
+        assert ctx.move.countdown == capacity_wait(job_id, 0.5, waits)
+        countdowns.append(ctx.move.countdown)
+    assert countdowns[0] < 1.0 and countdowns[-1] == max_countdown()
+    assert all(b >= a for a, b in itertools.pairwise(countdowns))
+
+
+def test_a_held_attempt_waits_for_the_lease_and_keeps_its_wait_count(use: Callable) -> None:
+    job_id = planned_job()
+    through(context(job_id), ClaimAttempt)
+    ctx = AttemptContext(job_id, 0, 0, 0, "other-host:task-2", get_settings().llm, waits=3)
+    through(ctx, ClaimAttempt)
+    assert ctx.move is not None and ctx.move.kind == "wait" and ctx.move.waits == 3
+
+
+def test_capacity_wait_doubles_is_deterministic_and_capped() -> None:
+    job = "6f1c2a8e-0000-4000-8000-000000000001"
+    assert capacity_wait(job, 0.5, 0) == 0.5  # the first wait is the wait asked for
+    for waits in range(1, 12):
+        got = capacity_wait(job, 0.5, waits)
+        assert got == capacity_wait(job, 0.5, waits)  # a replay gets the same countdown
+        assert min(0.5 * 2 ** (waits - 1), max_countdown()) <= got
+        assert got <= min(0.5 * 2**waits, max_countdown())
+    assert capacity_wait(job, 0.01, 0) == 0.25  # a floor: no 10 ms spin
+    assert capacity_wait(job, 3.0, 2) >= 3.0  # never below a rate limit's known next room
+    assert capacity_wait(job, 0.5, 10_000) == max_countdown()
+    others = {capacity_wait(f"{job[:-1]}{i}", 0.5, 3) for i in range(10)}
+    assert len(others) > 5  # jobs that waited together come back apart
+
+
+def test_run_attempt_refuses_a_bad_wait_count_as_a_dead_letter(use: Callable) -> None:
+    job_id = planned_job()
+    result = run_attempt.apply(args=[job_id, 0, 0, 0, "many"]).get()
+    assert result is None
+    with session_scope() as session:
+        reasons = session.execute(
+            select(DeadLetter.reason).where(DeadLetter.reason.like("waits must be%"))
+        ).scalars()
+        assert any("'many'" in r for r in reasons)
+    assert store.attempts_of(job_id) == []

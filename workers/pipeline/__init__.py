@@ -59,9 +59,13 @@ def run_attempt_steps(
     worker: str,
     config: LLMConfig,
     steps: tuple[Step, ...] = STEPS,
+    waits: int = 0,
 ) -> AttemptContext:
-    """Run (or replay) one delivery of an attempt through ``steps``; return its context."""
-    ctx = AttemptContext(job_id, step, attempt_no, retries_in_step, worker, config)
+    """Run (or replay) one delivery of an attempt through ``steps``; return its context.
+
+    ``waits``: how many times this attempt already waited for capacity (the backoff's counter).
+    """
+    ctx = AttemptContext(job_id, step, attempt_no, retries_in_step, worker, config, waits=waits)
     return run_steps(ctx, steps)
 
 

@@ -36,6 +36,7 @@ class AttemptContext:
     retries_in_step: int
     worker: str  # "host:task_id"; the claim recognises its own delivery by the task id
     config: LLMConfig
+    waits: int = 0  # times this attempt already waited for capacity (the backoff's exponent)
     job: Job | None = None
     plan: TierPlan | None = None
     tier: Tier | None = None
@@ -52,6 +53,10 @@ class AttemptContext:
     replayed: bool = False  # the claim found the attempt finished by an earlier delivery
     move: Move | None = None
     stopped: bool = False  # nothing more is to be made (the job is gone, done, or must wait)
+    # This delivery's lease was taken over while it ran (it stalled past the lease): its outcome
+    # was not stored, its call was recorded as superseded, and the new holder drives the job.
+    superseded: bool = False
+    holder_attempt: Attempt | None = None  # the row as the new holder left it (read, not touched)
 
     @property
     def making(self) -> bool:
