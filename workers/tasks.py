@@ -6,8 +6,8 @@ first: a malformed message is stored as a dead letter with its reason and acknow
 retried. Infrastructure errors (PostgreSQL, Redis or the broker unreachable) are retried with
 backoff: Celery publishes the retry (same task id) before it acknowledges the original, and the
 retry waits unacknowledged (``acks_late``), so a worker crash loses nothing. A retried attempt
-takes its own claim back at once, on whichever worker it lands (see
-:func:`workers.store.claim_attempt`).
+takes its own claim back at once, on whichever worker it lands; the same run handed out again by
+the broker waits for its live lease instead (see :func:`tierflow.store.claim_attempt`).
 """
 
 from __future__ import annotations
@@ -175,11 +175,23 @@ def run_attempt(
     except JobValidationError as exc:
         _dead_letter(self, str(exc))
         return None
-    worker = f"{self.request.hostname or 'local'}:{self.request.id}"
+    # "host/run:task_id": the task id ties a retry to its claim; the run id tells two runs of
+    # one task id apart (the broker can hand the same message out twice), so the fence on the
+    # attempt's write knows exactly which run holds it.
+    run = uuid.uuid4().hex[:8]
+    worker = f"{self.request.hostname or 'local'}/{run}:{self.request.id}"
     with job_fails_on_bug(self, job_id):
         config = get_settings().llm
+        retry = int(self.request.retries or 0)
         ctx = run_attempt_steps(
-            job_id, step, attempt_no, retries_in_step, worker, config, waits=waits
+            job_id,
+            step,
+            attempt_no,
+            retries_in_step,
+            worker,
+            config,
+            waits=waits,
+            delivery_retry=retry,
         )
         if ctx.superseded:
             return "superseded"

@@ -9,24 +9,26 @@ from __future__ import annotations
 import itertools
 import os
 from collections.abc import Callable, Iterator
+from datetime import timedelta
 from typing import Any
 
 import pytest
-from sqlalchemy import select
+from sqlalchemy import func, select, update
 
 from router.plan import plan_job
 from schemas.jobs import JobRequest
-from schemas.tables import DeadLetter
+from schemas.tables import Attempt, DeadLetter
 from tests.support import services
 from tests.support.services import fake_model, fleet_config
 from tierflow import store
-from tierflow.core.constants import AttemptStatus, JobStatus, Mode
+from tierflow.core.constants import ALL_QUEUES, AttemptStatus, JobStatus, Mode
 from tierflow.core.db import session_scope
 from tierflow.core.redis_client import get_keys, get_redis
 from tierflow.core.settings import get_settings
+from tierflow.store.costs import get_cost_summary
 from workers.leases import capacity_wait, max_countdown
 from workers.outcome import Move
-from workers.pipeline import STEPS, AttemptContext, run_attempt_steps
+from workers.pipeline import STEPS, AttemptContext, Step, run_attempt_steps
 from workers.pipeline.call import CallModel
 from workers.pipeline.claim import ClaimAttempt, LoadJob
 from workers.pipeline.decide import Decide
@@ -35,6 +37,7 @@ from workers.pipeline.notify import Notify
 from workers.pipeline.persist import Persist
 from workers.pipeline.price import Price
 from workers.pipeline.select import ModeGate, PickModel
+from workers.queues import queue_depth
 from workers.tasks import run_attempt
 
 pytestmark = pytest.mark.integration
@@ -121,7 +124,7 @@ def test_claim_owns_then_replays_then_waits_for_a_live_holder(use: Callable) -> 
     busy = through(context(job_id, worker="other-host:task-2"), ClaimAttempt)
     assert busy.stopped and busy.move is not None and busy.move.kind == "wait"
     assert busy.move.countdown > 0
-    store.finish_attempt(job_id, 0, status=AttemptStatus.PASSED.value, cost_usd=0.25)
+    store.finish_attempt(job_id, 0, worker=WORKER, status=AttemptStatus.PASSED.value, cost_usd=0.25)
     replay = through(context(job_id, worker="other-host:task-3"), ClaimAttempt)
     assert replay.replayed and replay.attempt is not None and not replay.making
 
@@ -286,3 +289,74 @@ def test_run_attempt_refuses_a_bad_wait_count_as_a_dead_letter(use: Callable) ->
         ).scalars()
         assert any("'many'" in r for r in reasons)
     assert store.attempts_of(job_id) == []
+
+
+class TakenOver(Step):
+    """Between the call and the write, this delivery stalls past its lease and another delivery
+    takes the attempt over and makes its own call (as a paused VM or a stop-the-world pause
+    would leave it); the new holder's delivery is left just before its own write."""
+
+    def __init__(self) -> None:
+        self.holder: AttemptContext | None = None
+
+    def applies(self, ctx: AttemptContext) -> bool:
+        return ctx.outcome is not None and ctx.attempt is None
+
+    def run(self, ctx: AttemptContext) -> None:
+        with session_scope() as session:
+            session.execute(
+                update(Attempt)
+                .where(Attempt.job_id == ctx.job_id, Attempt.attempt_no == ctx.attempt_no)
+                .values(lease_until=func.now() - timedelta(seconds=1))
+            )
+        self.holder = through(context(ctx.job_id, worker=NEW), Price)
+        assert self.holder.outcome is not None and self.holder.attempt is None
+
+
+NEW = "new-host:task-2"
+
+
+def test_a_fenced_out_delivery_records_its_call_and_leaves_the_job_to_the_new_holder(
+    use: Callable,
+) -> None:
+    use(local_fast=[fake_model("priced", input_cost_per_million=4.0, output_cost_per_million=8.0)])
+    job_id = planned_job()
+    prefix = os.environ["TIERFLOW_KEY_PREFIX"]
+    steps = tuple(s for s in STEPS if not isinstance(s, Persist))
+    at = [type(s) for s in steps].index(Price) + 1
+    takeover = TakenOver()
+    stalled = (*steps[:at], takeover, Persist(), *steps[at:])
+    late = run_attempt_steps(job_id, 0, 0, 0, WORKER, get_settings().llm, steps=stalled)
+
+    assert late.superseded and late.stopped and late.move is None and late.attempt is None
+    assert late.completion is not None and late.outcome is not None
+    holder = late.holder_attempt
+    assert holder is not None and holder.worker == NEW and holder.status == "running"
+    (row,) = store.attempts_of(job_id)  # the new holder's row, untouched
+    assert row.worker == NEW and row.status == "running" and row.text is None
+    assert float(row.cost_usd) == 0 and row.lease_until is not None
+    (call,) = store.superseded_calls_of(job_id)
+    assert call.worker == WORKER and call.model == "priced" and call.tier == "local_fast"
+    assert late.outcome["cost_usd"] > 0
+    assert float(call.cost_usd) == pytest.approx(late.outcome["cost_usd"])
+    assert call.input_tokens == late.completion.input_tokens
+    # no next attempt sent, the job not ended: the new holder drives it
+    assert sum(queue_depth(q) for q in ALL_QUEUES) == 0, prefix
+    assert store.job_status(job_id) == JobStatus.RUNNING.value
+
+    # the new holder's delivery goes on to its write: it lands, and the job's cost is both calls
+    mine = takeover.holder
+    assert mine is not None
+    for step in STEPS[[type(s) for s in STEPS].index(Persist) :]:
+        if step.applies(mine):
+            step.run(mine)
+    assert not mine.superseded and mine.move is not None and mine.move.kind == "succeed"
+    job = store.load_job(job_id)
+    assert job is not None and job.status == JobStatus.SUCCEEDED.value
+    (done,) = store.attempts_of(job_id)
+    assert done.worker == NEW and float(job.cost_usd) == pytest.approx(
+        float(done.cost_usd) + float(call.cost_usd)
+    )
+    summary = get_cost_summary()
+    assert summary["superseded"] >= 1
+    assert summary["total_cost"] >= float(job.cost_usd)

@@ -8,10 +8,17 @@ attempts by ``(job_id, attempt_no)`` and fenced by the claim (see :mod:`tierflow
 from tierflow.store.attempts import (
     Claim,
     ClaimResult,
+    Finished,
+    HeldLease,
     attempts_of,
     claim_attempt,
     finish_attempt,
+    load_attempt,
+    record_superseded_call,
     release_attempt,
+    renew_lease,
+    renew_leases,
+    superseded_calls_of,
 )
 from tierflow.store.dead_letters import record_dead_letter, storable_text
 from tierflow.store.jobs import (
@@ -25,10 +32,13 @@ from tierflow.store.jobs import (
     stale_jobs,
     touch_job,
 )
+from tierflow.store.sweeps import stalled_jobs, touch_jobs
 
 __all__ = [
     "Claim",
     "ClaimResult",
+    "Finished",
+    "HeldLease",
     "attempts_of",
     "claim_attempt",
     "create_job",
@@ -36,12 +46,19 @@ __all__ = [
     "finish_attempt",
     "job_result",
     "job_status",
+    "load_attempt",
     "load_job",
     "open_jobs_past",
     "record_dead_letter",
+    "record_superseded_call",
     "release_attempt",
+    "renew_lease",
+    "renew_leases",
     "save_plan",
     "stale_jobs",
+    "stalled_jobs",
     "storable_text",
+    "superseded_calls_of",
     "touch_job",
+    "touch_jobs",
 ]

@@ -79,7 +79,8 @@ def finalize_job(job_id: str, status: JobStatus, **fields: Any) -> bool:
     """Move a job to a terminal status once; False when it already was terminal.
 
     The job's cost is the sum of its stored attempts' costs, computed in the same statement, so
-    it can never count an attempt twice.
+    it can never count an attempt twice, added to what superseded calls already put there
+    (:func:`~tierflow.store.attempts.record_superseded_call`).
     """
     with session_scope() as session:
         total = (
@@ -90,7 +91,12 @@ def finalize_job(job_id: str, status: JobStatus, **fields: Any) -> bool:
         result = session.execute(
             update(Job)
             .where(Job.id == job_id, Job.status.not_in(TERMINAL_STATUSES))
-            .values(status=status.value, finished_at=utcnow(), cost_usd=sum(total), **fields)
+            .values(
+                status=status.value,
+                finished_at=utcnow(),
+                cost_usd=Job.cost_usd + sum(total),
+                **fields,
+            )
         )
         return result.rowcount == 1  # type: ignore[attr-defined]
 

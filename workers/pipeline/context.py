@@ -34,9 +34,10 @@ class AttemptContext:
     step: int
     attempt_no: int
     retries_in_step: int
-    worker: str  # "host:task_id"; the claim recognises its own delivery by the task id
+    worker: str  # "host/run:task_id": the claim knows a retry by the task id, the fence this run
     config: LLMConfig
     waits: int = 0  # times this attempt already waited for capacity (the backoff's exponent)
+    delivery_retry: int = 0  # Celery's retry number of this delivery (see claim_attempt)
     job: Job | None = None
     plan: TierPlan | None = None
     tier: Tier | None = None
