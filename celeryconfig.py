@@ -17,11 +17,14 @@ from kombu import Exchange, Queue
 from tierflow.core.constants import (
     ALL_QUEUES,
     MAINTENANCE_QUEUE,
+    PRIORITY_STEPS,
+    QUEUE_PRIORITY_SEP,
     ROUTER_QUEUE,
     SWEEP_INTERVAL_S,
     TASK_ROUTE_JOB,
     TASK_RUN_ATTEMPT,
     TASK_SWEEP,
+    queue_key_prefix,
 )
 from tierflow.core.settings import get_settings
 
@@ -34,9 +37,11 @@ broker_transport = "workers.poison:SafeRedisTransport"
 broker_connection_retry_on_startup = True
 broker_transport_options = {
     "visibility_timeout": _settings.visibility_timeout,
-    "global_keyprefix": f"{_settings.key_prefix}:q:",
-    "priority_steps": list(range(10)),
-    "sep": ":",
+    # The queue layout (prefix, priority lists and their names) is tierflow.core.constants', so
+    # queue depths and the autoscalers count the same lists kombu writes.
+    "global_keyprefix": queue_key_prefix(_settings.key_prefix),
+    "priority_steps": list(PRIORITY_STEPS),
+    "sep": QUEUE_PRIORITY_SEP,
     # A worker that died (kill -9, lost host) leaves its unacknowledged messages behind; the
     # other workers put them back on their queues once the visibility timeout has passed.
     # kombu looks every interval x throttle seconds (100 s by default); look every tenth of

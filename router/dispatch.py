@@ -30,11 +30,19 @@ def enqueue_attempt(
     retries_in_step: int = 0,
     countdown: float = 0.0,
     priority: int = 5,
+    waits: int = 0,
 ) -> None:
-    """Send one attempt of a job to its tier's queue, after ``countdown`` seconds."""
+    """Send one attempt of a job to its tier's queue, after ``countdown`` seconds.
+
+    ``waits`` (how often this attempt already waited for capacity) is sent as a fifth argument
+    only when it is not 0, so a worker that predates it still reads every first try.
+    """
+    args: list[str | int] = [job_id, step, attempt_no, retries_in_step]
+    if waits:
+        args.append(waits)
     app.send_task(
         TASK_RUN_ATTEMPT,
-        args=[job_id, step, attempt_no, retries_in_step],
+        args=args,
         queue=tier_queue(tier),
         countdown=countdown or None,
         priority=9 - priority,

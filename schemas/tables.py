@@ -1,7 +1,8 @@
-"""SQLAlchemy tables: jobs, their attempts, mode switches and dead letters.
+"""SQLAlchemy tables: jobs, their attempts, superseded calls, mode switches and dead letters.
 
 Idempotency lives here: ``jobs.idempotency_key`` and ``attempts (job_id, attempt_no)`` are unique,
-so a redelivered message can never create a second result or charge a cost twice;
+so a redelivered message can never create a second result or charge a cost twice; a superseded
+call is recorded once per delivery (``superseded_calls (job_id, attempt_no, worker)``).
 ``jobs.request_fingerprint`` binds a key to the request it was first used with.
 ``jobs.status`` is a plain string (no CHECK constraint, no enum type): the values are
 :class:`tierflow.core.constants.JobStatus`.
@@ -98,6 +99,9 @@ class Attempt(Base):
     provider: Mapped[str | None] = mapped_column(String(32))
     status: Mapped[str] = mapped_column(String(16))
     worker: Mapped[str | None] = mapped_column(String(200))
+    # Celery's retry number of the holding delivery: a retry (higher) of the same task id takes
+    # the attempt back at once; a redelivery of the same run (same number) respects its lease.
+    delivery_retry: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
     lease_until: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
     input_tokens: Mapped[int] = mapped_column(Integer, default=0)
     output_tokens: Mapped[int] = mapped_column(Integer, default=0)
@@ -117,6 +121,32 @@ class Attempt(Base):
     job: Mapped[Job] = relationship(back_populates="attempts")
 
     __table_args__ = (UniqueConstraint("job_id", "attempt_no", name="uq_attempts_job_attempt"),)
+
+
+class SupersededCall(Base):
+    """A model call whose outcome was not stored: the delivery that made it had lost the
+    attempt's lease to another (it stalled past the lease, say), so the claim fenced its write
+    out. The call was still made and paid for; its cost counts in the job's and the fleet's.
+    """
+
+    __tablename__ = "superseded_calls"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    job_id: Mapped[str] = mapped_column(ForeignKey("jobs.id", ondelete="CASCADE"), index=True)
+    attempt_no: Mapped[int] = mapped_column(Integer)
+    worker: Mapped[str] = mapped_column(String(200))  # "host:task_id" of the late delivery
+    tier: Mapped[str | None] = mapped_column(String(32))
+    model: Mapped[str | None] = mapped_column(String(100))
+    provider: Mapped[str | None] = mapped_column(String(32))
+    status: Mapped[str] = mapped_column(String(16))  # the outcome it would have stored
+    input_tokens: Mapped[int] = mapped_column(Integer, default=0)
+    output_tokens: Mapped[int] = mapped_column(Integer, default=0)
+    cost_usd: Mapped[float] = mapped_column(Money, default=0)
+    at: Mapped[datetime] = mapped_column(DateTime(timezone=True), server_default=func.now())
+
+    __table_args__ = (
+        UniqueConstraint("job_id", "attempt_no", "worker", name="uq_superseded_calls_delivery"),
+    )
 
 
 class ModeSwitch(Base):

@@ -1,14 +1,38 @@
-"""How long a claimed attempt is ours and how long a re-enqueued one may wait, from the settings.
+"""How long a claimed attempt is ours, how it stays ours while its call runs, and how long a
+re-enqueued one may wait, from the settings.
 
 Both are bounded by the broker's visibility timeout: Redis hands a message that stayed
 unacknowledged that long to a second worker.
+
+A lease is renewed while the model call runs (:class:`LeaseKeeper`): one thread per process
+pushes every held lease on by :func:`lease_seconds` every third of it, in one statement. So a
+live call keeps its attempt however slow it is (a long stream, a provider that answers in
+minutes), and a holder that died, hung or was paused stops renewing and loses it within one
+lease. Cutting streams at a total deadline instead would bound the call but not the holder:
+a worker paused (a VM migration, a stop-the-world pause, SIGSTOP) past its lease would still
+come back to write over a new holder; the renewal makes the lease a liveness signal, and the
+fence in :func:`tierflow.store.finish_attempt` turns away whoever lost it anyway.
 """
 
 from __future__ import annotations
 
+import hashlib
+import logging
+import os
+import threading
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+
+from tierflow import store
 from tierflow.core.settings import get_settings
+from tierflow.store import HeldLease
+
+log = logging.getLogger(__name__)
 
 MAX_WAIT_COUNTDOWN_S = 60.0
+MIN_CAPACITY_WAIT_S = 0.25
 
 
 def max_countdown() -> float:
@@ -23,3 +47,121 @@ def lease_seconds() -> float:
     settings = get_settings()
     margin = min(30.0, (settings.visibility_timeout - settings.task_time_limit) / 2)
     return settings.task_time_limit + margin
+
+
+def capacity_wait(job_id: str, wait_s: float, waits: int) -> float:
+    """The countdown of a job's next wait for capacity (a concurrency cap or our own rate limit)
+    after ``waits`` earlier ones, in seconds: ``max(wait_s, 0.25) * 2**waits``, jittered down to
+    as little as half of that, never below ``max(wait_s, 0.25)`` (a rate limit's known next
+    room; no 10 ms spin) and capped at :func:`max_countdown`.
+
+    The jitter is derived from the job id and ``waits`` (the same job and wait always get the
+    same countdown, like every other decision a replay may repeat), so jobs that found the
+    model busy together do not all come back together. Doubling keeps a long wait to a few
+    deliveries instead of one every half second through the broker and PostgreSQL; jittering
+    downwards ("equal jitter") keeps the model from idling long while its waiters sleep.
+    """
+    floor = max(wait_s, MIN_CAPACITY_WAIT_S)
+    digest = hashlib.sha256(f"{job_id}:wait:{waits}".encode()).digest()
+    spread = int.from_bytes(digest[:2], "big") / 65535
+    jittered = floor * 2 ** min(waits, 16) * (0.5 + 0.5 * spread)
+    return min(max(jittered, floor), max_countdown())
+
+
+@dataclass
+class LeaseHold:
+    """One attempt's lease, held by this process while its call runs."""
+
+    key: HeldLease
+    lease_s: float
+    renewed_at: float = field(default_factory=time.monotonic)  # the claim, or the last renewal
+    lost: threading.Event = field(default_factory=threading.Event)  # taken over meanwhile
+
+    @property
+    def due_at(self) -> float:
+        return self.renewed_at + self.lease_s / 3
+
+
+class LeaseKeeper:
+    """Renews the leases of the calls in flight in this process, every ``lease_s / 3``.
+
+    One daemon thread for all of them (a GPU worker keeps hundreds of calls in flight), started
+    on first use and again after a fork; the leases due together go in one statement. A renewal
+    that fails (PostgreSQL away) is tried again at the next tick, with two thirds of the lease
+    still to go; a lease found taken over is marked :attr:`LeaseHold.lost` and no longer
+    renewed (the call runs on; its outcome is fenced out when it is stored).
+    """
+
+    def __init__(self, renew: Callable[[list[HeldLease], float], set[HeldLease]] | None = None):
+        self._renew = renew or store.renew_leases
+        self._lock = threading.Lock()
+        self._held: dict[HeldLease, LeaseHold] = {}
+        self._wake = threading.Event()
+        self._thread: threading.Thread | None = None
+        self._pid = 0
+
+    @contextmanager
+    def hold(
+        self, job_id: str, attempt_no: int, worker: str, lease_s: float
+    ) -> Iterator[LeaseHold]:
+        """Keep (job_id, attempt_no)'s lease, just claimed by ``worker``, alive until exit."""
+        held = LeaseHold((job_id, attempt_no, worker), lease_s)
+        with self._lock:
+            self._held[held.key] = held
+            self._start()
+        self._wake.set()  # its first renewal may be due before the thread's next tick
+        try:
+            yield held
+        finally:
+            with self._lock:
+                self._held.pop(held.key, None)
+
+    def held(self) -> list[LeaseHold]:
+        with self._lock:
+            return list(self._held.values())
+
+    def _start(self) -> None:
+        alive = self._thread is not None and self._thread.is_alive()
+        if alive and self._pid == os.getpid():
+            return
+        self._pid = os.getpid()
+        self._thread = threading.Thread(target=self._run, name="tierflow-leases", daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        while True:
+            due_in = min((h.due_at for h in self.held()), default=time.monotonic() + 60)
+            due_in -= time.monotonic()
+            if due_in > 0:
+                self._wake.wait(due_in)
+                self._wake.clear()
+                continue
+            self.renew_due()
+
+    def renew_due(self, force: bool = False) -> None:
+        """Renew the leases that are due (with ``force``, all of them), and those due within
+        the next sixth of their lease, so that calls started close together share a tick."""
+        now = time.monotonic()
+        by_length: dict[float, list[LeaseHold]] = {}
+        for h in self.held():
+            if force or now >= h.due_at - h.lease_s / 6:
+                by_length.setdefault(h.lease_s, []).append(h)
+        for lease_s, holds in by_length.items():
+            try:
+                renewed = self._renew([h.key for h in holds], lease_s)
+            except Exception:  # the database is away: the lease still has 2/3 to go
+                log.warning("could not renew %d leases; trying again", len(holds), exc_info=True)
+                for h in holds:  # not in a busy loop: next try a little later
+                    h.renewed_at = max(h.renewed_at, now - h.lease_s / 3 + 1.0)
+                continue
+            for h in holds:
+                if h.key in renewed:
+                    h.renewed_at = now
+                    continue
+                log.warning("lease of attempt %s #%s was taken over", h.key[0], h.key[1])
+                h.lost.set()
+                with self._lock:
+                    self._held.pop(h.key, None)
+
+
+LEASES = LeaseKeeper()

@@ -21,13 +21,18 @@ from workers import notify
 
 @dataclass(frozen=True)
 class Move:
-    """What happens after an attempt: ``kind`` is succeed, retry, fallback, fail or wait."""
+    """What happens after an attempt: ``kind`` is succeed, retry, fallback, fail or wait.
+
+    ``waits`` travels with a wait (how many this attempt has had, for the backoff); a retry or a
+    fallback is a new attempt and starts again at 0.
+    """
 
     kind: str
     step: int = 0
     attempt_no: int = 0
     retries_in_step: int = 0
     countdown: float = 0.0
+    waits: int = 0
 
 
 def decide(

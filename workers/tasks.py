@@ -6,8 +6,8 @@ first: a malformed message is stored as a dead letter with its reason and acknow
 retried. Infrastructure errors (PostgreSQL, Redis or the broker unreachable) are retried with
 backoff: Celery publishes the retry (same task id) before it acknowledges the original, and the
 retry waits unacknowledged (``acks_late``), so a worker crash loses nothing. A retried attempt
-takes its own claim back at once, on whichever worker it lands (see
-:func:`workers.store.claim_attempt`).
+takes its own claim back at once, on whichever worker it lands; the same run handed out again by
+the broker waits for its live lease instead (see :func:`tierflow.store.claim_attempt`).
 """
 
 from __future__ import annotations
@@ -61,6 +61,7 @@ INFRA_ERRORS = (
     kombu.exceptions.OperationalError,
 )
 SWEEP_LOCK_S = max(1, int(SWEEP_INTERVAL_S) - 2)  # ends before the next beat tick
+MAX_WAITS = 10_000  # far above what a job's deadline allows at the longest countdown
 MAX_BUG_RETRIES = 2  # redeliveries of a task that raised something unexpected, before its job fails
 _RETRY = {
     "autoretry_for": INFRA_ERRORS,
@@ -157,21 +158,48 @@ def _route(job_id: str) -> str | None:
 
 @app.task(name=TASK_RUN_ATTEMPT, bind=True, **_RETRY)
 def run_attempt(
-    self: Task, job_id: Any, step: Any = 0, attempt_no: Any = 0, retries_in_step: Any = 0
+    self: Task,
+    job_id: Any,
+    step: Any = 0,
+    attempt_no: Any = 0,
+    retries_in_step: Any = 0,
+    waits: Any = 0,
 ) -> str | None:
-    """Run one attempt of a job on this queue's tier, then enqueue whatever comes next."""
+    """Run one attempt of a job on this queue's tier, then enqueue whatever comes next.
+
+    ``waits`` counts how often this attempt already waited for capacity (a concurrency cap, a
+    rate limit), so the next wait backs off; messages without it (sent before it existed) start
+    at 0.
+    """
     try:
         job_id = check_job_id(job_id)
         step = check_counter("step", step, 10)
         attempt_no = check_counter("attempt_no", attempt_no)
         retries_in_step = check_counter("retries_in_step", retries_in_step, 100)
+        waits = check_counter("waits", waits, MAX_WAITS)
     except JobValidationError as exc:
         _dead_letter(self, str(exc))
         return None
-    worker = f"{self.request.hostname or 'local'}:{self.request.id}"
+    # "host/run:task_id": the task id ties a retry to its claim; the run id tells two runs of
+    # one task id apart (the broker can hand the same message out twice), so the fence on the
+    # attempt's write knows exactly which run holds it.
+    run = uuid.uuid4().hex[:8]
+    worker = f"{self.request.hostname or 'local'}/{run}:{self.request.id}"
     with job_fails_on_bug(self, job_id):
         config = get_settings().llm
-        ctx = run_attempt_steps(job_id, step, attempt_no, retries_in_step, worker, config)
+        retry = int(self.request.retries or 0)
+        ctx = run_attempt_steps(
+            job_id,
+            step,
+            attempt_no,
+            retries_in_step,
+            worker,
+            config,
+            waits=waits,
+            delivery_retry=retry,
+        )
+        if ctx.superseded:
+            return "superseded"
         return ctx.move.kind if ctx.move is not None else "done"
     return "failed"
 

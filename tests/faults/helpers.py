@@ -1,8 +1,10 @@
 """What every fault test measures, read straight from PostgreSQL (not through the fleet's code).
 
 Figures: jobs run, faults injected, jobs lost (not finished in time), duplicate results (a job
-with more than one passed attempt, or a job whose cost is not the sum of its attempts' costs),
+with more than one passed attempt, or a job whose cost is not the sum of its calls' costs),
 limit violations. Each test prints them in one line and asserts the ones that must be zero.
+A job's cost is its attempts' plus its superseded calls' (a delivery fenced out after its lease
+was taken over still paid for its call).
 """
 
 from __future__ import annotations
@@ -98,7 +100,9 @@ def audit(url: str, name: str, job_ids: Iterable[str], timeout: float) -> Figure
         url,
         """
         SELECT j.id, j.status, j.cost_usd,
-               COALESCE(SUM(a.cost_usd), 0) AS attempts_cost,
+               COALESCE(SUM(a.cost_usd), 0)
+                 + COALESCE((SELECT SUM(s.cost_usd) FROM superseded_calls s
+                             WHERE s.job_id = j.id), 0) AS attempts_cost,
                COUNT(a.id) FILTER (WHERE a.status = 'passed') AS passed
         FROM jobs j LEFT JOIN attempts a ON a.job_id = j.id
         WHERE j.id = ANY(:ids) GROUP BY j.id

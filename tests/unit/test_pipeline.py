@@ -6,22 +6,29 @@ A job is stored and planned the way ``submit_job`` and ``route_job`` do it; each
 
 from __future__ import annotations
 
+import itertools
 import os
 from collections.abc import Callable, Iterator
+from datetime import timedelta
 from typing import Any
 
 import pytest
+from sqlalchemy import func, select, update
 
 from router.plan import plan_job
 from schemas.jobs import JobRequest
+from schemas.tables import Attempt, DeadLetter
 from tests.support import services
 from tests.support.services import fake_model, fleet_config
 from tierflow import store
-from tierflow.core.constants import AttemptStatus, JobStatus, Mode
+from tierflow.core.constants import ALL_QUEUES, AttemptStatus, JobStatus, Mode
+from tierflow.core.db import session_scope
 from tierflow.core.redis_client import get_keys, get_redis
 from tierflow.core.settings import get_settings
+from tierflow.store.costs import get_cost_summary
+from workers.leases import capacity_wait, max_countdown
 from workers.outcome import Move
-from workers.pipeline import STEPS, AttemptContext, run_attempt_steps
+from workers.pipeline import STEPS, AttemptContext, Step, run_attempt_steps
 from workers.pipeline.call import CallModel
 from workers.pipeline.claim import ClaimAttempt, LoadJob
 from workers.pipeline.decide import Decide
@@ -30,6 +37,8 @@ from workers.pipeline.notify import Notify
 from workers.pipeline.persist import Persist
 from workers.pipeline.price import Price
 from workers.pipeline.select import ModeGate, PickModel
+from workers.queues import queue_depth
+from workers.tasks import run_attempt
 
 pytestmark = pytest.mark.integration
 
@@ -116,7 +125,7 @@ def test_claim_owns_then_replays_then_waits_for_a_live_holder(use: Callable) -> 
     busy = through(context(job_id, worker="other-host:task-2"), ClaimAttempt)
     assert busy.stopped and busy.move is not None and busy.move.kind == "wait"
     assert busy.move.countdown > 0
-    store.finish_attempt(job_id, 0, status=AttemptStatus.PASSED.value, cost_usd=0.25)
+    store.finish_attempt(job_id, 0, worker=WORKER, status=AttemptStatus.PASSED.value, cost_usd=0.25)
     replay = through(context(job_id, worker="other-host:task-3"), ClaimAttempt)
     assert replay.replayed and replay.attempt is not None and not replay.making
 
@@ -230,3 +239,125 @@ def test_a_new_concern_is_a_new_step(use: Callable) -> None:
     job_id = planned_job()
     run_attempt_steps(job_id, 0, 0, 0, WORKER, get_settings().llm, steps=(*STEPS, Audit()))
     assert len(seen) == 1 and seen[0][1] is not None
+
+
+def test_waits_at_a_cap_back_off_and_the_counter_travels_with_the_wait(use: Callable) -> None:
+    use(local_fast=[fake_model("capped", limits={"max_concurrency": 1})])
+    holder = through(context(planned_job()), PickModel)
+    assert holder.pick is not None
+    job_id = planned_job("Extract topic from: 'waiting'")
+    countdowns = []
+    for waits in range(10):
+        ctx = AttemptContext(job_id, 0, 0, 0, f"h:t{waits}", get_settings().llm, waits=waits)
+        through(ctx, PickModel)
+        assert ctx.move is not None and ctx.move.kind == "wait" and ctx.move.waits == waits + 1
+        assert ctx.move.countdown == capacity_wait(job_id, 0.5, waits)
+        countdowns.append(ctx.move.countdown)
+    assert countdowns[0] < 1.0 and countdowns[-1] == max_countdown()
+    assert all(b >= a for a, b in itertools.pairwise(countdowns))
+
+
+def test_a_held_attempt_waits_for_the_lease_and_keeps_its_wait_count(use: Callable) -> None:
+    job_id = planned_job()
+    through(context(job_id), ClaimAttempt)
+    ctx = AttemptContext(job_id, 0, 0, 0, "other-host:task-2", get_settings().llm, waits=3)
+    through(ctx, ClaimAttempt)
+    assert ctx.move is not None and ctx.move.kind == "wait" and ctx.move.waits == 3
+
+
+def test_capacity_wait_doubles_is_deterministic_and_capped() -> None:
+    job = "6f1c2a8e-0000-4000-8000-000000000001"
+    assert capacity_wait(job, 0.5, 0) == 0.5  # the first wait is the wait asked for
+    for waits in range(1, 12):
+        got = capacity_wait(job, 0.5, waits)
+        assert got == capacity_wait(job, 0.5, waits)  # a replay gets the same countdown
+        assert min(0.5 * 2 ** (waits - 1), max_countdown()) <= got
+        assert got <= min(0.5 * 2**waits, max_countdown())
+    assert capacity_wait(job, 0.01, 0) == 0.25  # a floor: no 10 ms spin
+    assert capacity_wait(job, 3.0, 2) >= 3.0  # never below a rate limit's known next room
+    assert capacity_wait(job, 0.5, 10_000) == max_countdown()
+    others = {capacity_wait(f"{job[:-1]}{i}", 0.5, 3) for i in range(10)}
+    assert len(others) > 5  # jobs that waited together come back apart
+
+
+def test_run_attempt_refuses_a_bad_wait_count_as_a_dead_letter(use: Callable) -> None:
+    job_id = planned_job()
+    result = run_attempt.apply(args=[job_id, 0, 0, 0, "many"]).get()
+    assert result is None
+    with session_scope() as session:
+        reasons = session.execute(
+            select(DeadLetter.reason).where(DeadLetter.reason.like("waits must be%"))
+        ).scalars()
+        assert any("'many'" in r for r in reasons)
+    assert store.attempts_of(job_id) == []
+
+
+class TakenOver(Step):
+    """Between the call and the write, this delivery stalls past its lease and another delivery
+    takes the attempt over and makes its own call (as a paused VM or a stop-the-world pause
+    would leave it); the new holder's delivery is left just before its own write."""
+
+    def __init__(self) -> None:
+        self.holder: AttemptContext | None = None
+
+    def applies(self, ctx: AttemptContext) -> bool:
+        return ctx.outcome is not None and ctx.attempt is None
+
+    def run(self, ctx: AttemptContext) -> None:
+        with session_scope() as session:
+            session.execute(
+                update(Attempt)
+                .where(Attempt.job_id == ctx.job_id, Attempt.attempt_no == ctx.attempt_no)
+                .values(lease_until=func.now() - timedelta(seconds=1))
+            )
+        self.holder = through(context(ctx.job_id, worker=NEW), Price)
+        assert self.holder.outcome is not None and self.holder.attempt is None
+
+
+NEW = "new-host:task-2"
+
+
+def test_a_fenced_out_delivery_records_its_call_and_leaves_the_job_to_the_new_holder(
+    use: Callable,
+) -> None:
+    use(local_fast=[fake_model("priced", input_cost_per_million=4.0, output_cost_per_million=8.0)])
+    job_id = planned_job()
+    prefix = os.environ["TIERFLOW_KEY_PREFIX"]
+    steps = tuple(s for s in STEPS if not isinstance(s, Persist))
+    at = [type(s) for s in steps].index(Price) + 1
+    takeover = TakenOver()
+    stalled = (*steps[:at], takeover, Persist(), *steps[at:])
+    late = run_attempt_steps(job_id, 0, 0, 0, WORKER, get_settings().llm, steps=stalled)
+
+    assert late.superseded and late.stopped and late.move is None and late.attempt is None
+    assert late.completion is not None and late.outcome is not None
+    holder = late.holder_attempt
+    assert holder is not None and holder.worker == NEW and holder.status == "running"
+    (row,) = store.attempts_of(job_id)  # the new holder's row, untouched
+    assert row.worker == NEW and row.status == "running" and row.text is None
+    assert float(row.cost_usd) == 0 and row.lease_until is not None
+    (call,) = store.superseded_calls_of(job_id)
+    assert call.worker == WORKER and call.model == "priced" and call.tier == "local_fast"
+    assert late.outcome["cost_usd"] > 0
+    assert float(call.cost_usd) == pytest.approx(late.outcome["cost_usd"])
+    assert call.input_tokens == late.completion.input_tokens
+    # no next attempt sent, the job not ended: the new holder drives it
+    assert sum(queue_depth(q) for q in ALL_QUEUES) == 0, prefix
+    assert store.job_status(job_id) == JobStatus.RUNNING.value
+
+    # the new holder's delivery goes on to its write: it lands, and the job's cost is both calls
+    mine = takeover.holder
+    assert mine is not None
+    for step in STEPS[[type(s) for s in STEPS].index(Persist) :]:
+        if step.applies(mine):
+            step.run(mine)
+    assert not mine.superseded and mine.move is not None and mine.move.kind == "succeed"
+    job = store.load_job(job_id)
+    assert job is not None and job.status == JobStatus.SUCCEEDED.value
+    (done,) = store.attempts_of(job_id)
+    assert done.worker == NEW and float(job.cost_usd) == pytest.approx(
+        float(done.cost_usd) + float(call.cost_usd)
+    )
+    summary = get_cost_summary()
+    assert summary["superseded"] >= 1
+    assert summary["total_cost"] >= float(job.cost_usd)

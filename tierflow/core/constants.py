@@ -107,6 +107,27 @@ ALL_QUEUES: tuple[str, ...] = (
     MAINTENANCE_QUEUE,
 )
 
+# How kombu's Redis transport lays a queue out (celeryconfig's broker_transport_options are built
+# from these): every key under ``<prefix>:q:``; one Redis list per priority step, the list of
+# step 0 named after the queue and the list of step p > 0 ``<queue>:<p>``. A message's priority
+# (0 most urgent) picks its list; tierflow's priority 5 (the default) is sent as 4, so a job at
+# default priority waits in ``<prefix>:q:tier.<name>:4``, not in ``<prefix>:q:tier.<name>``.
+PRIORITY_STEPS: tuple[int, ...] = tuple(range(10))
+QUEUE_PRIORITY_SEP = ":"
+
+
+def queue_key_prefix(prefix: str) -> str:
+    """kombu's ``global_keyprefix``: what every broker key of a fleet starts with."""
+    return f"{prefix}:q:"
+
+
+def priority_lists(queue: str, prefix: str = "tierflow") -> list[str]:
+    """The Redis lists that hold ``queue``'s messages, most urgent first (kombu's naming: what
+    a queue's depth sums over, what an autoscaler must watch)."""
+    base = queue_key_prefix(prefix) + queue
+    return [base if p == 0 else f"{base}{QUEUE_PRIORITY_SEP}{p}" for p in PRIORITY_STEPS]
+
+
 TASK_ROUTE_JOB = "tierflow.route_job"
 TASK_RUN_ATTEMPT = "tierflow.run_attempt"
 TASK_SWEEP = "tierflow.sweep_stuck_jobs"
@@ -163,3 +184,7 @@ class Keys:
     def engine_state(self) -> str:
         """The embedded engine's state as ``tierflow up`` last recorded it (JSON)."""
         return f"{self.prefix}:engine:local"
+
+    def queue_lists(self, queue: str) -> list[str]:
+        """The broker's Redis lists for ``queue`` (see :func:`priority_lists`)."""
+        return priority_lists(queue, self.prefix)

@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import Iterator
 from contextlib import contextmanager
 from functools import lru_cache
+from importlib.resources import files
 from pathlib import Path
 
 from alembic.config import Config
@@ -13,7 +14,9 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from tierflow.core.settings import get_settings
 
-MIGRATIONS_DIR = Path(__file__).resolve().parents[2] / "alembic"
+# The packaged migrations (tierflow/migrations/), wherever the package is installed: the source
+# tree, a site-packages, a wheel. Alembic wants a directory on disk, which every installer gives.
+MIGRATIONS_DIR = Path(str(files("tierflow.migrations")))
 
 
 @lru_cache(maxsize=4)

@@ -8,10 +8,17 @@ attempts by ``(job_id, attempt_no)`` and fenced by the claim (see :mod:`tierflow
 from tierflow.store.attempts import (
     Claim,
     ClaimResult,
+    Finished,
+    HeldLease,
     attempts_of,
     claim_attempt,
     finish_attempt,
+    load_attempt,
+    record_superseded_call,
     release_attempt,
+    renew_lease,
+    renew_leases,
+    superseded_calls_of,
 )
 from tierflow.store.batches import (
     batch_cost,
@@ -34,14 +41,15 @@ from tierflow.store.jobs import (
     load_job,
     open_jobs_past,
     save_plan,
-    stale_jobs,
-    touch_job,
 )
 from tierflow.store.labels import gate_figures, labels_for, record_label
+from tierflow.store.sweeps import stalled_jobs, touch_jobs
 
 __all__ = [
     "Claim",
     "ClaimResult",
+    "Finished",
+    "HeldLease",
     "attempts_of",
     "batch_cost",
     "batch_progress",
@@ -58,16 +66,21 @@ __all__ = [
     "job_result",
     "job_status",
     "labels_for",
+    "load_attempt",
     "load_job",
     "note_submitted",
     "open_batch",
     "open_jobs_past",
     "record_dead_letter",
     "record_label",
+    "record_superseded_call",
     "release_attempt",
+    "renew_lease",
+    "renew_leases",
     "save_plan",
     "settle_batch",
-    "stale_jobs",
+    "stalled_jobs",
     "storable_text",
-    "touch_job",
+    "superseded_calls_of",
+    "touch_jobs",
 ]

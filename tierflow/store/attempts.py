@@ -3,8 +3,13 @@
 - ``claim_attempt``: one row per (job, attempt number); a second delivery of the same attempt
   finds it finished (and replays its decision) or held under a live lease (and waits). Leases
   are timed by PostgreSQL's clock, so workers on hosts with skewed clocks agree on them.
-- ``finish_attempt``: only moves a row forward from ``running``, so a replay changes nothing and
-  a cost is charged once.
+- ``renew_leases``: the holder of a running attempt pushes its lease on while its call runs,
+  so a live, slow call is never taken over; a dead holder stops renewing and loses it.
+- ``finish_attempt``: only moves a row forward from ``running`` *and only for the delivery that
+  holds it* (the ``worker`` the claim stored), so a replay changes nothing, a cost is charged
+  once, and a late writer whose lease was taken over cannot overwrite the new holder's row.
+- ``record_superseded_call``: what such a late writer's call cost, kept apart from the attempt
+  (which is the new holder's) but counted in the job's cost.
 """
 
 from __future__ import annotations
@@ -14,13 +19,14 @@ from datetime import timedelta
 from enum import StrEnum
 from typing import Any
 
-from sqlalchemy import delete, func, select, update
+from sqlalchemy import delete, func, select, tuple_, update
 from sqlalchemy.dialects.postgresql import insert
 
-from schemas.jobs import utcnow
-from schemas.tables import Attempt, Job
+from schemas.tables import Attempt, Job, SupersededCall
 from tierflow.core.constants import AttemptStatus, JobStatus
 from tierflow.core.db import session_scope
+
+HeldLease = tuple[str, int, str]  # (job_id, attempt_no, worker)
 
 
 class Claim(StrEnum):
@@ -37,15 +43,24 @@ class ClaimResult:
 
 
 def claim_attempt(
-    job_id: str, attempt_no: int, step: int, tier: str, worker: str, lease_s: float
+    job_id: str,
+    attempt_no: int,
+    step: int,
+    tier: str,
+    worker: str,
+    lease_s: float,
+    retry: int = 0,
 ) -> ClaimResult:
     """Take (job, attempt_no) for this delivery, or say who has it.
 
-    A running attempt is taken over when its lease ran out (its holder died or hung), or when
-    the same delivery holds it: the task retried after an infrastructure error, maybe on another
-    worker. ``worker`` is ``host:task_id``; Celery keeps the task id across retries, and two runs
-    of one task id do not overlap: each model call is cut at the soft time limit, well below the
-    visibility timeout after which Redis would hand the message out again.
+    A running attempt is taken over when its lease ran out (its holder died, hung or stalled:
+    a live holder renews it while its call runs, see :class:`workers.leases.LeaseKeeper`), or
+    when a *retry* of the same task holds it: ``worker`` is ``host:task_id`` and ``retry`` is
+    Celery's retry number. Celery keeps the task id across retries and publishes a retry only
+    once the run before it has raised, so a higher number of the same task id means the holder
+    is over, on whichever worker the retry lands. The same task id with the same number is the
+    broker handing the same run out again (its visibility timeout passed under a long call):
+    that one respects the live lease like any other delivery.
     """
     delivery = worker.rsplit(":", 1)[-1]
     lease_until = func.now() + timedelta(seconds=lease_s)
@@ -58,16 +73,25 @@ def claim_attempt(
             tier=tier,
             status=AttemptStatus.RUNNING.value,
             worker=worker,
+            delivery_retry=retry,
             lease_until=lease_until,
             started_at=func.now(),
         )
         .on_conflict_do_update(
             constraint="uq_attempts_job_attempt",
-            set_={"worker": worker, "lease_until": lease_until, "started_at": func.now()},
+            set_={
+                "worker": worker,
+                "delivery_retry": retry,
+                "lease_until": lease_until,
+                "started_at": func.now(),
+            },
             where=(Attempt.status == AttemptStatus.RUNNING.value)
             & (
                 (Attempt.lease_until < func.now())
-                | Attempt.worker.endswith(f":{delivery}", autoescape=True)
+                | (
+                    Attempt.worker.endswith(f":{delivery}", autoescape=True)
+                    & (Attempt.delivery_retry < retry)
+                )
             ),
         )
         .returning(Attempt.id)
@@ -107,22 +131,125 @@ def release_attempt(job_id: str, attempt_no: int, worker: str | None = None) -> 
         session.execute(delete(Attempt).where(*condition))
 
 
-def finish_attempt(job_id: str, attempt_no: int, **fields: Any) -> Attempt:
-    """Store an attempt's outcome once; return the stored row (the first outcome wins)."""
-    fields.setdefault("finished_at", utcnow())
+@dataclass(frozen=True)
+class Finished:
+    """What :func:`finish_attempt` did: ``landed`` when this delivery's outcome was stored;
+    ``attempt`` is the row as it now stands (ours, or the holder's that fenced us out; None
+    when the holder gave the attempt back unrun)."""
+
+    landed: bool
+    attempt: Attempt | None
+
+
+def finish_attempt(job_id: str, attempt_no: int, *, worker: str, **fields: Any) -> Finished:
+    """Store an attempt's outcome, fenced by the claim: the write lands only while the attempt
+    is still running *and held by* ``worker`` (the ``host:task_id`` this delivery claimed it
+    with). A delivery whose lease was taken over (it stalled, its holder thought dead) gets
+    ``landed=False`` and the row as the new holder keeps it, untouched. The first outcome wins."""
     with session_scope() as session:
-        session.execute(
+        landed = session.execute(
             update(Attempt)
             .where(
                 Attempt.job_id == job_id,
                 Attempt.attempt_no == attempt_no,
                 Attempt.status == AttemptStatus.RUNNING.value,
+                Attempt.worker == worker,
             )
-            .values(lease_until=None, **fields)
+            .values(**{"lease_until": None, "finished_at": func.now(), **fields})
+            .returning(Attempt.id)
+        ).scalar_one_or_none()
+        row = session.execute(
+            select(Attempt).where(Attempt.job_id == job_id, Attempt.attempt_no == attempt_no)
+        ).scalar_one_or_none()
+        return Finished(landed is not None, row)
+
+
+def renew_leases(held: list[HeldLease], lease_s: float) -> set[HeldLease]:
+    """Push the leases of ``held`` running attempts to ``lease_s`` from now (PostgreSQL's
+    clock), each only while its ``worker`` still holds it; return the ones renewed (one
+    statement for all of a process's calls in flight)."""
+    if not held:
+        return set()
+    with session_scope() as session:
+        renewed = session.execute(
+            update(Attempt)
+            .where(
+                tuple_(Attempt.job_id, Attempt.attempt_no, Attempt.worker).in_(held),
+                Attempt.status == AttemptStatus.RUNNING.value,
+            )
+            .values(lease_until=func.now() + timedelta(seconds=lease_s))
+            .returning(Attempt.job_id, Attempt.attempt_no, Attempt.worker)
+        ).all()
+    return {(job_id, attempt_no, worker or "") for job_id, attempt_no, worker in renewed}
+
+
+def renew_lease(job_id: str, attempt_no: int, worker: str, lease_s: float) -> bool:
+    """Renew one lease (see :func:`renew_leases`); False when ``worker`` no longer holds it."""
+    return bool(renew_leases([(job_id, attempt_no, worker)], lease_s))
+
+
+def record_superseded_call(
+    job_id: str,
+    attempt_no: int,
+    worker: str,
+    *,
+    status: str,
+    tier: str | None = None,
+    model: str | None = None,
+    provider: str | None = None,
+    input_tokens: int = 0,
+    output_tokens: int = 0,
+    cost_usd: float = 0.0,
+) -> bool:
+    """Record a call whose outcome was fenced out, once per delivery; False when recorded before.
+
+    Its cost is added to ``jobs.cost_usd`` in the same transaction (an atomic increment, so it
+    is counted whether the job is still running, when :func:`~tierflow.store.jobs.finalize_job`
+    adds the attempts' costs to it, or already finished).
+    """
+    stmt = (
+        insert(SupersededCall)
+        .values(
+            job_id=job_id,
+            attempt_no=attempt_no,
+            worker=worker,
+            tier=tier,
+            model=model,
+            provider=provider,
+            status=status,
+            input_tokens=input_tokens or 0,
+            output_tokens=output_tokens or 0,
+            cost_usd=cost_usd or 0,
         )
+        .on_conflict_do_nothing(constraint="uq_superseded_calls_delivery")
+        .returning(SupersededCall.id)
+    )
+    with session_scope() as session:
+        if session.execute(stmt).scalar_one_or_none() is None:
+            return False
+        if cost_usd:
+            session.execute(
+                update(Job).where(Job.id == job_id).values(cost_usd=Job.cost_usd + cost_usd)
+            )
+        return True
+
+
+def load_attempt(job_id: str, attempt_no: int) -> Attempt | None:
+    with session_scope() as session:
         return session.execute(
             select(Attempt).where(Attempt.job_id == job_id, Attempt.attempt_no == attempt_no)
-        ).scalar_one()
+        ).scalar_one_or_none()
+
+
+def superseded_calls_of(job_id: str) -> list[SupersededCall]:
+    with session_scope() as session:
+        return list(
+            session.execute(
+                select(SupersededCall)
+                .where(SupersededCall.job_id == job_id)
+                .order_by(SupersededCall.id)
+            ).scalars()
+        )
 
 
 def attempts_of(job_id: str) -> list[Attempt]:

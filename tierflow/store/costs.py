@@ -1,7 +1,9 @@
 """Cost accounting (first seed's ``get_cost_summary``), from PostgreSQL with SQL aggregates.
 
 What was spent is the sum of ``attempts.cost_usd`` (every model call, passed, rejected or failed,
-priced from its real token usage). What an API-only fleet would have spent is the sum of
+priced from its real token usage) and of ``superseded_calls.cost_usd`` (calls made by a delivery
+that had lost its attempt's lease: their outcome was fenced out, their cost was real; counted in
+``calls`` and ``superseded``). What an API-only fleet would have spent is the sum of
 ``jobs.api_baseline_cost_usd`` (each finished job's answer priced on ``routing.baseline_model``).
 ``savings = api_baseline_cost - total_cost`` in US dollars, ``savings_pct`` in percent of the
 baseline (0 when the baseline is 0).
@@ -21,7 +23,7 @@ from typing import Any
 from sqlalchemy import Date, case, cast, func, literal, select
 from sqlalchemy.sql.elements import ColumnElement
 
-from schemas.tables import Attempt, Job
+from schemas.tables import Attempt, Job, SupersededCall
 from tierflow.core.constants import TIER_ORDER, AttemptStatus, JobStatus
 from tierflow.core.db import session_scope
 from tierflow.store.labels import gate_figures
@@ -63,8 +65,12 @@ def _grouped(query: Any, key: Any) -> Any:
     return query.group_by(key) if key is not None else query
 
 
-def _attempt_stats(key: Any, where: list[ColumnElement[bool]]) -> dict[Any, dict[str, Any]]:
-    """Per value of ``key``: calls, cost, tokens, mean latency and outcome counts."""
+def _attempt_stats(
+    key: Any, where: list[ColumnElement[bool]], superseded_key: Any = None
+) -> dict[Any, dict[str, Any]]:
+    """Per value of ``key``: calls, cost, tokens, mean latency and outcome counts, superseded
+    calls included (grouped by ``superseded_key``, the same column of ``superseded_calls``, or
+    ``key`` itself when it is a job's column)."""
     called = Attempt.status.in_(CALLED)
     query = _grouped(
         select(
@@ -82,6 +88,19 @@ def _attempt_stats(key: Any, where: list[ColumnElement[bool]]) -> dict[Any, dict
         .join(Job, Job.id == Attempt.job_id)
         .where(*where),
         key,
+    )
+    skey = superseded_key if superseded_key is not None else key
+    superseded = _grouped(
+        select(
+            skey if skey is not None else literal("all"),
+            func.count(SupersededCall.id),
+            func.coalesce(func.sum(SupersededCall.cost_usd), 0),
+            func.coalesce(func.sum(SupersededCall.input_tokens), 0),
+            func.coalesce(func.sum(SupersededCall.output_tokens), 0),
+        )
+        .join(Job, Job.id == SupersededCall.job_id)
+        .where(*where),
+        skey,
     )
     stats: dict[Any, dict[str, Any]] = {}
     with session_scope() as session:
@@ -107,7 +126,15 @@ def _attempt_stats(key: Any, where: list[ColumnElement[bool]]) -> dict[Any, dict
                 "rejected": int(rejected),
                 "errors": int(errors),
                 "skipped": int(skipped),
+                "superseded": 0,
             }
+        for name, count, cost, tin, tout in session.execute(superseded):
+            row = stats.setdefault(name, dict(_EMPTY_ATTEMPTS))
+            row["calls"] += int(count)
+            row["superseded"] += int(count)
+            row["total_cost"] += _money(cost)
+            row["input_tokens"] += int(tin)
+            row["output_tokens"] += int(tout)
     return stats
 
 
@@ -154,6 +181,7 @@ _EMPTY_ATTEMPTS = {
     "rejected": 0,
     "errors": 0,
     "skipped": 0,
+    "superseded": 0,
 }
 _EMPTY_JOBS = {"jobs": 0, "succeeded": 0, "failed": 0, "degraded": 0, "api_baseline_cost": 0.0}
 
@@ -185,14 +213,15 @@ def get_cost_summary(since: Window = None, until: Window = None) -> dict[str, An
     day = cast(func.timezone("UTC", Job.created_at), Date)
     totals = _merged(None, where).get("all")
     summary: dict[str, Any] = totals or _with_savings({**_EMPTY_JOBS, **_EMPTY_ATTEMPTS})
-    tiers = _attempt_stats(Attempt.tier, where)
+    tiers = _attempt_stats(Attempt.tier, where, SupersededCall.tier)
     summary["tier_stats"] = {
         t.value: {**_EMPTY_ATTEMPTS, **tiers.get(t.value, {})} for t in TIER_ORDER
     }
     summary["model_stats"] = {
         name: stats
         for name, stats in sorted(
-            _attempt_stats(Attempt.model, where).items(), key=lambda kv: str(kv[0])
+            _attempt_stats(Attempt.model, where, SupersededCall.model).items(),
+            key=lambda kv: str(kv[0]),
         )
         if name is not None  # skipped attempts never reached a model
     }

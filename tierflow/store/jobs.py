@@ -151,7 +151,8 @@ def finalize_job(job_id: str, status: JobStatus, **fields: Any) -> bool:
     """Move a job to a terminal status once; False when it already was terminal.
 
     The job's cost is the sum of its stored attempts' costs, computed in the same statement (one
-    round trip), so it can never count an attempt twice.
+    round trip), so it can never count an attempt twice, added to what superseded calls already
+    put there (:func:`~tierflow.store.attempts.record_superseded_call`).
     """
     total = (
         select(func.coalesce(func.sum(Attempt.cost_usd), 0))
@@ -162,7 +163,12 @@ def finalize_job(job_id: str, status: JobStatus, **fields: Any) -> bool:
         result = session.execute(
             update(Job)
             .where(Job.id == job_id, Job.status.not_in(TERMINAL_STATUSES))
-            .values(status=status.value, finished_at=utcnow(), cost_usd=total, **fields)
+            .values(
+                status=status.value,
+                finished_at=utcnow(),
+                cost_usd=Job.cost_usd + total,
+                **fields,
+            )
         )
         return result.rowcount == 1  # type: ignore[attr-defined]
 
@@ -221,19 +227,3 @@ def open_jobs_past(deadline: datetime) -> list[Job]:
                 select(Job).where(Job.status.not_in(TERMINAL_STATUSES), Job.deadline < deadline)
             ).scalars()
         )
-
-
-def stale_jobs(before: datetime) -> list[Job]:
-    """Unfinished jobs not updated since ``before`` (candidates for the sweeper)."""
-    with session_scope() as session:
-        return list(
-            session.execute(
-                select(Job).where(Job.status.not_in(TERMINAL_STATUSES), Job.updated_at < before)
-            ).scalars()
-        )
-
-
-def touch_job(job_id: str, now: datetime) -> None:
-    """Mark a job as just handled, so the sweeper's next pass waits its full interval again."""
-    with session_scope() as session:
-        session.execute(update(Job).where(Job.id == job_id).values(updated_at=now))

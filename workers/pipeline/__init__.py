@@ -62,9 +62,24 @@ def run_attempt_steps(
     worker: str,
     config: LLMConfig,
     steps: tuple[Step, ...] = STEPS,
+    waits: int = 0,
+    delivery_retry: int = 0,
 ) -> AttemptContext:
-    """Run (or replay) one delivery of an attempt through ``steps``; return its context."""
-    ctx = AttemptContext(job_id, step, attempt_no, retries_in_step, worker, config)
+    """Run (or replay) one delivery of an attempt through ``steps``; return its context.
+
+    ``waits``: how many times this attempt already waited for capacity (the backoff's counter);
+    ``delivery_retry``: Celery's retry number of this delivery (a retry takes its claim back).
+    """
+    ctx = AttemptContext(
+        job_id,
+        step,
+        attempt_no,
+        retries_in_step,
+        worker,
+        config,
+        waits=waits,
+        delivery_retry=delivery_retry,
+    )
     return run_steps(ctx, steps)
 
 

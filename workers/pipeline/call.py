@@ -14,6 +14,7 @@ from tierflow.core.constants import AttemptStatus
 from tierflow.core.settings import get_settings
 from workers import notify
 from workers.backends.base import Completion, CompletionRequest
+from workers.leases import LEASES, lease_seconds
 from workers.limits import FleetLimits
 from workers.pipeline.context import AttemptContext, Step
 from workers.selection import Pick
@@ -97,8 +98,9 @@ def account_failure(limits: FleetLimits, model: ModelConfig, exc: errors.Backend
 
 
 class CallModel(Step):
-    """Call the picked model once. Its slot is given back and its token reservation settled to
-    the real usage, whatever happens; an error becomes the attempt's outcome."""
+    """Call the picked model once, keeping the attempt's lease alive meanwhile (see
+    :class:`workers.leases.LeaseKeeper`). Its slot is given back and its token reservation
+    settled to the real usage, whatever happens; an error becomes the attempt's outcome."""
 
     def applies(self, ctx: AttemptContext) -> bool:
         return ctx.making and ctx.pick is not None
@@ -110,7 +112,9 @@ class CallModel(Step):
         ctx.request = build_request(ctx.job, rule, pick.model)
         started = time.perf_counter()
         try:
-            ctx.completion = call_backend(ctx.job, pick, ctx.request)
+            # the claim's lease is renewed while the call runs, however long it takes
+            with LEASES.hold(ctx.job_id, ctx.attempt_no, ctx.worker, lease_seconds()):
+                ctx.completion = call_backend(ctx.job, pick, ctx.request)
         except errors.BackendError as exc:
             limits.settle(pick.model, pick.reservation, pick.reservation.input_tokens, 0)
             account_failure(limits, pick.model, exc)

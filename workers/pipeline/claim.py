@@ -50,10 +50,17 @@ class ClaimAttempt(Step):
     def run(self, ctx: AttemptContext) -> None:
         assert ctx.tier is not None
         claim = store.claim_attempt(
-            ctx.job_id, ctx.attempt_no, ctx.step, ctx.tier.value, ctx.worker, lease_seconds()
+            ctx.job_id,
+            ctx.attempt_no,
+            ctx.step,
+            ctx.tier.value,
+            ctx.worker,
+            lease_seconds(),
+            ctx.delivery_retry,
         )
         if claim.claim is store.Claim.BUSY:
+            # the holder's lease says how long to wait; the capacity-wait count goes on as it is
             wait = min(claim.lease_left_s + 1, max_countdown())
-            ctx.stop(Move("wait", ctx.step, ctx.attempt_no, ctx.retries_in_step, countdown=wait))
+            ctx.stop(Move("wait", ctx.step, ctx.attempt_no, ctx.retries_in_step, wait, ctx.waits))
         elif claim.claim is store.Claim.DONE:
             ctx.attempt, ctx.replayed = claim.attempt, True

@@ -34,8 +34,10 @@ class AttemptContext:
     step: int
     attempt_no: int
     retries_in_step: int
-    worker: str  # "host:task_id"; the claim recognises its own delivery by the task id
+    worker: str  # "host/run:task_id": the claim knows a retry by the task id, the fence this run
     config: LLMConfig
+    waits: int = 0  # times this attempt already waited for capacity (the backoff's exponent)
+    delivery_retry: int = 0  # Celery's retry number of this delivery (see claim_attempt)
     job: Job | None = None
     plan: TierPlan | None = None
     tier: Tier | None = None
@@ -53,6 +55,10 @@ class AttemptContext:
     replayed: bool = False  # the claim found the attempt finished by an earlier delivery
     move: Move | None = None
     stopped: bool = False  # nothing more is to be made (the job is gone, done, or must wait)
+    # This delivery's lease was taken over while it ran (it stalled past the lease): its outcome
+    # was not stored, its call was recorded as superseded, and the new holder drives the job.
+    superseded: bool = False
+    holder_attempt: Attempt | None = None  # the row as the new holder left it (read, not touched)
 
     @property
     def making(self) -> bool:

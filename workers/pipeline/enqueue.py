@@ -1,8 +1,13 @@
-"""Send the job's next attempt: a retry, a fallback, or this attempt again after a wait."""
+"""Send the job's next attempt: a retry, a fallback, or this attempt again after a wait.
+
+The job is touched first (its ``updated_at``, by PostgreSQL's clock): a job whose next attempt
+was just sent is alive, and the sweeper leaves it alone while that message waits its turn.
+"""
 
 from __future__ import annotations
 
 from router.dispatch import enqueue_attempt
+from tierflow import store
 from workers.pipeline.context import AttemptContext, Step
 
 
@@ -13,6 +18,7 @@ class Enqueue(Step):
     def run(self, ctx: AttemptContext) -> None:
         assert ctx.move is not None and ctx.plan is not None and ctx.job is not None
         move = ctx.move
+        store.touch_jobs([ctx.job_id])
         enqueue_attempt(
             ctx.job_id,
             ctx.plan.chain[move.step],
@@ -21,4 +27,5 @@ class Enqueue(Step):
             move.retries_in_step,
             countdown=move.countdown,
             priority=ctx.job.priority,
+            waits=move.waits,
         )

@@ -1,4 +1,5 @@
-"""Store the attempt's outcome once (the first outcome of an attempt wins)."""
+"""Store the attempt's outcome once, fenced by the claim (the first outcome of an attempt wins,
+and only the delivery that holds the attempt may write it)."""
 
 from __future__ import annotations
 
@@ -7,11 +8,40 @@ from workers.pipeline.context import AttemptContext, Step
 
 
 class Persist(Step):
-    """Write the outcome onto the claimed attempt row; the stored row is what follows it."""
+    """Write the outcome onto the claimed attempt row; the stored row is what follows it.
+
+    When the write is fenced out (this delivery stalled past its lease and another took the
+    attempt over), the call it made is recorded as superseded, with its cost, and the row the
+    new holder owns is read back but left alone; the pipeline stops with no move. The new holder
+    decides, enqueues and finishes for the job: deciding here as well would send its next
+    attempt twice, or end the job from a row another delivery is still writing.
+    """
 
     def applies(self, ctx: AttemptContext) -> bool:
         return ctx.outcome is not None and ctx.attempt is None
 
     def run(self, ctx: AttemptContext) -> None:
-        assert ctx.outcome is not None
-        ctx.attempt = store.finish_attempt(ctx.job_id, ctx.attempt_no, **ctx.outcome)
+        assert ctx.outcome is not None and ctx.tier is not None
+        finished = store.finish_attempt(
+            ctx.job_id, ctx.attempt_no, worker=ctx.worker, **ctx.outcome
+        )
+        if finished.landed:
+            ctx.attempt = finished.attempt
+            return
+        outcome = ctx.outcome
+        if ctx.pick is not None:  # a model was called (and maybe paid): its cost is kept
+            store.record_superseded_call(
+                ctx.job_id,
+                ctx.attempt_no,
+                ctx.worker,
+                status=outcome["status"],
+                tier=ctx.tier.value,
+                model=outcome.get("model"),
+                provider=outcome.get("provider"),
+                input_tokens=outcome.get("input_tokens", 0),
+                output_tokens=outcome.get("output_tokens", 0),
+                cost_usd=outcome.get("cost_usd", 0.0),
+            )
+        ctx.superseded = True
+        ctx.holder_attempt = store.load_attempt(ctx.job_id, ctx.attempt_no)
+        ctx.stop()

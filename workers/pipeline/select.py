@@ -10,7 +10,7 @@ from tierflow.core.constants import AttemptStatus
 from tierflow.core.redis_client import get_keys, get_redis
 from tierflow.core.settings import get_settings
 from tierflow.core.tokens import estimate_tokens
-from workers.leases import max_countdown
+from workers.leases import capacity_wait, max_countdown
 from workers.limits import FleetLimits
 from workers.outcome import Move
 from workers.pipeline.context import AttemptContext, Step
@@ -47,9 +47,10 @@ class PickModel(Step):
     """The first servable model of the tier, its slot and rate reservation held.
 
     When none can serve: if waiting helps (our own rate limit, a concurrency cap) the claim is
-    given back and the attempt waits; on the last tier a provider cooldown short enough is waited
-    for too (a bounded retry); otherwise the attempt is skipped with every model's reason and
-    the next tier takes the work.
+    given back and the attempt waits, each wait of the same attempt about twice as long as the
+    last (see :func:`workers.leases.capacity_wait`); on the last tier a provider cooldown short
+    enough is waited for too (a bounded retry); otherwise the attempt is skipped with every
+    model's reason and the next tier takes the work.
     """
 
     def run(self, ctx: AttemptContext) -> None:
@@ -62,8 +63,9 @@ class PickModel(Step):
             return
         if picked.wait_s is not None:
             store.release_attempt(ctx.job_id, ctx.attempt_no, ctx.worker)
-            wait = min(max(picked.wait_s, 0.05), max_countdown())
-            ctx.stop(Move("wait", ctx.step, ctx.attempt_no, ctx.retries_in_step, countdown=wait))
+            wait = capacity_wait(ctx.job_id, picked.wait_s, ctx.waits)
+            move = Move("wait", ctx.step, ctx.attempt_no, ctx.retries_in_step, wait, ctx.waits + 1)
+            ctx.stop(move)
             return
         reasons = "; ".join(f"{m}: {r}" for m, r in picked.reasons.items())
         last_tier = ctx.step + 1 >= len(ctx.plan.chain)
