@@ -25,6 +25,7 @@ import sqlalchemy.exc
 from celery import Task
 from celery.exceptions import Retry
 
+import workers.automode  # noqa: F401 - registers check_auto_mode (automatic mode) on the app
 from router.dispatch import enqueue_attempt
 from router.mode import get_mode
 from router.plan import plan_job

@@ -6,11 +6,11 @@ import sys
 import warnings
 
 from tierflow.app.console import err_console
-from tierflow.cli import fleet_cmds, job_cmds, report_cmds
+from tierflow.cli import dashboard_cmds, fleet_cmds, job_cmds, report_cmds
 from tierflow.cli.base import app
 from tierflow.core.errors import TierflowError
 
-__all__ = ["app", "fleet_cmds", "job_cmds", "main", "report_cmds"]
+__all__ = ["app", "dashboard_cmds", "fleet_cmds", "job_cmds", "main", "report_cmds"]
 
 
 def main() -> None:
