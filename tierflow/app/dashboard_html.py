@@ -45,7 +45,7 @@ def render_page(overview: dict[str, Any], status: dict[str, Any]) -> str:
 </head>
 <body>
 <header>
-  <h1>🔀 tierflow fleet</h1>
+  <h1>⇄ tierflow fleet</h1>
   <span id="refreshed" class="muted">updated {_e(_time(overview["now"]))}, every
   {REFRESH_MS // 1000} s</span>
 </header>
@@ -189,7 +189,10 @@ def _fallbacks(overview: dict[str, Any]) -> str:
         for fb in overview["fallbacks"]
     ]
     body = "".join(items) or '<li class="muted">none</li>'
-    return f'<section><h2>Recent fallbacks</h2><ul id="fallbacks">{body}</ul></section>'
+    return (
+        '<section><h2>Recent fallbacks <span class="muted">(UTC)</span></h2>'
+        f'<ul id="fallbacks">{body}</ul></section>'
+    )
 
 
 def _history(overview: dict[str, Any]) -> str:
@@ -218,7 +221,7 @@ def _queues(overview: dict[str, Any]) -> str:
 
 def _costs(overview: dict[str, Any]) -> str:
     costs = overview["costs"]
-    return f"""<section class="wide"><h2>Spending <span class="muted">(24 h, by hour of
+    return f"""<section class="wide"><h2>Spending <span class="muted">(24 h, by UTC hour of
 submission)</span></h2>
 <div id="savings">spent <strong>{_money(costs["total_cost"])}</strong> · API-only
 {_money(costs["api_baseline_cost"])} · saved <strong>{_money(costs["savings"])}</strong>
@@ -229,7 +232,7 @@ submission)</span></h2>
 </section>"""
 
 
-def cost_chart(hours: list[dict[str, Any]], width: int = 720, height: int = 160) -> str:
+def cost_chart(hours: list[dict[str, Any]], width: int = 1200, height: int = 160) -> str:
     """Inline SVG: per hour, the API-only cost (grey) behind what was spent (green)."""
     top = max([h["api_baseline_cost"] for h in hours] + [h["cost"] for h in hours] + [0.0])
     scale = (height - 20) / top if top > 0 else 0.0
