@@ -25,7 +25,9 @@ from __future__ import annotations
 
 import hmac
 import logging
+import os
 import secrets
+import socket
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -43,6 +45,7 @@ from starlette.staticfiles import StaticFiles
 
 from router.mode import set_mode
 from tierflow.app.dashboard_html import render_page, render_panel
+from tierflow.app.embedded import free_port
 from tierflow.app.metrics import metrics_registry, render_metrics
 from tierflow.app.overview import build_overview, status_fields
 from tierflow.core.constants import Mode
@@ -202,3 +205,26 @@ def serve(host: str, port: int, token: str) -> None:
     """Run the dashboard until interrupted (uvicorn, one process)."""
     app = create_app(token, allowed_hosts=hosts_for(host))
     uvicorn.run(app, host=host, port=port, log_level="warning", access_log=False)
+
+
+def _port_free(port: int) -> bool:
+    with socket.socket() as sock:
+        try:
+            sock.bind(("127.0.0.1", port))
+        except OSError:
+            return False
+        return True
+
+
+def dashboard_child(port: int) -> tuple[list[str], str]:
+    """What ``tierflow up`` runs for its dashboard: the child's arguments (after the Python
+    executable) and the line to print. ``port`` is taken when free, else any free port. The
+    token is ``TIERFLOW_DASHBOARD_TOKEN`` when set (not printed), else a new one, put in this
+    process's environment for the child and printed in the link."""
+    if not _port_free(port):
+        port = free_port()
+    argv = ["-m", "tierflow.cli", "dashboard", "--port", str(port)]
+    if os.environ.get(TOKEN_ENV):
+        return argv, f"dashboard http://localhost:{port}/ (token: ${TOKEN_ENV})"
+    token = os.environ[TOKEN_ENV] = new_token()
+    return argv, f"dashboard http://localhost:{port}/#token={token}"

@@ -21,7 +21,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from urllib.parse import urlsplit
 
+from tierflow.app.dashboard import dashboard_child
 from tierflow.app.embedded import EmbeddedServices
+from tierflow.app.metrics import prepare_multiprocess_dir
 from tierflow.core.db import upgrade_database
 from tierflow.core.errors import ConfigError
 from tierflow.core.settings import get_settings, redact_url, reset_settings
@@ -142,7 +144,11 @@ def prepare_services(state_dir: Path) -> EmbeddedServices:
 
 @contextmanager
 def running_fleet(
-    *, tiers: list[str] | None = None, with_engine: bool = True, flower_port: int | None = None
+    *,
+    tiers: list[str] | None = None,
+    with_engine: bool = True,
+    flower_port: int | None = None,
+    dashboard_port: int | None = None,
 ) -> Iterator[Fleet]:
     """Start the fleet, yield it, and stop every part on the way out (also on Ctrl-C)."""
 
@@ -176,6 +182,7 @@ def running_fleet(
                     )
                 time.sleep(0.5)
             fleet.notes.append(f"engine   {engine_url} (embedded llama.cpp, Gemma 3 270M)")
+        prepare_multiprocess_dir(state_dir / "metrics")  # the workers' Prometheus counters
         for name in ["router", *(tiers or [n for n in POOLS if n != "router"])]:
             argv = ["-m", "celery", *worker_argv(name)]
             if name == "router":
@@ -188,6 +195,10 @@ def running_fleet(
                  "--address=127.0.0.1"],
             )  # fmt: skip
             fleet.notes.append(f"flower   http://127.0.0.1:{flower_port}")
+        if dashboard_port:
+            argv, note = dashboard_child(dashboard_port)
+            fleet.spawn("dashboard", argv)
+            fleet.notes.append(note)
         fleet.wait_workers_ready()
         yield fleet
     finally:

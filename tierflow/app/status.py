@@ -82,23 +82,38 @@ def watch_status(
     console: Console, interval_s: float = WATCH_INTERVAL_S, rounds: int | None = None
 ) -> None:
     """Redraw the widget every ``interval_s`` until Ctrl-C (or ``rounds`` redraws); a failed
-    read shows its error and the next round tries again."""
+    read shows its error and the next round tries again. In a terminal the widget is redrawn
+    in place (rich ``Live``); piped, each round is printed after the last."""
     drawn = 0
-    with Live(console=console, auto_refresh=False, transient=False) as live:
+
+    def frame() -> RenderableType:
         try:
-            while rounds is None or drawn < rounds:
-                try:
-                    body: RenderableType = Group(*status_renderables())
-                except Exception as exc:  # Redis or PostgreSQL away: keep watching
-                    body = Text(f"could not read the fleet: {type(exc).__name__}: {exc}"[:300])
-                stamp = Text(f"updated {datetime.now():%H:%M:%S}, every {interval_s:g} s; "
-                             "Ctrl-C stops", style="dim")  # fmt: skip
-                live.update(Group(body, stamp), refresh=True)
+            body: RenderableType = Group(*status_renderables())
+        except Exception as exc:  # Redis or PostgreSQL away: keep watching
+            body = Text(f"could not read the fleet: {type(exc).__name__}: {exc}"[:300])
+        stamp = f"updated {datetime.now():%H:%M:%S}, every {interval_s:g} s; Ctrl-C stops"
+        # The stamp first: Live crops what a short terminal cannot show from the bottom.
+        return Group(Text(stamp, style="dim"), body)
+
+    def rounds_left() -> bool:
+        return rounds is None or drawn < rounds
+
+    try:
+        if not console.is_terminal:
+            while rounds_left():
+                console.print(frame())
                 drawn += 1
-                if rounds is None or drawn < rounds:
+                if rounds_left():
                     time.sleep(interval_s)
-        except KeyboardInterrupt:
-            pass
+            return
+        with Live(console=console, auto_refresh=False) as live:
+            while rounds_left():
+                live.update(frame(), refresh=True)
+                drawn += 1
+                if rounds_left():
+                    time.sleep(interval_s)
+    except KeyboardInterrupt:
+        pass
 
 
 def gate_table(figures: dict[str, dict[str, Any]]) -> Table:
