@@ -27,7 +27,7 @@ def sweep(now: datetime, stale_after: timedelta) -> dict[str, int]:
     stale = now - stale_after
     for job in store.stale_jobs(stale):
         if job.status == JobStatus.QUEUED.value:
-            enqueue_route(job.id, job.priority)
+            enqueue_route(job.id, job.priority, job.action_type)
             store.touch_job(job.id, now)
             counts["rerouted"] += 1
             continue
@@ -50,6 +50,7 @@ def sweep(now: datetime, stale_after: timedelta) -> dict[str, int]:
             attempt_no,
             max(retries, 0),
             priority=job.priority,
+            action=job.action_type,
         )
         store.touch_job(job.id, now)
         counts["resent"] += 1

@@ -21,4 +21,5 @@ class Enqueue(Step):
             move.retries_in_step,
             countdown=move.countdown,
             priority=ctx.job.priority,
+            action=ctx.job.action_type,
         )
