@@ -214,6 +214,9 @@ def test_dashboard_in_a_browser_and_its_metrics(
         queues="router,tier.local_fast,tier.local_quality,tier.api_fallback",
     )
     dashboard = Dashboard(tmp_path / "dashboard.log")
+    printed = dashboard.output()
+    assert f"http://127.0.0.1:{dashboard.port}/ (read-only without the token)" in printed
+    assert TOKEN not in printed  # a token from the environment is never printed
     try:
         _run_browser_checks(dashboard, browser, tmp_path, By)
     finally:

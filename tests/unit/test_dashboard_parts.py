@@ -45,7 +45,7 @@ def test_dashboard_child_takes_a_free_port_when_its_own_is_busy(
         taken = busy.getsockname()[1]
         argv, note = dashboard_child(taken)
     port = int(argv[argv.index("--port") + 1])
-    assert port != taken and f"localhost:{port}/#token=" in note
+    assert port != taken and f"127.0.0.1:{port}/#token=" in note
     token = note.rsplit("#token=", 1)[1]
     assert len(token) >= 40
     monkeypatch.setenv("TIERFLOW_DASHBOARD_TOKEN", "from-env")

@@ -225,6 +225,6 @@ def dashboard_child(port: int) -> tuple[list[str], str]:
         port = free_port()
     argv = ["-m", "tierflow.cli", "dashboard", "--port", str(port)]
     if os.environ.get(TOKEN_ENV):
-        return argv, f"dashboard http://localhost:{port}/ (token: ${TOKEN_ENV})"
+        return argv, f"dashboard http://127.0.0.1:{port}/ (token: ${TOKEN_ENV})"
     token = os.environ[TOKEN_ENV] = new_token()
-    return argv, f"dashboard http://localhost:{port}/#token={token}"
+    return argv, f"dashboard http://127.0.0.1:{port}/#token={token}"

@@ -25,7 +25,7 @@ def dashboard(
     """
     adopt_running_fleet()
     token = os.environ.get(TOKEN_ENV, "").strip()
-    shown = "localhost" if host in ("127.0.0.1", "::1") else host
+    shown = f"[{host}]" if ":" in host else host
     console.print(f"dashboard http://{shown}:{port}/ (read-only without the token)")
     if token:
         console.print(f"  mode switches need the token in {TOKEN_ENV}")
