@@ -16,11 +16,13 @@ from kombu import Exchange, Queue
 
 from tierflow.core.constants import (
     ALL_QUEUES,
+    AUTO_MODE_INTERVAL_S,
     MAINTENANCE_QUEUE,
     PRIORITY_STEPS,
     QUEUE_PRIORITY_SEP,
     ROUTER_QUEUE,
     SWEEP_INTERVAL_S,
+    TASK_AUTO_MODE,
     TASK_ROUTE_JOB,
     TASK_RUN_ATTEMPT,
     TASK_SWEEP,
@@ -84,6 +86,7 @@ task_default_routing_key = ROUTER_QUEUE
 task_routes = {
     TASK_ROUTE_JOB: {"queue": ROUTER_QUEUE, "routing_key": ROUTER_QUEUE},
     TASK_SWEEP: {"queue": MAINTENANCE_QUEUE, "routing_key": MAINTENANCE_QUEUE},
+    TASK_AUTO_MODE: {"queue": MAINTENANCE_QUEUE, "routing_key": MAINTENANCE_QUEUE},
     # run_attempt is sent to tier.<name> explicitly by whoever enqueues it.
     TASK_RUN_ATTEMPT: {"queue": "tier.local_fast", "routing_key": "tier.local_fast"},
 }
@@ -94,6 +97,12 @@ beat_schedule = {
     "sweep-stuck-jobs": {
         "task": TASK_SWEEP,
         "schedule": SWEEP_INTERVAL_S,
+        "kwargs": {"scheduled": True},
+    },
+    # Automatic mode (workers/automode.py): one check per interval fleet-wide, under its lock.
+    "check-auto-mode": {
+        "task": TASK_AUTO_MODE,
+        "schedule": AUTO_MODE_INTERVAL_S,
         "kwargs": {"scheduled": True},
     },
 }

@@ -181,7 +181,7 @@ def submit_job(
     job_id, created = store.create_job(request, settings.job_deadline_s)
     if created:
         try:
-            enqueue_route(job_id, request.priority)
+            enqueue_route(job_id, request.priority, request.action_type)
         except Exception:
             # The job is accepted and durable: it stays queued in PostgreSQL and the sweeper
             # sends it to the router once the broker is back.

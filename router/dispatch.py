@@ -2,6 +2,15 @@
 
 Messages carry ids and counters only (the job lives in PostgreSQL). Priorities are tierflow's
 0-9 with 9 the most urgent, sent as Redis' 0-9 with 0 the most urgent.
+
+Each message is labelled for people, at no cost (no read; the caller passes the job's action
+when it has it): Celery's ``shadow`` name, which the worker's log and Flower show as the task's
+name (``run_attempt job=<id> tier=local_fast action=classify_memory``), and an ``argsrepr``, which
+Flower shows as its arguments (``job=<id> tier=local_fast action=classify_memory step=0
+attempt=0 retries=0``). The arguments are what Flower always shows: it takes a task's name from
+whichever of the sender's ``task-sent`` event (the real task name) and the worker's
+``task-received`` event (the shadow) it merges last, so the name can read
+``tierflow.run_attempt``. The task run, and its real arguments, are unchanged.
 """
 
 from __future__ import annotations
@@ -17,9 +26,27 @@ from tierflow.core.constants import (
 )
 
 
-def enqueue_route(job_id: str, priority: int = 5) -> None:
-    """Send a stored job to the routing task."""
-    app.send_task(TASK_ROUTE_JOB, args=[job_id], queue=ROUTER_QUEUE, priority=9 - priority)
+def describe(job_id: str, tier: Tier | None = None, action: str | None = None) -> str:
+    """``job=<id> tier=<tier> action=<action>`` (the parts that are known)."""
+    parts = [f"job={job_id}"]
+    if tier is not None:
+        parts.append(f"tier={Tier(tier).value}")
+    if action:
+        parts.append(f"action={action}")
+    return " ".join(parts)
+
+
+def enqueue_route(job_id: str, priority: int = 5, action: str | None = None) -> None:
+    """Send a stored job to the routing task; ``action`` (the job's) only labels the message."""
+    label = describe(job_id, action=action)
+    app.send_task(
+        TASK_ROUTE_JOB,
+        args=[job_id],
+        queue=ROUTER_QUEUE,
+        priority=9 - priority,
+        shadow=f"route_job {label}",
+        argsrepr=label,
+    )
 
 
 def enqueue_attempt(
@@ -31,12 +58,15 @@ def enqueue_attempt(
     countdown: float = 0.0,
     priority: int = 5,
     waits: int = 0,
+    action: str | None = None,
 ) -> None:
-    """Send one attempt of a job to its tier's queue, after ``countdown`` seconds.
+    """Send one attempt of a job to its tier's queue, after ``countdown`` seconds; ``action``
+    (the job's, when the caller has it) only labels the message.
 
     ``waits`` (how often this attempt already waited for capacity) is sent as a fifth argument
     only when it is not 0, so a worker that predates it still reads every first try.
     """
+    label = describe(job_id, tier, action)
     args: list[str | int] = [job_id, step, attempt_no, retries_in_step]
     if waits:
         args.append(waits)
@@ -46,9 +76,19 @@ def enqueue_attempt(
         queue=tier_queue(tier),
         countdown=countdown or None,
         priority=9 - priority,
+        shadow=f"run_attempt {label}",
+        argsrepr=f"{label} step={step} attempt={attempt_no} retries={retries_in_step}",
     )
 
 
 def enqueue_audit(job_id: str, attempt_no: int, tier: Tier) -> None:
     """Send a passed answer to be re-run on ``tier`` (an audit), at the lowest priority."""
-    app.send_task(TASK_AUDIT, args=[job_id, attempt_no], queue=tier_queue(tier), priority=9)
+    label = describe(job_id, tier)
+    app.send_task(
+        TASK_AUDIT,
+        args=[job_id, attempt_no],
+        queue=tier_queue(tier),
+        priority=9,
+        shadow=f"audit_answer {label}",
+        argsrepr=f"{label} attempt={attempt_no}",
+    )

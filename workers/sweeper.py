@@ -51,7 +51,7 @@ def sweep(now: datetime, stale_after: timedelta, batch: int = SWEEP_BATCH) -> di
             if backlog([ROUTER_QUEUE]):
                 counts["waiting"] += 1
             else:
-                enqueue_route(job.id, job.priority)
+                enqueue_route(job.id, job.priority, job.action_type)
                 counts["rerouted"] += 1
             store.touch_jobs([job.id])
             continue

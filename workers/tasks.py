@@ -25,6 +25,7 @@ import sqlalchemy.exc
 from celery import Task
 from celery.exceptions import Retry
 
+import workers.automode  # noqa: F401 - registers check_auto_mode (automatic mode) on the app
 from router.dispatch import enqueue_attempt
 from router.mode import get_mode
 from router.plan import plan_job
@@ -46,6 +47,7 @@ from tierflow.core.redis_client import get_keys, get_redis
 from tierflow.core.settings import get_settings
 from workers import audit, outcome
 from workers.pipeline import run_attempt_steps
+from workers.pipeline.summary import summarize
 from workers.sweeper import sweep
 
 log = logging.getLogger(__name__)
@@ -141,7 +143,8 @@ def _route(job_id: str) -> str | None:
     if job.status == JobStatus.ROUTED.value and job.plan and not store.attempts_of(job_id):
         # A redelivery after the plan was stored: the first attempt may not have been sent
         # (the worker died in between). Sending it again is harmless: attempts are claimed.
-        enqueue_attempt(job_id, Tier(job.plan["chain"][0]), 0, 0, priority=job.priority)
+        first = Tier(job.plan["chain"][0])
+        enqueue_attempt(job_id, first, 0, 0, priority=job.priority, action=job.action_type)
         return "resent"
     if job.status != JobStatus.QUEUED.value:
         return job.status
@@ -152,7 +155,7 @@ def _route(job_id: str) -> str | None:
         outcome.finish_failure(job, config, plan.error)
         return "failed"
     if store.save_plan(job_id, plan.complexity.value, plan.to_json()):
-        enqueue_attempt(job_id, plan.chain[0], 0, 0, priority=job.priority)
+        enqueue_attempt(job_id, plan.chain[0], 0, 0, priority=job.priority, action=job.action_type)
     return plan.tier.value
 
 
@@ -200,7 +203,7 @@ def run_attempt(
         )
         if ctx.superseded:
             return "superseded"
-        return ctx.move.kind if ctx.move is not None else "done"
+        return summarize(ctx)  # Flower shows it: the move, the outcome, tier and model
     return "failed"
 
 

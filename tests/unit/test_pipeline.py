@@ -98,6 +98,7 @@ def test_steps_are_wired_once_in_order() -> None:
         "Persist",
         "Decide",
         "Notify",
+        "Metrics",
         "Finish",
         "Audit",
         "Enqueue",

@@ -22,7 +22,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from urllib.parse import urlsplit
 
+from tierflow.app.dashboard import dashboard_child
 from tierflow.app.embedded import EmbeddedServices
+from tierflow.app.metrics import prepare_multiprocess_dir
 from tierflow.app.supervisor import Event, Supervisor
 from tierflow.core.config import ModelConfig
 from tierflow.core.db import upgrade_database
@@ -139,6 +141,7 @@ def running_fleet(
     with_engine: bool = True,
     flower_port: int | None = None,
     on_event: Callable[[Event], None] | None = None,
+    dashboard_port: int | None = None,
 ) -> Iterator[Fleet]:
     """Start the fleet, yield it, and stop every part on the way out (also on Ctrl-C).
 
@@ -180,6 +183,7 @@ def running_fleet(
             supervisor.add(ENGINE, argv, health=lambda: _healthy(engine_url), stop_order=1)
             supervisor.wait_ready([ENGINE], ENGINE_START_S)
             fleet.notes.append(f"engine   {engine_url} (embedded llama.cpp, Gemma 3 270M)")
+        prepare_multiprocess_dir(state_dir / "metrics")  # the workers' Prometheus counters
         workers = []
         for name in ["router", *(tiers or [n for n in POOLS if n != "router"])]:
             argv = [sys.executable, "-m", "celery", *worker_argv(name, beat=False)]
@@ -199,6 +203,10 @@ def running_fleet(
                  f"--port={flower_port}", "--address=127.0.0.1"],
             )  # fmt: skip
             fleet.notes.append(f"flower   http://127.0.0.1:{flower_port}")
+        if dashboard_port:
+            argv, note = dashboard_child(dashboard_port)
+            supervisor.add("dashboard", [sys.executable, *argv])
+            fleet.notes.append(note)
         supervisor.wait_ready(workers, WORKERS_START_S)
         yield fleet
     finally:

@@ -6,13 +6,22 @@ import sys
 import warnings
 
 from tierflow.app.console import err_console
-from tierflow.cli import batch_cmds, eval_cmds, fleet_cmds, job_cmds, queue_cmds, report_cmds
+from tierflow.cli import (
+    batch_cmds,
+    dashboard_cmds,
+    eval_cmds,
+    fleet_cmds,
+    job_cmds,
+    queue_cmds,
+    report_cmds,
+)
 from tierflow.cli.base import app
 from tierflow.core.errors import TierflowError
 
 __all__ = [
     "app",
     "batch_cmds",
+    "dashboard_cmds",
     "eval_cmds",
     "fleet_cmds",
     "job_cmds",

@@ -23,6 +23,7 @@ from workers.pools import POOLS, worker_argv
 @app.command()
 def up(
     flower: int = typer.Option(0, help="Also start Flower on this port (0: no Flower)."),
+    dashboard: int = typer.Option(8787, help="Dashboard port (0: none; taken: any free one)."),
     no_engine: bool = typer.Option(False, "--no-engine", help="Do not start the embedded engine."),
 ) -> None:
     """Run the whole fleet on this machine until Ctrl-C: services, router, one worker per tier.
@@ -40,7 +41,10 @@ def up(
     signal.signal(signal.SIGTERM, on_signal)
     try:
         with running_fleet(
-            with_engine=not no_engine, flower_port=flower or None, on_event=print_event
+            with_engine=not no_engine,
+            flower_port=flower or None,
+            dashboard_port=dashboard or None,
+            on_event=print_event,
         ) as fleet:
             for note in fleet.notes:
                 console.print(f"  {note}")

@@ -12,7 +12,7 @@ from router import get_mode, mode_history, set_mode
 from router.export import export_usage_log
 from tierflow.app.console import console
 from tierflow.app.fleet import adopt_running_fleet
-from tierflow.app.status import gate_table, render_status
+from tierflow.app.status import gate_table, render_status, watch_status
 from tierflow.cli.base import app
 from tierflow.store.costs import get_cost_summary
 
@@ -100,8 +100,13 @@ def export(
 
 
 @app.command()
-def status() -> None:
+def status(
+    watch: bool = typer.Option(False, "--watch", help="Redraw every 5 s until Ctrl-C."),
+) -> None:
     """The second seed's status widget, in the terminal: mode, local vs cloud, fallbacks."""
 
     adopt_running_fleet()
-    render_status(console)
+    if watch:
+        watch_status(console)
+    else:
+        render_status(console)

@@ -147,6 +147,9 @@ class RoutingConfig(_Strict):
     enable_caching: bool = False
     self_critique: bool = True
     default_mode: Mode = Mode.AUTO
+    # Automatic mode: in auto, switch to cloud once no local model was available this long
+    # (seconds), and back to auto when one is (workers/automode.py); null: never switch.
+    auto_cloud_after_s: float | None = Field(default=120.0, gt=0)
     default_complexity: Literal["simple", "moderate", "complex"] = "moderate"
     # The API model that prices each job's API-only baseline; None: the first enabled model of
     # api_fallback (a file in the seed's schema names none).

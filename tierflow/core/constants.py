@@ -133,6 +133,8 @@ TASK_RUN_ATTEMPT = "tierflow.run_attempt"
 TASK_SWEEP = "tierflow.sweep_stuck_jobs"
 TASK_AUDIT = "tierflow.audit_answer"
 SWEEP_INTERVAL_S = 30.0  # beat sends a sweep this often; one runs per interval fleet-wide
+TASK_AUTO_MODE = "tierflow.check_auto_mode"
+AUTO_MODE_INTERVAL_S = 5.0  # beat checks local availability this often (automatic mode)
 
 
 class Keys:
@@ -164,6 +166,14 @@ class Keys:
     @property
     def sweep_lock(self) -> str:
         return f"{self.prefix}:sweep:lock"
+
+    @property
+    def auto_mode_lock(self) -> str:
+        return f"{self.prefix}:automode:lock"
+
+    @property
+    def local_down_since(self) -> str:
+        return f"{self.prefix}:automode:local-down-since"
 
     def rate(self, scope: str) -> str:
         return f"{self.prefix}:rate:{scope}"

@@ -11,6 +11,7 @@
     Persist      store the outcome once                                     persist.py
     Decide       succeed / retry / fall back / fail, from the row alone     decide.py
     Notify       stream reset, fallback event (never on a replay)           notify.py
+    Metrics      Prometheus counters of the stored attempt (not replays)    metrics.py
     Finish       finalize the job and wake its waiter                       finish.py
     Audit        send a share of passed answers to the next tier            audit.py
     Enqueue      send the next attempt                                      enqueue.py
@@ -32,6 +33,7 @@ from workers.pipeline.decide import Decide
 from workers.pipeline.enqueue import Enqueue
 from workers.pipeline.finish import Finish
 from workers.pipeline.gate import Gate
+from workers.pipeline.metrics import Metrics
 from workers.pipeline.notify import Notify
 from workers.pipeline.persist import Persist
 from workers.pipeline.price import Price
@@ -48,6 +50,7 @@ STEPS: tuple[Step, ...] = (
     Persist(),
     Decide(),
     Notify(),
+    Metrics(),
     Finish(),
     Audit(),
     Enqueue(),

@@ -28,4 +28,5 @@ class Enqueue(Step):
             countdown=move.countdown,
             priority=ctx.job.priority,
             waits=move.waits,
+            action=ctx.job.action_type,
         )

@@ -1,0 +1,68 @@
+"""Reads for the dashboard: what runs now, and spending over time in hourly buckets.
+
+Spending follows :mod:`tierflow.store.costs`: a job's attempts are counted in the hour the job
+was submitted (UTC), next to the job's API-only baseline, so each bucket's ``cost`` and
+``api_baseline_cost`` describe the same jobs (US dollars).
+"""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from typing import Any
+
+from sqlalchemy import func, select
+
+from schemas.tables import Attempt, Job
+from tierflow.core.constants import TIER_ORDER, AttemptStatus
+from tierflow.core.db import session_scope
+
+
+def running_attempts() -> dict[str, int]:
+    """Attempts claimed and not finished yet (a model call in flight, or about to be), per tier;
+    every tier is present."""
+    query = (
+        select(Attempt.tier, func.count())
+        .where(Attempt.status == AttemptStatus.RUNNING.value)
+        .group_by(Attempt.tier)
+    )
+    counts = {t.value: 0 for t in TIER_ORDER}
+    with session_scope() as session:
+        for tier, count in session.execute(query):
+            counts[str(tier)] = int(count)
+    return counts
+
+
+def last_attempt_finished_at() -> datetime | None:
+    """When the newest attempt finished; None before the first."""
+    with session_scope() as session:
+        return session.execute(select(func.max(Attempt.finished_at))).scalar_one_or_none()
+
+
+def hourly_costs(since: datetime) -> list[dict[str, Any]]:
+    """Per UTC hour of submission since ``since``, oldest first, hours without jobs left out:
+    ``hour`` (aware datetime), ``jobs``, ``cost`` (every attempt's) and ``api_baseline_cost``."""
+    hour = func.date_trunc("hour", func.timezone("UTC", Job.created_at))
+    jobs_query = (
+        select(hour, func.count(Job.id), func.coalesce(func.sum(Job.api_baseline_cost_usd), 0))
+        .where(Job.created_at >= since)
+        .group_by(hour)
+    )
+    cost_query = (
+        select(hour, func.coalesce(func.sum(Attempt.cost_usd), 0))
+        .join(Job, Job.id == Attempt.job_id)
+        .where(Job.created_at >= since)
+        .group_by(hour)
+    )
+    buckets: dict[datetime, dict[str, Any]] = {}
+    with session_scope() as session:
+        for at, jobs, baseline in session.execute(jobs_query):
+            buckets[at] = {"jobs": int(jobs), "cost": 0.0, "api_baseline_cost": float(baseline)}
+        for at, cost in session.execute(cost_query):
+            buckets.setdefault(at, {"jobs": 0, "cost": 0.0, "api_baseline_cost": 0.0})
+            buckets[at]["cost"] = float(cost)
+    return [{"hour": _utc(at), **row} for at, row in sorted(buckets.items())]
+
+
+def _utc(naive_utc: datetime) -> datetime:
+    # date_trunc over timezone('UTC', ...) gives a naive timestamp that is UTC.
+    return naive_utc.replace(tzinfo=UTC)
