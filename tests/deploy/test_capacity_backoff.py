@@ -29,7 +29,8 @@ LATENCY_MS = 2000
 # countdown per wait). With it: 56-61. The bound leaves room for slow machines and still fails
 # the fixed countdown by a wide margin.
 MAX_DELIVERIES = 90
-RECEIVED = re.compile(r"Task tierflow\.run_attempt\[[^\]]+\] received")
+# The log names a task by its shadow name when it has one (``run_attempt job=... tier=...``).
+RECEIVED = re.compile(r"Task (?:tierflow\.run_attempt|run_attempt [^\[]*)\[[^\]]+\] received")
 
 
 def test_jobs_waiting_at_a_concurrency_cap_back_off(fleet, database) -> None:

@@ -178,3 +178,14 @@ def test_kill_9_of_up_leaves_no_process_behind(up: UpProcess) -> None:
     up.proc.wait(10)
     _until(lambda: _gone(children + servers), 60, "children or servers outlived tierflow up")
     assert not [p for p in _ours(up.state) if p.status() != psutil.STATUS_ZOMBIE]
+    # The dead fleet's record is still there: a command that would adopt it says so at once.
+    started = time.monotonic()
+    done = subprocess.run(
+        [sys.executable, "-m", "tierflow.cli", "submit", "Is this a fact?", "--action",
+         "classify_memory"],
+        cwd=REPO, env=up.env, capture_output=True, text=True, timeout=60,
+    )  # fmt: skip
+    assert done.returncode == 2, done.stdout + done.stderr
+    assert "is not running" in done.stderr and "tierflow up" in done.stderr, done.stderr
+    assert time.monotonic() - started < 15
+    assert not [p for p in _ours(up.state) if p.status() != psutil.STATUS_ZOMBIE]

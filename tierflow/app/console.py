@@ -8,7 +8,7 @@ from rich.markup import escape
 from tierflow.app.supervisor import Event
 
 console = Console(width=max(Console().width, 120))
-err_console = Console(stderr=True)
+err_console = Console(stderr=True, soft_wrap=True)  # one error, one line: never folded
 
 
 def print_event(event: Event) -> None:
