@@ -127,7 +127,10 @@ def test_the_wheel_alone_migrates_runs_workers_and_a_job(work: Path) -> None:
         mark = time.monotonic()
         run([tierflow, "db", "upgrade"], 120, cwd=work, env=env)
         (version,) = rows(db_url, "SELECT version_num FROM alembic_version")
-        assert version["version_num"] == "0004"
+        newest = max(
+            p.name[:4] for p in (services.REPO / "tierflow/migrations/versions").glob("0*.py")
+        )
+        assert version["version_num"] == newest
         workers = [
             Process([tierflow, "worker", "--tier", tier], env, work, work / f"{tier}.log")
             for tier in ("router", "local_fast")

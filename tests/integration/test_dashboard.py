@@ -23,6 +23,7 @@ from typing import Any
 
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
+from selenium.common.exceptions import StaleElementReferenceException
 from sqlalchemy import select
 
 from router import get_mode, mode_history, set_mode, submit_job
@@ -242,6 +243,15 @@ def _run_browser_checks(dashboard: Dashboard, browser: Any, tmp_path: Path, By: 
     assert local_button.is_enabled()  # the fake local models are available
 
     def table_figures() -> dict[str, dict[str, int]]:
+        # The page redraws itself every 5 s: a read that meets a replaced row reads again.
+        for _ in range(5):
+            try:
+                return read_table()
+            except StaleElementReferenceException:
+                time.sleep(0.2)
+        return read_table()
+
+    def read_table() -> dict[str, dict[str, int]]:
         figures = {}
         for side in ("local", "cloud"):
             row = browser.find_element(By.CSS_SELECTOR, f'#comparison tr[data-side="{side}"]')

@@ -26,7 +26,7 @@ from tierflow.core.db import session_scope
 from tierflow.core.redis_client import get_keys, get_redis
 from tierflow.core.settings import get_settings
 from tierflow.store.costs import get_cost_summary
-from workers.leases import capacity_wait, max_countdown
+from workers.leases import MAX_CAPACITY_WAIT_S, capacity_wait, max_countdown
 from workers.outcome import Move
 from workers.pipeline import STEPS, AttemptContext, Step, run_attempt_steps
 from workers.pipeline.call import CallModel
@@ -242,6 +242,11 @@ def test_a_new_concern_is_a_new_step(use: Callable) -> None:
     assert len(seen) == 1 and seen[0][1] is not None
 
 
+def capacity_cap() -> float:
+    """The longest wait for capacity: the capacity cap, within the broker's bound."""
+    return min(MAX_CAPACITY_WAIT_S, max_countdown())
+
+
 def test_waits_at_a_cap_back_off_and_the_counter_travels_with_the_wait(use: Callable) -> None:
     use(local_fast=[fake_model("capped", limits={"max_concurrency": 1})])
     holder = through(context(planned_job()), PickModel)
@@ -254,7 +259,7 @@ def test_waits_at_a_cap_back_off_and_the_counter_travels_with_the_wait(use: Call
         assert ctx.move is not None and ctx.move.kind == "wait" and ctx.move.waits == waits + 1
         assert ctx.move.countdown == capacity_wait(job_id, 0.5, waits)
         countdowns.append(ctx.move.countdown)
-    assert countdowns[0] < 1.0 and countdowns[-1] == max_countdown()
+    assert countdowns[0] < 1.0 and countdowns[-1] == capacity_cap()
     assert all(b >= a for a, b in itertools.pairwise(countdowns))
 
 
@@ -272,11 +277,11 @@ def test_capacity_wait_doubles_is_deterministic_and_capped() -> None:
     for waits in range(1, 12):
         got = capacity_wait(job, 0.5, waits)
         assert got == capacity_wait(job, 0.5, waits)  # a replay gets the same countdown
-        assert min(0.5 * 2 ** (waits - 1), max_countdown()) <= got
-        assert got <= min(0.5 * 2**waits, max_countdown())
+        assert min(0.5 * 2 ** (waits - 1), capacity_cap()) <= got
+        assert got <= min(0.5 * 2**waits, capacity_cap())
     assert capacity_wait(job, 0.01, 0) == 0.25  # a floor: no 10 ms spin
     assert capacity_wait(job, 3.0, 2) >= 3.0  # never below a rate limit's known next room
-    assert capacity_wait(job, 0.5, 10_000) == max_countdown()
+    assert capacity_wait(job, 0.5, 10_000) == capacity_cap()
     others = {capacity_wait(f"{job[:-1]}{i}", 0.5, 3) for i in range(10)}
     assert len(others) > 5  # jobs that waited together come back apart
 
