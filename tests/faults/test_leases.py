@@ -26,8 +26,10 @@ SHORT = {
     "TIERFLOW_TASK_TIME_LIMIT": "3",
     "TIERFLOW_VISIBILITY_TIMEOUT": "8",
 }
-RECEIVED = re.compile(r"Task tierflow\.run_attempt\[[^\]]+\] received")
-DONE = re.compile(r"Task tierflow\.run_attempt\[[^\]]+\] succeeded in")
+# The log names a task by its shadow name when it has one (``run_attempt job=... tier=...``).
+_TASK = r"Task (?:tierflow\.run_attempt|run_attempt [^\[]*)\[[^\]]+\]"
+RECEIVED = re.compile(_TASK + " received")
+DONE = re.compile(_TASK + " succeeded in")
 
 
 def priced(name: str, latency_ms: int) -> dict:
