@@ -71,8 +71,11 @@ task_acks_on_timeout = True
 task_soft_time_limit = _settings.task_soft_time_limit
 task_time_limit = _settings.task_time_limit
 task_track_started = False
-task_send_sent_event = True  # Flower shows queued jobs
-worker_send_task_events = True
+# Task events (about eight Redis publishes per job) only when asked: Flower turns the workers'
+# events on itself when it starts (its enable_events), and TIERFLOW_TASK_EVENTS=true sends them
+# from the start, queued ("sent") jobs included.
+task_send_sent_event = _settings.task_events
+worker_send_task_events = _settings.task_events
 worker_prefetch_multiplier = 1
 worker_cancel_long_running_tasks_on_connection_loss = True
 worker_hijack_root_logger = False

@@ -223,14 +223,17 @@ class FleetLimits:
         caller is refused until the probe reports back (``record_success``/``record_failure``)
         or is given back (``release_probe``) or expires after ``open_for_s``.
         """
-        pttl = int(self.redis.pttl(self.keys.cooldown(model.name)))  # type: ignore[arg-type]
-        if pttl > 0:
-            return f"cooling down for {pttl / 1000:.1f}s", pttl / 1000.0
         circuit = self.keys.circuit(model.name)
-        open_ttl = int(self.redis.pttl(circuit + ":open"))  # type: ignore[arg-type]
+        pipe = self.redis.pipeline(transaction=False)  # one round trip for the three reads
+        pipe.pttl(self.keys.cooldown(model.name))
+        pipe.pttl(circuit + ":open")
+        pipe.exists(circuit + ":half")
+        cooling, open_ttl, half = (int(v) for v in pipe.execute())
+        if cooling > 0:
+            return f"cooling down for {cooling / 1000:.1f}s", cooling / 1000.0
         if open_ttl > 0:
             return f"circuit open for {open_ttl / 1000:.1f}s", open_ttl / 1000.0
-        if self.redis.exists(circuit + ":half"):
+        if half:
             token = uuid.uuid4().hex
             if self.redis.set(circuit + ":probe", token, nx=True, px=self._open_ms):
                 self._probes[model.name] = token

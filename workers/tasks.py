@@ -136,25 +136,32 @@ def route_job(self: Task, job_id: Any) -> str | None:
 
 
 def _route(job_id: str) -> str | None:
-    job = store.load_job(job_id)
-    if job is None:
-        store.record_dead_letter(f"unknown job {job_id}", task=TASK_ROUTE_JOB)
-        return None
-    if job.status == JobStatus.ROUTED.value and job.plan and not store.attempts_of(job_id):
+    config = get_settings().llm
+    with store.routing(job_id) as (job, save):  # one transaction: read, plan, write
+        if job is None:
+            store.record_dead_letter(f"unknown job {job_id}", task=TASK_ROUTE_JOB)
+            return None
+        if job.status == JobStatus.ROUTED.value and job.plan:
+            resend = not store.attempts_of(job_id)
+        elif job.status != JobStatus.QUEUED.value:
+            return job.status
+        else:
+            resend = False
+            plan = plan_job(job.action_type, job.prompt, job.context or {}, config, get_mode())
+            saved = save(plan.complexity.value, plan.to_json())
+    if resend:
         # A redelivery after the plan was stored: the first attempt may not have been sent
         # (the worker died in between). Sending it again is harmless: attempts are claimed.
+        assert job.plan is not None
         first = Tier(job.plan["chain"][0])
         enqueue_attempt(job_id, first, 0, 0, priority=job.priority, action=job.action_type)
         return "resent"
-    if job.status != JobStatus.QUEUED.value:
+    if job.status == JobStatus.ROUTED.value:
         return job.status
-    config = get_settings().llm
-    plan = plan_job(job.action_type, job.prompt, job.context or {}, config, get_mode())
     if plan.error:
-        store.save_plan(job_id, plan.complexity.value, plan.to_json())
-        outcome.finish_failure(job, config, plan.error)
+        outcome.finish_failure(job, config, plan.error)  # after the commit: it locks the row
         return "failed"
-    if store.save_plan(job_id, plan.complexity.value, plan.to_json()):
+    if saved:
         enqueue_attempt(job_id, plan.chain[0], 0, 0, priority=job.priority, action=job.action_type)
     return plan.tier.value
 

@@ -177,6 +177,8 @@ def running_fleet(
 
     state_dir = get_settings().state_dir
     state_dir.mkdir(parents=True, exist_ok=True)
+    if flower_port:  # Flower shows queued jobs too: the workers send task events from the start
+        os.environ["TIERFLOW_TASK_EVENTS"] = "true"
     services = prepare_services(state_dir)
 
     def handle(event: Event) -> None:

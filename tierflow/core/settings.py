@@ -58,6 +58,9 @@ class Settings(BaseSettings):
     task_soft_time_limit: int = Field(default=270, gt=0)
     task_time_limit: int = Field(default=300, gt=0)
     visibility_timeout: int = Field(default=900, gt=0)
+    # Celery task events (for Flower): off by default, each costs Redis publishes per job;
+    # Flower enables the workers' events itself when it starts.
+    task_events: bool = False
     job_deadline_s: int = Field(default=1800, gt=0)
     availability_ttl_s: float = Field(default=5.0, ge=0)
 

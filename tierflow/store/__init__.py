@@ -40,6 +40,7 @@ from tierflow.store.jobs import (
     job_status,
     load_job,
     open_jobs_past,
+    routing,
     save_plan,
 )
 from tierflow.store.labels import gate_figures, labels_for, record_label
@@ -77,6 +78,7 @@ __all__ = [
     "release_attempt",
     "renew_lease",
     "renew_leases",
+    "routing",
     "save_plan",
     "settle_batch",
     "stalled_jobs",

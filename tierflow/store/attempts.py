@@ -156,12 +156,15 @@ def finish_attempt(job_id: str, attempt_no: int, *, worker: str, **fields: Any) 
                 Attempt.worker == worker,
             )
             .values(**{"lease_until": None, "finished_at": func.now(), **fields})
-            .returning(Attempt.id)
+            .returning(Attempt)
+            .execution_options(synchronize_session=False)
         ).scalar_one_or_none()
+        if landed is not None:  # the common case: one statement, the row comes back with it
+            return Finished(True, landed)
         row = session.execute(
             select(Attempt).where(Attempt.job_id == job_id, Attempt.attempt_no == attempt_no)
         ).scalar_one_or_none()
-        return Finished(landed is not None, row)
+        return Finished(False, row)
 
 
 def renew_leases(held: list[HeldLease], lease_s: float) -> set[HeldLease]:

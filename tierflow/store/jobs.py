@@ -9,6 +9,8 @@
 from __future__ import annotations
 
 import uuid
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from datetime import datetime, timedelta
 from typing import Any
 
@@ -134,6 +136,26 @@ def job_progress(job_id: str) -> tuple[str, str | None] | None:
 def load_job(job_id: str) -> Job | None:
     with session_scope() as session:
         return session.get(Job, job_id)
+
+
+@contextmanager
+def routing(job_id: str) -> Iterator[tuple[Job | None, Callable[[str, dict[str, Any]], bool]]]:
+    """The job and a ``save(complexity, plan)`` for it, in one transaction (one connection, one
+    commit): what the routing task reads and writes. ``save`` is :func:`save_plan`'s rule (only
+    a queued job gets a plan) and says whether it did; the commit is at the block's end."""
+    with session_scope() as session:
+        job = session.get(Job, job_id)
+
+        def save(complexity: str, plan: dict[str, Any]) -> bool:
+            result = session.execute(
+                update(Job)
+                .where(Job.id == job_id, Job.status == JobStatus.QUEUED.value)
+                .values(status=JobStatus.ROUTED.value, complexity=complexity, plan=plan)
+                .execution_options(synchronize_session=False)
+            )
+            return result.rowcount == 1  # type: ignore[attr-defined]
+
+        yield job, save
 
 
 def save_plan(job_id: str, complexity: str, plan: dict[str, Any]) -> bool:
