@@ -1,4 +1,5 @@
-"""The store floor: every read and write of jobs, attempts, mode switches and dead letters.
+"""The store floor: every read and write of jobs, attempts, mode switches, dead letters
+and the gateway's API keys.
 
 Both the client (:mod:`router`) and the fleet (:mod:`workers`) reach PostgreSQL only through
 here. Every write is idempotent under redelivery: jobs are keyed by their idempotency key,
@@ -42,6 +43,7 @@ from tierflow.store.jobs import (
     open_jobs_past,
     save_plan,
 )
+from tierflow.store.keys import KeyInfo, create_key, daemon_for_key, list_keys, revoke_key
 from tierflow.store.labels import gate_figures, labels_for, record_label
 from tierflow.store.sweeps import stalled_jobs, touch_jobs
 
@@ -50,6 +52,7 @@ __all__ = [
     "ClaimResult",
     "Finished",
     "HeldLease",
+    "KeyInfo",
     "attempts_of",
     "batch_cost",
     "batch_progress",
@@ -57,6 +60,8 @@ __all__ = [
     "cancel_batch",
     "claim_attempt",
     "create_job",
+    "create_key",
+    "daemon_for_key",
     "finalize_job",
     "finish_attempt",
     "gate_figures",
@@ -66,6 +71,7 @@ __all__ = [
     "job_result",
     "job_status",
     "labels_for",
+    "list_keys",
     "load_attempt",
     "load_job",
     "note_submitted",
@@ -77,6 +83,7 @@ __all__ = [
     "release_attempt",
     "renew_lease",
     "renew_leases",
+    "revoke_key",
     "save_plan",
     "settle_batch",
     "stalled_jobs",
