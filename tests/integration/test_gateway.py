@@ -152,13 +152,12 @@ def test_openai_sdk_jobs_api_and_keys(gateway: Any, database: str) -> None:
         client.chat.completions.create(model="auto", messages=[])
     assert bad.value.body["param"] == "messages"
     with pytest.raises(openai.NotFoundError):
-        client.chat.completions.create(
-            model="gpt-4o", messages=[{"role": "user", "content": "hi"}]
-        )
+        client.chat.completions.create(model="gpt-4o", messages=[{"role": "user", "content": "hi"}])
 
     # keys: none, wrong, revoked
     for bad_key in ("", "tf_wrong", "sk-not-ours"):
         status, body, headers = gw.http("GET", "/v1/models", key=bad_key or None)
+        assert headers.get("WWW-Authenticate") == "Bearer"
         assert status == 401 and body["error"]["type"] == "authentication_error"
     with pytest.raises(openai.AuthenticationError):
         openai.OpenAI(base_url=gw.url + "/v1", api_key="tf_nope", max_retries=0).models.list()
@@ -206,8 +205,16 @@ def test_openai_sdk_jobs_api_and_keys(gateway: Any, database: str) -> None:
 
     # the keys are nowhere in clear: not in the database, not in the gateway's log
     dump = subprocess.run(
-        ["pg_dump", "-h", services.PG_HOST, "-p", str(services.PG_PORT), "-U", "postgres",
-         database.rsplit("/", 1)[1]],
+        [
+            "pg_dump",
+            "-h",
+            services.PG_HOST,
+            "-p",
+            str(services.PG_PORT),
+            "-U",
+            "postgres",
+            database.rsplit("/", 1)[1],
+        ],
         capture_output=True,
         text=True,
         timeout=60,
