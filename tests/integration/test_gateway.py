@@ -257,3 +257,48 @@ def test_failed_job_is_an_error_event_then_done(gateway: Any) -> None:
         events = [line for line in response.read().decode().splitlines() if line]
     assert events[-1] == "data: [DONE]" and len(events) == 2
     assert json.loads(events[0][len("data: ") :])["error"]["code"] == "job_failed"
+
+
+def test_openapi_document_matches_the_gateway(gateway: Any) -> None:
+    """schemathesis against ``/openapi.json``: no 5xx, every response as documented.
+
+    Schema-valid bodies may still be refused (400): the gateway enforces what JSON Schema does
+    not say (a blank prompt, a NUL, a deadline already past, a conversation with no user text),
+    so the check that every schema-valid request is accepted is left out.
+    """
+    import schemathesis  # a test-only dependency
+    from hypothesis import HealthCheck, given, settings
+    from schemathesis.specs.openapi.checks import positive_data_acceptance
+
+    gw = gateway(fleet_config())
+    _, key = store.create_key("fuzzer")
+    status, document, _ = gw.http("GET", "/openapi.json")
+    assert status == 200
+    schema = schemathesis.openapi.from_dict(document)
+    # a job to read, wait on and give feedback on
+    status, accepted, _ = gw.http("POST", "/v1/jobs", {"prompt": "Summarize: fuzz me"}, key)
+    assert gw.http("GET", f"/v1/jobs/{accepted['job_id']}/wait?timeout=30", key=key)[0] == 200
+    seen: dict[str, set[int]] = {}
+
+    def fuzz(operation: Any) -> None:
+        path_parameters = {"job_id": accepted["job_id"]} if "job_id" in operation.path else None
+
+        @settings(
+            max_examples=25,
+            deadline=None,
+            suppress_health_check=list(HealthCheck),
+            database=None,
+        )
+        @given(case=operation.as_strategy(path_parameters=path_parameters))
+        def check(case: Any) -> None:
+            response = case.call(base_url=gw.url, headers={"Authorization": f"Bearer {key}"})
+            assert response.status_code < 500 or response.status_code in (502, 504), response.text
+            case.validate_response(response, excluded_checks=[positive_data_acceptance])
+            seen.setdefault(operation.label, set()).add(response.status_code)
+
+        check()
+
+    for result in schema.get_all_operations():
+        fuzz(result.ok())
+    assert len(seen) == 7
+    assert 200 in seen["GET /v1/models"] and 201 in seen["POST /v1/jobs"]
