@@ -157,7 +157,7 @@ def test_openai_sdk_jobs_api_and_keys(gateway: Any, database: str) -> None:
     # keys: none, wrong, revoked
     for bad_key in ("", "tf_wrong", "sk-not-ours"):
         status, body, headers = gw.http("GET", "/v1/models", key=bad_key or None)
-        assert headers.get("WWW-Authenticate") == "Bearer"
+        assert headers.get("www-authenticate") == "Bearer"
         assert status == 401 and body["error"]["type"] == "authentication_error"
     with pytest.raises(openai.AuthenticationError):
         openai.OpenAI(base_url=gw.url + "/v1", api_key="tf_nope", max_retries=0).models.list()
