@@ -1,4 +1,5 @@
-"""SQLAlchemy tables: jobs, their attempts, superseded calls, mode switches and dead letters.
+"""SQLAlchemy tables: jobs, their attempts, superseded calls, mode switches, dead letters and
+the gateway's API keys (hashed).
 
 Idempotency lives here: ``jobs.idempotency_key`` and ``attempts (job_id, attempt_no)`` are unique,
 so a redelivered message can never create a second result or charge a cost twice; a superseded
@@ -214,3 +215,20 @@ class Batch(Base):
     submitted: Mapped[int] = mapped_column(Integer, default=0)  # lines read so far
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), server_default=func.now())
     finished_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+
+
+class ApiKey(Base):
+    """A gateway API key of one daemon: only the sha256 (hex) of the key is stored, never the key.
+
+    ``daemon`` is the id the gateway puts into every job the key submits (``metadata.daemon``),
+    so budgets and caching can scope by it. A revoked key (``revoked_at`` set) opens nothing.
+    """
+
+    __tablename__ = "api_keys"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    daemon: Mapped[str] = mapped_column(String(64), index=True)
+    key_hash: Mapped[str] = mapped_column(String(64), unique=True)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), server_default=func.now())
+    revoked_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    last_used_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))

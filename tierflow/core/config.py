@@ -166,10 +166,19 @@ class InputLimits(_Strict):
     max_metadata_bytes: int = Field(default=16_000, gt=0)
 
 
+class DaemonBudget(_Strict):
+    """A daemon's spend ceilings in US dollars per UTC day and month (null: no ceiling)."""
+
+    daily_usd: float | None = Field(default=None, ge=0)
+    monthly_usd: float | None = Field(default=None, ge=0)
+
+
 class LLMConfig(_Strict):
     tiers: dict[Tier, TierConfig]
     routing: RoutingConfig = RoutingConfig()
     inputs: InputLimits = InputLimits()
+    # Per daemon (the gateway key's daemon, ``metadata.daemon`` of a job): see workers/budget.py
+    budgets: dict[str, DaemonBudget] = Field(default_factory=dict)
 
     @field_validator("tiers")
     @classmethod

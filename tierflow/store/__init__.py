@@ -1,4 +1,5 @@
-"""The store floor: every read and write of jobs, attempts, mode switches and dead letters.
+"""The store floor: every read and write of jobs, attempts, mode switches, dead letters
+and the gateway's API keys.
 
 Both the client (:mod:`router`) and the fleet (:mod:`workers`) reach PostgreSQL only through
 here. Every write is idempotent under redelivery: jobs are keyed by their idempotency key,
@@ -43,6 +44,7 @@ from tierflow.store.jobs import (
     routing,
     save_plan,
 )
+from tierflow.store.keys import KeyInfo, create_key, daemon_for_key, list_keys, revoke_key
 from tierflow.store.labels import gate_figures, labels_for, record_label
 from tierflow.store.sweeps import stalled_jobs, touch_jobs
 
@@ -51,6 +53,7 @@ __all__ = [
     "ClaimResult",
     "Finished",
     "HeldLease",
+    "KeyInfo",
     "attempts_of",
     "batch_cost",
     "batch_progress",
@@ -58,6 +61,8 @@ __all__ = [
     "cancel_batch",
     "claim_attempt",
     "create_job",
+    "create_key",
+    "daemon_for_key",
     "finalize_job",
     "finish_attempt",
     "gate_figures",
@@ -67,6 +72,7 @@ __all__ = [
     "job_result",
     "job_status",
     "labels_for",
+    "list_keys",
     "load_attempt",
     "load_job",
     "note_submitted",
@@ -78,6 +84,7 @@ __all__ = [
     "release_attempt",
     "renew_lease",
     "renew_leases",
+    "revoke_key",
     "routing",
     "save_plan",
     "settle_batch",

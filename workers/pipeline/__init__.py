@@ -5,9 +5,11 @@
     ModeGate     the fleet's mode allows the tier?                          select.py
     PickModel    first servable model: availability, limits, cooldowns,     select.py
                  circuit, capacity (none: wait, or skip with reasons)
+    BudgetGate   a paid model within the daemon's budget? (reserve, or skip) budget.py
     CallModel    call it, streaming to the waiter if asked                  call.py
     Gate         judge the answer                                           gate.py
     Price        its cost from real usage; the attempt's fields             price.py
+    SettleBudget the budget's reservation settled to the real cost         budget.py
     Persist      store the outcome once                                     persist.py
     Decide       succeed / retry / fall back / fail, from the row alone     decide.py
     Notify       stream reset, fallback event (never on a replay)           notify.py
@@ -26,6 +28,7 @@ from __future__ import annotations
 
 from tierflow.core.config import LLMConfig
 from workers.pipeline.audit import Audit
+from workers.pipeline.budget import BudgetGate, SettleBudget
 from workers.pipeline.call import CallModel
 from workers.pipeline.claim import ClaimAttempt, LoadJob
 from workers.pipeline.context import AttemptContext, Step, run_steps
@@ -44,9 +47,11 @@ STEPS: tuple[Step, ...] = (
     ClaimAttempt(),
     ModeGate(),
     PickModel(),
+    BudgetGate(),
     CallModel(),
     Gate(),
     Price(),
+    SettleBudget(),
     Persist(),
     Decide(),
     Notify(),

@@ -1,0 +1,367 @@
+"""The gateway's OpenAPI 3.1 document, written by hand next to the routes it describes
+(:mod:`tierflow.app.gateway`); ``tests/integration/test_gateway.py`` checks the responses
+against it with schemathesis."""
+
+from __future__ import annotations
+
+from typing import Any
+
+ERROR = {"$ref": "#/components/schemas/Error"}
+
+
+def _ref(name: str) -> dict[str, str]:
+    return {"$ref": f"#/components/schemas/{name}"}
+
+
+def _json(schema: dict[str, Any], description: str) -> dict[str, Any]:
+    return {"description": description, "content": {"application/json": {"schema": schema}}}
+
+
+def _errors(*codes: int) -> dict[str, Any]:
+    text = {
+        400: "invalid request (the error's param names the field)",
+        401: "no API key, a wrong one or a revoked one",
+        404: "unknown job or model",
+        409: "conflict",
+        502: "the job failed",
+        503: "the fleet's stores are unavailable",
+        504: "the job did not finish in time",
+    }
+    return {str(c): _json(ERROR, text[c]) for c in codes}
+
+
+JOB_ID = {
+    "name": "job_id",
+    "in": "path",
+    "required": True,
+    "schema": {"type": "string", "minLength": 1, "maxLength": 64},
+}
+
+SCHEMAS: dict[str, Any] = {
+    "Error": {
+        "type": "object",
+        "required": ["error"],
+        "properties": {
+            "error": {
+                "type": "object",
+                "required": ["message", "type", "param", "code"],
+                "properties": {
+                    "message": {"type": "string"},
+                    "type": {"type": "string"},
+                    "param": {"type": ["string", "null"]},
+                    "code": {"type": ["string", "null"]},
+                },
+            }
+        },
+    },
+    "ChatMessage": {
+        "type": "object",
+        "required": ["role", "content"],
+        "properties": {
+            "role": {"enum": ["system", "developer", "user", "assistant", "tool"]},
+            "content": {
+                "oneOf": [
+                    {"type": "string"},
+                    {
+                        "type": "array",
+                        "items": {
+                            "type": "object",
+                            "required": ["type", "text"],
+                            "properties": {"type": {"const": "text"}, "text": {"type": "string"}},
+                        },
+                    },
+                ]
+            },
+        },
+    },
+    "ChatRequest": {
+        "type": "object",
+        "required": ["model", "messages"],
+        "properties": {
+            "model": {
+                "type": "string",
+                "minLength": 1,
+                "description": "auto, or tierflow/<action> (GET /v1/models)",
+            },
+            "messages": {"type": "array", "minItems": 1, "items": _ref("ChatMessage")},
+            "stream": {"type": "boolean"},
+            "stream_options": {
+                "type": "object",
+                "properties": {"include_usage": {"type": "boolean"}},
+            },
+        },
+        "additionalProperties": True,
+    },
+    "Usage": {
+        "type": "object",
+        "required": ["prompt_tokens", "completion_tokens", "total_tokens"],
+        "properties": {
+            "prompt_tokens": {"type": "integer"},
+            "completion_tokens": {"type": "integer"},
+            "total_tokens": {"type": "integer"},
+        },
+    },
+    "ChatCompletion": {
+        "type": "object",
+        "required": ["id", "object", "created", "model", "choices", "usage"],
+        "properties": {
+            "id": {"type": "string"},
+            "object": {"const": "chat.completion"},
+            "created": {"type": "integer"},
+            "model": {"type": "string"},
+            "choices": {
+                "type": "array",
+                "items": {
+                    "type": "object",
+                    "required": ["index", "message", "finish_reason"],
+                    "properties": {
+                        "index": {"type": "integer"},
+                        "message": {
+                            "type": "object",
+                            "required": ["role", "content"],
+                            "properties": {
+                                "role": {"const": "assistant"},
+                                "content": {"type": "string"},
+                            },
+                        },
+                        "finish_reason": {"type": "string"},
+                    },
+                },
+            },
+            "usage": _ref("Usage"),
+        },
+    },
+    "ModelList": {
+        "type": "object",
+        "required": ["object", "data"],
+        "properties": {
+            "object": {"const": "list"},
+            "data": {
+                "type": "array",
+                "items": {
+                    "type": "object",
+                    "required": ["id", "object", "created", "owned_by"],
+                    "properties": {
+                        "id": {"type": "string"},
+                        "object": {"const": "model"},
+                        "created": {"type": "integer"},
+                        "owned_by": {"type": "string"},
+                    },
+                },
+            },
+        },
+    },
+    "JobRequest": {
+        "type": "object",
+        "required": ["prompt"],
+        "additionalProperties": False,
+        "properties": {
+            "prompt": {"type": "string", "minLength": 1},
+            "action_type": {"type": "string", "pattern": "^[a-z][a-z0-9_]{0,63}$"},
+            "context": {"type": "object"},
+            "idempotency_key": {"type": ["string", "null"], "minLength": 1, "maxLength": 135},
+            "priority": {"type": "integer", "minimum": 0, "maximum": 9},
+            "deadline": {"type": ["string", "null"], "format": "date-time"},
+            "metadata": {"type": "object"},
+            "stream": {"type": "boolean"},
+            "allow_degraded": {"type": "boolean"},
+        },
+    },
+    "JobAccepted": {
+        "type": "object",
+        "required": ["job_id", "created", "sent", "note", "status"],
+        "properties": {
+            "job_id": {"type": "string"},
+            "created": {"type": "boolean"},
+            "sent": {"type": "boolean"},
+            "note": {"type": ["string", "null"]},
+            "status": {"type": ["string", "null"]},
+        },
+    },
+    "Attempt": {
+        "type": "object",
+        "required": ["attempt_no", "tier", "model", "status"],
+        "properties": {
+            "attempt_no": {"type": "integer"},
+            "tier": {"type": "string"},
+            "model": {"type": ["string", "null"]},
+            "status": {"type": "string"},
+            "error": {"type": ["string", "null"]},
+            "quality": {"type": ["number", "null"]},
+            "issues": {"type": "array", "items": {"type": "string"}},
+            "input_tokens": {"type": "integer"},
+            "output_tokens": {"type": "integer"},
+            "cost_usd": {"type": "number"},
+            "latency_ms": {"type": ["number", "null"]},
+        },
+    },
+    "JobResult": {
+        "type": "object",
+        "required": ["job_id", "status", "attempts", "cost_usd"],
+        "properties": {
+            "job_id": {"type": "string"},
+            "status": {"type": "string"},
+            "text": {"type": ["string", "null"]},
+            "tier": {"type": ["string", "null"]},
+            "model": {"type": ["string", "null"]},
+            "provider": {"type": ["string", "null"]},
+            "attempts": {"type": "array", "items": _ref("Attempt")},
+            "cost_usd": {"type": "number"},
+            "api_baseline_cost_usd": {"type": "number"},
+            "quality": {"type": ["number", "null"]},
+            "latency_ms": {"type": ["number", "null"]},
+            "error": {"type": ["string", "null"]},
+            "degraded": {"type": "boolean"},
+            "fake": {"type": "boolean"},
+            "input_tokens": {"type": "integer"},
+            "output_tokens": {"type": "integer"},
+            "finished_at": {"type": ["string", "null"], "format": "date-time"},
+        },
+    },
+    "Feedback": {
+        "type": "object",
+        "required": ["correct"],
+        "additionalProperties": False,
+        "properties": {
+            "correct": {"type": "boolean"},
+            "note": {"type": ["string", "null"], "maxLength": 2000},
+        },
+    },
+    "FeedbackRecorded": {
+        "type": "object",
+        "required": ["label_id", "job_id"],
+        "properties": {"label_id": {"type": "integer"}, "job_id": {"type": "string"}},
+    },
+}
+
+RESULT_HEADERS = {
+    name: {"schema": {"type": "string"}, "description": text}
+    for name, text in (
+        ("x-tierflow-job-id", "the job's id"),
+        ("x-tierflow-action", "the action the job ran as"),
+        ("x-tierflow-route", "the tiers tried, in order, comma-separated"),
+        ("x-tierflow-tier", "the tier that answered"),
+        ("x-tierflow-model", "the model that answered"),
+        ("x-tierflow-cost-usd", "what the job cost, US dollars"),
+        ("x-tierflow-quality", "the gate's score of the answer"),
+    )
+}
+
+
+def openapi_document() -> dict[str, Any]:
+    """The document served at ``/openapi.json``."""
+    chat_ok = _json(_ref("ChatCompletion"), "the answer (or, with stream, an SSE stream)")
+    chat_ok["content"]["text/event-stream"] = {"schema": {"type": "string"}}
+    chat_ok["headers"] = RESULT_HEADERS
+    chat_failed = _json(ERROR, "the job failed")
+    chat_failed["headers"] = RESULT_HEADERS
+    return {
+        "openapi": "3.1.0",
+        "info": {
+            "title": "tierflow gateway",
+            "version": "1",
+            "description": "OpenAI-compatible chat completions and a jobs API over the fleet.",
+        },
+        "components": {
+            "schemas": SCHEMAS,
+            "securitySchemes": {"apiKey": {"type": "http", "scheme": "bearer"}},
+        },
+        "security": [{"apiKey": []}],
+        "paths": {
+            "/v1/chat/completions": {
+                "post": {
+                    "operationId": "createChatCompletion",
+                    "requestBody": {
+                        "required": True,
+                        "content": {"application/json": {"schema": _ref("ChatRequest")}},
+                    },
+                    "parameters": [
+                        {
+                            "name": "x-tierflow-action",
+                            "in": "header",
+                            "required": False,
+                            "schema": {"type": "string"},
+                        }
+                    ],
+                    "responses": {
+                        "200": chat_ok,
+                        "502": chat_failed,
+                        **_errors(400, 401, 404, 503, 504),
+                    },
+                }
+            },
+            "/v1/models": {
+                "get": {
+                    "operationId": "listModels",
+                    "responses": {
+                        "200": _json(_ref("ModelList"), "auto and tierflow/<action>"),
+                        **_errors(401, 503),
+                    },
+                }
+            },
+            "/v1/jobs": {
+                "post": {
+                    "operationId": "submitJob",
+                    "requestBody": {
+                        "required": True,
+                        "content": {"application/json": {"schema": _ref("JobRequest")}},
+                    },
+                    "responses": {
+                        "201": _json(_ref("JobAccepted"), "stored and sent"),
+                        "200": _json(_ref("JobAccepted"), "the idempotency key's earlier job"),
+                        **_errors(400, 401, 409, 503),
+                    },
+                }
+            },
+            "/v1/jobs/{job_id}": {
+                "get": {
+                    "operationId": "getJob",
+                    "parameters": [JOB_ID],
+                    "responses": {
+                        "200": _json(_ref("JobResult"), "the job now"),
+                        **_errors(401, 404, 503),
+                    },
+                }
+            },
+            "/v1/jobs/{job_id}/wait": {
+                "get": {
+                    "operationId": "waitJob",
+                    "parameters": [
+                        JOB_ID,
+                        {
+                            "name": "timeout",
+                            "in": "query",
+                            "required": False,
+                            "schema": {"type": "number", "minimum": 0, "maximum": 60},
+                        },
+                    ],
+                    "responses": {
+                        "200": _json(_ref("JobResult"), "finished"),
+                        "202": _json(_ref("JobResult"), "not finished when the timeout ran out"),
+                        **_errors(400, 401, 404, 503),
+                    },
+                }
+            },
+            "/v1/jobs/{job_id}/feedback": {
+                "post": {
+                    "operationId": "jobFeedback",
+                    "parameters": [JOB_ID],
+                    "requestBody": {
+                        "required": True,
+                        "content": {"application/json": {"schema": _ref("Feedback")}},
+                    },
+                    "responses": {
+                        "201": _json(_ref("FeedbackRecorded"), "the label is stored"),
+                        **_errors(400, 401, 404, 409, 503),
+                    },
+                }
+            },
+            "/openapi.json": {
+                "get": {
+                    "operationId": "openapi",
+                    "security": [],
+                    "responses": {"200": {"description": "this document"}},
+                }
+            },
+        },
+    }

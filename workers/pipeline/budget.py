@@ -1,0 +1,77 @@
+"""The daemon's budget before a paid call (:class:`BudgetGate`), settled after it.
+
+A job's daemon is ``metadata.daemon`` (set by the gateway from its key). When the config gives
+that daemon a ceiling and the picked model has a price, the call's estimated cost is reserved
+first (:mod:`workers.budget`); refused, the tier is skipped with the reason ``budget exhausted``,
+so the job stays on free tiers or fails with that reason. After the call the reservation is
+settled to the attempt's real cost.
+"""
+
+from __future__ import annotations
+
+from tierflow.core.redis_client import get_keys, get_redis
+from workers.budget import Budgets, estimate_cost
+from workers.pipeline.context import AttemptContext, Step
+from workers.pipeline.select import skipped
+
+BUDGET_EXHAUSTED = "budget exhausted"
+
+
+def daemon_of(ctx: AttemptContext) -> str | None:
+    daemon = (ctx.job.job_metadata or {}).get("daemon") if ctx.job is not None else None
+    return daemon if isinstance(daemon, str) and daemon else None
+
+
+def hold_of(ctx: AttemptContext) -> str:
+    return f"{ctx.job_id}:{ctx.attempt_no}"
+
+
+def budgets() -> Budgets:
+    return Budgets(get_redis(), get_keys().prefix)
+
+
+class BudgetGate(Step):
+    """Reserve a paid call's estimated cost against its daemon's ceilings, or skip the tier."""
+
+    def applies(self, ctx: AttemptContext) -> bool:
+        return ctx.making and ctx.pick is not None
+
+    def run(self, ctx: AttemptContext) -> None:
+        assert ctx.pick is not None and ctx.limits is not None
+        daemon = daemon_of(ctx)
+        budget = ctx.config.budgets.get(daemon) if daemon else None
+        model = ctx.pick.model
+        if daemon is None or budget is None or model.price(1_000_000, 1_000_000) <= 0:
+            return
+        estimate = estimate_cost(model, ctx.pick.reservation.input_tokens)
+        if budgets().reserve(daemon, budget, hold_of(ctx), estimate):
+            return
+        # Refused: give back what the pick took, call nothing, let the next tier (if any) try.
+        ctx.limits.settle(model, ctx.pick.reservation, 0, 0)
+        ctx.limits.release_slot(model, ctx.pick.slot)
+        ctx.pick = None
+        ctx.outcome = skipped(
+            f"{BUDGET_EXHAUSTED}: daemon {daemon} (daily {budget.daily_usd}, monthly "
+            f"{budget.monthly_usd} USD) cannot afford {model.name} (est. ${estimate:.6f})",
+            "budget",
+        )
+
+
+class SettleBudget(Step):
+    """Settle the reservation to the attempt's real cost (0 when the call failed)."""
+
+    def applies(self, ctx: AttemptContext) -> bool:
+        return (
+            not ctx.replayed
+            and ctx.pick is not None
+            and ctx.outcome is not None
+            and ctx.attempt is None
+            and daemon_of(ctx) is not None
+        )
+
+    def run(self, ctx: AttemptContext) -> None:
+        assert ctx.outcome is not None
+        daemon = daemon_of(ctx)
+        if daemon is None or daemon not in ctx.config.budgets:
+            return
+        budgets().settle(daemon, hold_of(ctx), float(ctx.outcome.get("cost_usd") or 0.0))
