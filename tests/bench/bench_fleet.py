@@ -1,26 +1,42 @@
-"""Benchmark the fleet's overhead per job and its throughput beside raw Celery, in one run.
+"""Benchmark the fleet beside raw Celery and beside its design's floor, in one run.
 
-    .venv/bin/python tests/bench/bench_fleet.py [--jobs 200] [--throughput-jobs 500]
-                                                [--warmup 20] [--concurrency 8] [--layout one]
+    python tests/bench/bench_fleet.py [--jobs 200] [--throughput-jobs 500] [--warmup 20]
+        [--concurrency 8] [--pool threads] [--layout one|split] [--json]
+        [--sql-trace 3] [--profile DIR [--profile-jobs 100]] [--no-counts]
 
 Needs PostgreSQL on 127.0.0.1:5432 (trust, user ``postgres``) and Redis on 127.0.0.1:6379. The
 run makes its own database and Redis key prefix, and removes both (and stops its workers) at the
 end, failure or not.
 
-tierflow: every tier is the fake backend at zero latency, so what is measured is the fleet
-itself: ``submit_job`` (PostgreSQL insert + send to ``router``) → ``route_job`` (load, classify,
-store the plan, send to the tier) → ``run_attempt`` (claim, pick, call, gate, store the attempt,
-finalize the job, publish) → ``handle.wait()`` woken over pub/sub and reading the stored result.
-Workers are real ``celery worker`` processes (threads pool); ``--layout one`` runs a single worker
-on every queue, ``--layout split`` a router worker and a worker for the three tier queues.
+Three systems on the same Redis, PostgreSQL and worker pool, each on real ``celery worker``
+processes:
 
-raw celery: a separate app (``tests/bench/raw_celery_app.py``) on the same Redis under its own
-prefix and queue, JSON, ``acks_late``, prefetch 1, a Redis result backend and one no-op task, with
-one worker of the same pool and concurrency. Measured the same way: ``apply_async`` →
-``result.get()``.
+raw:      one no-op task (``tests/bench/raw_celery_app.py``), Redis result backend; measured as
+          ``apply_async`` → ``result.get()``.
+floor:    the design floor (``tests/bench/floor_app.py``): the client inserts the job row and sends
+          it to a routing task; the routing task updates the row (one commit) and sends the job to
+          a tier queue; the tier task inserts the attempt, finishes the job (one commit) and
+          publishes the result; the client, subscribed once to a pattern, is woken with the result
+          in the message. Its own tables in the bench database, its own queues under the prefix.
+tierflow: every tier the fake backend at zero latency: ``submit_job`` → ``route_job`` →
+          ``run_attempt`` → ``handle.wait()`` woken over pub/sub, reading the stored result.
 
-(a) sequential round trip, p50/p99 over ``--jobs`` after ``--warmup``;
+Layouts: ``one`` runs one worker per system on all of its queues (``--concurrency`` threads,
+prefetch 1). ``split`` mirrors ``tierflow up`` (``tierflow/app/fleet.py``, sizes from
+``workers/pools.POOLS``): tierflow gets a router worker (router,maintenance) and one worker per
+tier, each with its pool's concurrency and prefetch; the floor gets a router worker sized like
+tierflow's and a tier worker sized like ``local_fast`` (where every benchmark job runs); raw keeps
+one worker with ``--concurrency``.
+
+Measured, per system: (a) sequential round trips, p50/p99 over ``--jobs`` after ``--warmup``;
 (b) throughput: send ``--throughput-jobs`` as fast as one client can, then wait for all of them.
+Counted over the sequential phase (see ``tests/bench/counters.py``): PostgreSQL commits per job
+(``pg_stat_get_db_xact_commit`` delta; each reading waits ~10 s for PostgreSQL's stats flush,
+``--no-counts`` skips the waits and the commit counts), Redis commands per job (``INFO
+commandstats`` delta, less the background rate of a quiet window just before), RSS of every worker
+process after the run. ``--sql-trace N`` (after the timed phases, default 3): every SQL statement of
+N tierflow jobs, in order, by process, from the PostgreSQL server log. ``--profile DIR``: py-spy
+on every tierflow worker and on this client over ``--profile-jobs`` extra sequential jobs.
 
 Not collected by pytest (``tests/bench`` is ignored).
 """
@@ -28,6 +44,7 @@ Not collected by pytest (``tests/bench`` is ignored).
 from __future__ import annotations
 
 import argparse
+import json
 import math
 import os
 import platform
@@ -40,7 +57,7 @@ import time
 import traceback
 import uuid
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import timedelta
 from pathlib import Path
 from typing import Any
@@ -50,7 +67,9 @@ if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
 # Only modules that read no tierflow settings may be imported before the environment is set.
+from tests.bench import counters  # noqa: E402
 from tests.support.services import (  # noqa: E402
+    ADMIN_URL,
     REDIS_URL,
     WorkerProcess,
     create_database,
@@ -63,17 +82,13 @@ from tests.support.services import (  # noqa: E402
 )
 
 FLEET_QUEUES = "router,tier.local_fast,tier.local_quality,tier.api_fallback,maintenance"
-TIER_QUEUES = "tier.local_fast,tier.local_quality,tier.api_fallback"
 ACTION = "extract_topic"  # simple → local_fast, passes the gate on the fake's echo answer
 WAIT_TIMEOUT_S = 60.0
+SYSTEMS = ("raw", "floor", "tierflow")
 
 
-def raw_worker(env: dict[str, str], queue: str, concurrency: int, pool: str) -> WorkerProcess:
-    """A ``celery worker`` of the raw baseline app; same start/ready/stop as the fleet's."""
-    return WorkerProcess(
-        env, queue, concurrency, pool, name=f"raw{uuid.uuid4().hex[:6]}",
-        extra_args=["--prefetch-multiplier", "1"], app="tests.bench.raw_celery_app",
-    )  # fmt: skip
+def log(message: str) -> None:
+    print(message, file=sys.stderr, flush=True)
 
 
 @dataclass
@@ -82,7 +97,8 @@ class Measured:
     throughput_jobs: int
     send_s: float  # sending every throughput job
     total_s: float  # first send → last result
-    extra: dict[str, float]
+    extra: dict[str, float] = field(default_factory=dict)
+    window: counters.Window | None = None
 
     @property
     def p50(self) -> float:
@@ -103,68 +119,43 @@ def percentile(values: list[float], q: float) -> float:
     return ordered[max(0, math.ceil(q * len(ordered)) - 1)]
 
 
-def sequential(one: Callable[[int], None], warmup: int, n: int) -> list[float]:
-    for i in range(warmup):
-        one(-1 - i)
-    latencies = []
+def timed(one: Callable[[int], None], n: int, into: list[float]) -> None:
     for i in range(n):
         started = time.perf_counter()
         one(i)
-        latencies.append((time.perf_counter() - started) * 1000)
-    return latencies
+        into.append((time.perf_counter() - started) * 1000)
 
 
-# -- tierflow ------------------------------------------------------------------------------------
-def bench_tierflow(args: argparse.Namespace, run_id: str) -> Measured:
-    from router import submit_job
+def sequential_counted(
+    one: Callable[[int], None], args: argparse.Namespace, ctx: Context, pg: bool = True
+) -> tuple[list[float], counters.Window]:
+    """Warm up, then the timed sequential round trips inside one counted window."""
+    for i in range(args.warmup):
+        one(-1 - i)
+    latencies: list[float] = []
+    window = counters.counted_phase(
+        ctx.pg if pg else None, ctx.rds, args.jobs, lambda: timed(one, args.jobs, latencies),
+        settle=args.counts,
+    )  # fmt: skip
+    return latencies, window
 
-    def prompt(i: int) -> str:
-        return f"Extract topic from: 'bench {run_id} job {i}: fixed the auth bug in login'"
 
-    in_fleet_seq: list[float] = []
-
-    def one(i: int) -> None:
-        result = submit_job(prompt(i), ACTION).wait(timeout=WAIT_TIMEOUT_S)
-        if result.status != "succeeded":
-            raise RuntimeError(f"tierflow job {i} ended {result.status}: {result.error}")
-        if i >= 0 and result.latency_ms is not None:
-            in_fleet_seq.append(result.latency_ms)
-
-    latencies = sequential(one, args.warmup, args.jobs)
-
-    m = args.throughput_jobs
-    started = time.perf_counter()
-    handles = [submit_job(prompt(100_000 + i), ACTION) for i in range(m)]
-    sent = time.perf_counter()
-    results = [h.wait(timeout=WAIT_TIMEOUT_S) for h in handles]
-    done = time.perf_counter()
-    failed = [r for r in results if r.status != "succeeded"]
-    if failed:
-        raise RuntimeError(f"{len(failed)} tierflow jobs did not succeed, e.g. {failed[0].error}")
-    extra: dict[str, float] = {}
-    if in_fleet_seq:
-        extra["in_fleet_seq_p50_ms"] = statistics.median(in_fleet_seq)
-    timed = [r for r in results if r.latency_ms is not None and r.finished_at is not None]
-    if timed:
-        extra["in_fleet_p50_ms"] = statistics.median(r.latency_ms or 0.0 for r in timed)
-        # When, after the burst's first job was stored, did its first and last job finish?
-        ends = [(r.finished_at, timedelta(milliseconds=r.latency_ms or 0.0)) for r in timed]
-        first_created = min(end - took for end, took in ends)
-        finished = sorted((end - first_created).total_seconds() for end, _ in ends)
-        extra["first_done_s"], extra["last_done_s"] = finished[0], finished[-1]
-    return Measured(latencies, m, sent - started, done - started, extra)
+@dataclass
+class Context:
+    pg: counters.PgCommits | None
+    rds: Any
+    run_id: str
 
 
 # -- raw celery ----------------------------------------------------------------------------------
-def bench_raw(args: argparse.Namespace) -> Measured:
+def bench_raw(args: argparse.Namespace, ctx: Context) -> Measured:
     from tests.bench.raw_celery_app import noop
 
     def one(i: int) -> None:
         if noop.apply_async((i,)).get(timeout=WAIT_TIMEOUT_S) != i:
             raise RuntimeError(f"raw task {i} returned the wrong value")
 
-    latencies = sequential(one, args.warmup, args.jobs)
-
+    latencies, window = sequential_counted(one, args, ctx, pg=False)
     m = args.throughput_jobs
     started = time.perf_counter()
     pending = [noop.apply_async((i,)) for i in range(m)]
@@ -175,127 +166,356 @@ def bench_raw(args: argparse.Namespace) -> Measured:
         raise RuntimeError("raw throughput tasks returned wrong values")
     for r in pending:
         r.forget()
-    return Measured(latencies, m, sent - started, done - started, {})
+    return Measured(latencies, m, sent - started, done - started, window=window)
+
+
+# -- design floor --------------------------------------------------------------------------------
+def bench_floor(args: argparse.Namespace, ctx: Context) -> Measured:
+    from tests.bench.floor_app import FloorClient
+
+    client = FloorClient()
+    try:
+
+        def one(i: int) -> None:
+            job = uuid.uuid4().hex
+            client.submit(job)
+            while True:
+                got = client.next_done(WAIT_TIMEOUT_S)
+                if got is None:
+                    raise RuntimeError(f"floor job {i} not done after {WAIT_TIMEOUT_S}s")
+                if got[0] == job:
+                    if got[1] != "ok":
+                        raise RuntimeError(f"floor job {i} returned {got[1]!r}")
+                    return
+
+        latencies, window = sequential_counted(one, args, ctx)
+        m = args.throughput_jobs
+        jobs = {uuid.uuid4().hex for _ in range(m)}
+        started = time.perf_counter()
+        for job in jobs:
+            client.submit(job)
+        sent = time.perf_counter()
+        while jobs:
+            got = client.next_done(WAIT_TIMEOUT_S)
+            if got is None:
+                raise RuntimeError(f"{len(jobs)} floor burst jobs not done after {WAIT_TIMEOUT_S}s")
+            jobs.discard(got[0])
+        done = time.perf_counter()
+    finally:
+        client.close()
+    return Measured(latencies, m, sent - started, done - started, window=window)
+
+
+# -- tierflow ------------------------------------------------------------------------------------
+def tierflow_one(run_id: str, seen: list[float] | None = None) -> Callable[[int], None]:
+    from router import submit_job
+
+    def one(i: int) -> None:
+        prompt = f"Extract topic from: 'bench {run_id} job {i}: fixed the auth bug in login'"
+        result = submit_job(prompt, ACTION).wait(timeout=WAIT_TIMEOUT_S)
+        if result.status != "succeeded":
+            raise RuntimeError(f"tierflow job {i} ended {result.status}: {result.error}")
+        if seen is not None and i >= 0 and result.latency_ms is not None:
+            seen.append(result.latency_ms)
+
+    return one
+
+
+def bench_tierflow(args: argparse.Namespace, ctx: Context) -> Measured:
+    from router import submit_job
+
+    in_fleet_seq: list[float] = []
+    latencies, window = sequential_counted(tierflow_one(ctx.run_id, in_fleet_seq), args, ctx)
+
+    m = args.throughput_jobs
+    started = time.perf_counter()
+    handles = [
+        submit_job(
+            f"Extract topic from: 'bench {ctx.run_id} burst {i}: fixed the auth bug'", ACTION
+        )
+        for i in range(m)
+    ]
+    sent = time.perf_counter()
+    results = [h.wait(timeout=WAIT_TIMEOUT_S) for h in handles]
+    done = time.perf_counter()
+    failed = [r for r in results if r.status != "succeeded"]
+    if failed:
+        raise RuntimeError(f"{len(failed)} tierflow jobs did not succeed, e.g. {failed[0].error}")
+    extra: dict[str, float] = {}
+    if in_fleet_seq:
+        extra["in_fleet_seq_p50_ms"] = statistics.median(in_fleet_seq)
+    timed_results = [r for r in results if r.latency_ms is not None and r.finished_at is not None]
+    if timed_results:
+        extra["in_fleet_p50_ms"] = statistics.median(r.latency_ms or 0.0 for r in timed_results)
+        ends = [
+            (r.finished_at, timedelta(milliseconds=r.latency_ms or 0.0))
+            for r in timed_results
+            if r.finished_at is not None
+        ]
+        first_created = min(end - took for end, took in ends)
+        finished = sorted((end - first_created).total_seconds() for end, _ in ends)
+        extra["first_done_s"], extra["last_done_s"] = finished[0], finished[-1]
+    return Measured(latencies, m, sent - started, done - started, extra, window)
+
+
+# -- workers -------------------------------------------------------------------------------------
+@dataclass
+class Worker:
+    system: str
+    name: str
+    proc: WorkerProcess
+    describe: str
+
+
+def start_workers(env: dict[str, str], args: argparse.Namespace) -> list[Worker]:
+    """Every worker of the run (not yet waited for), in start order."""
+    from workers.pools import POOLS
+
+    out: list[Worker] = []
+
+    def add(system: str, name: str, queues: str, concurrency: int, prefetch: int, pool: str,
+            app: str = "workers.app") -> None:  # fmt: skip
+        proc = WorkerProcess(
+            env, queues=queues, concurrency=concurrency, pool=pool,
+            name=f"{name}-{uuid.uuid4().hex[:4]}",
+            extra_args=["--prefetch-multiplier", str(prefetch)], app=app,
+        )  # fmt: skip
+        out.append(
+            Worker(
+                system, name, proc, f"{name} [{queues}] {pool} c={concurrency} prefetch={prefetch}"
+            )
+        )
+
+    floor_app = "tests.bench.floor_app"
+    if args.layout == "one":
+        add("tierflow", "tierflow-all", FLEET_QUEUES, args.concurrency, 1, args.pool)
+        add(
+            "floor",
+            "floor-all",
+            "floor.router,floor.tier",
+            args.concurrency,
+            1,
+            args.pool,
+            floor_app,
+        )
+    else:
+        for name, spec in POOLS.items():
+            add(
+                "tierflow",
+                f"tierflow-{name}",
+                spec.queues,
+                spec.concurrency,
+                spec.prefetch,
+                spec.pool,
+            )
+        r, t = POOLS["router"], POOLS["local_fast"]
+        add("floor", "floor-router", "floor.router", r.concurrency, r.prefetch, r.pool, floor_app)
+        add("floor", "floor-tier", "floor.tier", t.concurrency, t.prefetch, t.pool, floor_app)
+    add("raw", "raw", "tfbench.raw", args.concurrency, 1, args.pool, "tests.bench.raw_celery_app")
+    return out
 
 
 # -- report --------------------------------------------------------------------------------------
-def print_table(fleet: Measured, raw: Measured, args: argparse.Namespace, layout: str) -> None:
-    rows = [
-        (f"p50 ms (sequential, n={args.jobs})", fleet.p50, raw.p50),
-        (f"p99 ms (sequential, n={args.jobs})", fleet.p99, raw.p99),
-        (f"jobs/s (m={args.throughput_jobs})", fleet.jobs_per_s, raw.jobs_per_s),
-    ]
-    width = max(len(r[0]) for r in rows)
-    print()
-    print(f"{'metric':<{width}} | {'tierflow':>10} | {'raw celery':>10} | {'ratio':>7}")
-    print(f"{'-' * width}-+-{'-' * 10}-+-{'-' * 10}-+-{'-' * 7}")
-    for name, ours, theirs in rows:
-        ratio = ours / theirs if theirs else float("nan")
-        print(f"{name:<{width}} | {ours:>10.2f} | {theirs:>10.2f} | {ratio:>6.2f}x")
-    print()
-    print("ratio = tierflow / raw celery (latency: >1 is slower; jobs/s: <1 is slower)")
-    print(f"tierflow workers: {layout}")
-    print(
-        f"raw celery worker: 1 process, queue of its own, pool {args.pool}, "
-        f"concurrency {args.concurrency}, prefetch 1, acks_late, Redis result backend"
+def summary(m: Measured, rss: dict[str, float]) -> dict[str, Any]:
+    w = m.window
+    out: dict[str, Any] = {
+        "p50_ms": round(m.p50, 3),
+        "p99_ms": round(m.p99, 3),
+        "jobs_per_s": round(m.jobs_per_s, 1),
+        "send_s": round(m.send_s, 3),
+    }
+    if w is not None:
+        out["pg_commits_per_job"] = (
+            None if w.commits_per_job() is None else round(w.commits_per_job() or 0, 2)
+        )
+        out["redis_commands_per_job"] = round(w.redis_per_job(), 2)
+        out["redis_commands_per_job_gross"] = round(w.redis_gross_per_job(), 2)
+        out["redis_background_per_s"] = round(w.redis_background_total_per_s(), 1)
+        out["redis_noisy"] = w.redis_noisy()
+        out["redis_top_per_job"] = {k: round(v, 2) for k, v in w.redis_top(10)}
+    out["rss_mb"] = {k: round(v, 1) for k, v in rss.items()}
+    out.update({k: round(v, 3) for k, v in m.extra.items()})
+    return out
+
+
+def print_table(results: dict[str, Measured], data: dict[str, Any], args: argparse.Namespace,
+                workers: list[Worker]) -> None:  # fmt: skip
+    r, f, t = (results[s] for s in SYSTEMS)
+
+    def ratio(a: float | None, b: float | None) -> str:
+        return f"{a / b:.2f}x" if a is not None and b else "-"
+
+    def num(v: float | None, fmt: str = ".2f") -> str:
+        return "-" if v is None else format(v, fmt)
+
+    rows: list[tuple[str, ...]] = [
+        ("p50 ms", num(r.p50), num(f.p50), num(t.p50), ratio(t.p50, f.p50)),
+        ("p99 ms", num(r.p99), num(f.p99), num(t.p99), ratio(t.p99, f.p99)),
+        ("jobs/s", num(r.jobs_per_s, ".0f"), num(f.jobs_per_s, ".0f"), num(t.jobs_per_s, ".0f"),
+         ratio(t.jobs_per_s, f.jobs_per_s)),
+    ]  # fmt: skip
+    pgc = [data[s].get("pg_commits_per_job") for s in SYSTEMS]
+    rc = [data[s].get("redis_commands_per_job") for s in SYSTEMS]
+    rows.append(("PG commits/job", "-", num(pgc[1]), num(pgc[2]), ratio(pgc[2], pgc[1])))
+    rows.append(
+        (
+            "Redis cmds/job",
+            *(
+                num(rc[i], ".1f") + ("*" if data[SYSTEMS[i]].get("redis_noisy") else "")
+                for i in range(3)
+            ),
+            ratio(rc[2], rc[1]),
+        )
     )
+    rss = [sum(data[s]["rss_mb"].values()) for s in SYSTEMS]
+    rows.append(("RSS MB (all workers)", num(rss[0], ".0f"), num(rss[1], ".0f"), num(rss[2], ".0f"),
+                 ratio(rss[2], rss[1])))  # fmt: skip
+    head = ("metric", "raw", "floor", "tierflow", "tierflow / floor")
+    widths = [max(len(str(row[i])) for row in [head, *rows]) for i in range(5)]
     print(
-        f"sending {args.throughput_jobs}: tierflow {fleet.send_s:.2f}s "
-        f"({args.throughput_jobs / fleet.send_s:.0f}/s submit_job), raw "
-        f"{raw.send_s:.2f}s ({args.throughput_jobs / raw.send_s:.0f}/s apply_async)"
+        " | ".join(h.ljust(widths[0]) if i == 0 else h.rjust(widths[i]) for i, h in enumerate(head))
     )
-    x = fleet.extra
+    print("-+-".join("-" * w for w in widths))
+    for row in rows:
+        print(
+            " | ".join(
+                c.ljust(widths[0]) if i == 0 else c.rjust(widths[i]) for i, c in enumerate(row)
+            )
+        )
+    print()
+    print(
+        f"layout {args.layout}; sequential n={args.jobs} after {args.warmup} warm-up, "
+        f"burst m={args.throughput_jobs}"
+    )
+    for w in workers:
+        print(f"  {w.system:<8} {w.describe}  RSS {data[w.system]['rss_mb'][w.name]:.0f} MB")
+    for s in SYSTEMS:
+        d = data[s]
+        if "redis_top_per_job" in d:
+            top = ", ".join(f"{k} {v:.1f}" for k, v in d["redis_top_per_job"].items())
+            print(f"Redis per job, {s}: {top} (gross {d['redis_commands_per_job_gross']:.1f}, "
+                  f"background {d['redis_background_per_s']:.0f} cmd/s subtracted"
+                  + ("; * NOISY: trust the gross" if d["redis_noisy"] else "")
+                  + ")")  # fmt: skip
+    print(
+        f"sending {args.throughput_jobs}: "
+        + ", ".join(
+            f"{s} {results[s].send_s:.2f}s ({args.throughput_jobs / results[s].send_s:.0f}/s)"
+            for s in SYSTEMS
+        )
+    )
+    x = t.extra
     if "in_fleet_seq_p50_ms" in x:
         print(
-            f"tierflow in-fleet p50, sequential: {x['in_fleet_seq_p50_ms']:.1f} ms (job row "
-            "created_at → finished_at; the rest of the round trip is submit_job's insert + send "
-            "and wait()'s subscribe, wake-up and result read)"
+            f"tierflow in-fleet p50, sequential: {x['in_fleet_seq_p50_ms']:.1f} ms (created_at → "
+            "finished_at; the rest is submit_job's insert + send and wait()'s subscribe, "
+            "wake-up, read)"
         )
     if "in_fleet_p50_ms" in x:
         print(
-            f"tierflow in-fleet p50 in the burst of {args.throughput_jobs}: "
-            f"{x['in_fleet_p50_ms']:.0f} ms; first job done {x['first_done_s']:.2f}s, last "
-            f"{x['last_done_s']:.2f}s after the burst's first job was stored"
+            f"tierflow in-fleet p50 in the burst: {x['in_fleet_p50_ms']:.0f} ms; first job done "
+            f"{x['first_done_s']:.2f}s, last {x['last_done_s']:.2f}s after the burst's first job "
+            "was stored"
         )
     load = os.getloadavg()
     print(
         f"machine: {os.cpu_count()} CPUs, load average {load[0]:.2f}/{load[1]:.2f}/{load[2]:.2f}, "
-        f"Python {platform.python_version()}. The machine is shared and noisy and these "
-        "figures are from one run: compare the ratios, not the absolute numbers, and rerun "
-        "before drawing conclusions."
+        f"Python {platform.python_version()}. Shared, noisy machine, one run: compare the "
+        "ratios. Redis is shared too: its counts are deltas over a quiet window less the "
+        "background rate."
     )
 
 
+def print_sql_trace(traced: list[counters.TracedJob]) -> None:
+    print()
+    print(
+        f"SQL statements per tierflow job (PostgreSQL log, log_statement=all, {len(traced)} jobs):"
+    )
+    for i, job in enumerate(traced):
+        kinds = ", ".join(f"{k} {v}" for k, v in job.kinds().most_common())
+        print(f"  job {i}: {len(job.statements)} statements ({kinds})")
+    if traced:
+        print("  first traced job, in order:")
+        for n, (proc, sql) in enumerate(traced[0].statements, 1):
+            print(f"  {n:>3}. {proc:<18} {counters.normalize_sql(sql)}")
+
+
+def print_profiles(summaries: dict[str, counters.ProfileSummary]) -> None:
+    for name, s in summaries.items():
+        print()
+        print(
+            f"py-spy {name}: {s.samples} samples, {s.busy} busy (idle waits left out; shares "
+            f"below are of busy samples), {s.in_tasks:.0%} of them inside tasks"
+        )
+        print(
+            "  self share by package: " + ", ".join(f"{k} {v:.0%}" for k, v in s.packages_self[:10])
+        )
+        print("  top self:")
+        for k, v in s.self_top[:12]:
+            print(f"    {v:6.1%}  {k}")
+        print("  top total, project code (share of busy samples with it on the stack):")
+        for k, v in s.total_top[:15]:
+            print(f"    {v:6.1%}  {k}")
+
+
 # -- main ----------------------------------------------------------------------------------------
-def start_fleet(env: dict[str, str], args: argparse.Namespace, workers: list[Any]) -> str:
-    """Start the fleet's workers (appended to ``workers`` as each starts); return the layout."""
-    if args.layout == "one":
-        workers.append(
-            WorkerProcess(
-                env, queues=FLEET_QUEUES, concurrency=args.concurrency, pool=args.pool,
-                name="bench-all",
-            )
-        )  # fmt: skip
-        layout = (
-            f"1 process on every queue ({FLEET_QUEUES}), pool {args.pool}, "
-            f"concurrency {args.concurrency}, prefetch 1 (celeryconfig)"
-        )
-    else:
-        workers.append(
-            WorkerProcess(
-                env, queues="router,maintenance", concurrency=args.concurrency, pool=args.pool,
-                name="bench-router",
-            )
-        )  # fmt: skip
-        workers.append(
-            WorkerProcess(
-                env, queues=TIER_QUEUES, concurrency=args.concurrency, pool=args.pool,
-                name="bench-tiers",
-            )
-        )  # fmt: skip
-        layout = (
-            f"2 processes: router (router,maintenance) + tiers ({TIER_QUEUES}), each pool "
-            f"{args.pool}, concurrency {args.concurrency}, prefetch 1 (celeryconfig)"
-        )
-    return layout
-
-
 def main() -> int:
-    parser = argparse.ArgumentParser(description="tierflow fleet overhead vs raw Celery")
+    parser = argparse.ArgumentParser(description="tierflow vs its design floor vs raw Celery")
     parser.add_argument("--jobs", type=int, default=200, help="sequential round trips (a)")
     parser.add_argument("--throughput-jobs", type=int, default=500, help="jobs sent at once (b)")
     parser.add_argument("--warmup", type=int, default=20, help="round trips before measuring")
-    parser.add_argument("--concurrency", type=int, default=8, help="threads per worker")
-    parser.add_argument("--pool", default="threads", help="celery worker pool")
+    parser.add_argument(
+        "--concurrency", type=int, default=8, help="threads per worker (layout one, raw)"
+    )
+    parser.add_argument("--pool", default="threads", help="celery worker pool (layout one, raw)")
     parser.add_argument("--layout", choices=("one", "split"), default="one")
+    parser.add_argument(
+        "--json", action="store_true", help="print one JSON object instead of the table"
+    )
+    parser.add_argument(
+        "--no-counts",
+        dest="counts",
+        action="store_false",
+        help="skip the ~10 s waits for PostgreSQL's stats (no commit counts)",
+    )
+    parser.add_argument(
+        "--sql-trace",
+        type=int,
+        default=3,
+        metavar="N",
+        help="list the SQL of N tierflow jobs from the server log (0: skip)",
+    )
+    parser.add_argument(
+        "--profile", type=Path, metavar="DIR", help="py-spy the tierflow workers into DIR"
+    )
+    parser.add_argument("--profile-jobs", type=int, default=100)
     args = parser.parse_args()
     if args.jobs < 1 or args.throughput_jobs < 1 or args.warmup < 0:
         parser.error("--jobs and --throughput-jobs must be at least 1, --warmup at least 0")
 
     missing = services_up()
     if missing:
-        print("missing services: " + ", ".join(missing), file=sys.stderr)
+        log("missing services: " + ", ".join(missing))
         return 2
-    # SIGTERM runs the clean-up below as Ctrl-C does.
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
 
     run_id = uuid.uuid4().hex[:10]
     db_name = f"tierflow_bench_{run_id}"
     prefix = f"tfbench-{run_id}"
     config_dir = Path(tempfile.mkdtemp(prefix="tierflow-bench-cfg-"))
-    workers: list[WorkerProcess] = []
+    workers: list[Worker] = []
     ok = False
     began = time.perf_counter()
+    ctx: Context | None = None
     try:
         db_url = create_database(db_name)
+        pg_url = db_url.replace("postgresql+psycopg://", "postgresql://")
         config = fleet_config(
             local_fast=[fake_model("fake-fast", latency_ms=0)],
             local_quality=[fake_model("fake-quality", latency_ms=0)],
             api_fallback=[
-                fake_model(
-                    "fake-api", input_cost_per_million=3.0, output_cost_per_million=15.0,
-                    latency_ms=0,
-                )
+                fake_model("fake-api", input_cost_per_million=3.0, output_cost_per_million=15.0,
+                           latency_ms=0)
             ],
         )  # fmt: skip
         config_path = write_config(config, config_dir)
@@ -310,43 +530,103 @@ def main() -> int:
                 "TFBENCH_RAW_BROKER_URL": REDIS_URL,
                 "TFBENCH_RAW_PREFIX": f"{prefix}:raw",
                 "TFBENCH_RAW_QUEUE": "tfbench.raw",
+                "TFBENCH_FLOOR_BROKER_URL": REDIS_URL,
+                "TFBENCH_FLOOR_PREFIX": prefix,
+                "TFBENCH_FLOOR_PG": pg_url,
             }
         )
         env = {**os.environ, "PYTHONUNBUFFERED": "1"}
 
+        from tests.bench.floor_app import create_schema
         from tierflow.core.db import upgrade_database
 
         upgrade_database(db_url)
+        create_schema(pg_url)
 
-        layout = start_fleet(env, args, workers)
-        workers.append(raw_worker(env, "tfbench.raw", args.concurrency, args.pool))
+        import redis
+
+        ctx = Context(counters.PgCommits(ADMIN_URL.replace("+psycopg", ""), db_name),
+                      redis.Redis.from_url(REDIS_URL), run_id)  # fmt: skip
+        workers = start_workers(env, args)
         for w in workers:
-            w.wait_ready()
-        print(f"run {run_id}: database {db_name}, Redis prefix {prefix}:")
-        print(f"tierflow workers: {layout}")
+            w.proc.wait_ready()
+        log(f"run {run_id}: database {db_name}, Redis prefix {prefix}, layout {args.layout}")
+        for w in workers:
+            log(f"  {w.system}: {w.describe}")
 
-        t0 = time.perf_counter()
-        fleet = bench_tierflow(args, run_id)
-        print(f"tierflow measured in {time.perf_counter() - t0:.1f}s")
-        t0 = time.perf_counter()
-        raw = bench_raw(args)
-        print(f"raw celery measured in {time.perf_counter() - t0:.1f}s")
+        results: dict[str, Measured] = {}
+        for system, bench in (
+            ("raw", bench_raw),
+            ("floor", bench_floor),
+            ("tierflow", bench_tierflow),
+        ):
+            t0 = time.perf_counter()
+            results[system] = bench(args, ctx)
+            log(f"{system} measured in {time.perf_counter() - t0:.1f}s")
+        rss: dict[str, dict[str, float]] = {s: {} for s in SYSTEMS}
+        for w in workers:
+            rss[w.system][w.name] = counters.rss_mb(w.proc.proc.pid)
+        data: dict[str, Any] = {s: summary(results[s], rss[s]) for s in SYSTEMS}
+        data["layout"] = args.layout
+        data["workers"] = [w.describe for w in workers]
+        data["run"] = {"jobs": args.jobs, "throughput_jobs": args.throughput_jobs,
+                       "warmup": args.warmup, "loadavg": os.getloadavg()}  # fmt: skip
 
-        print_table(fleet, raw, args, layout)
+        fleet_procs = {w.name: w.proc.proc.pid for w in workers if w.system == "tierflow"}
+        summaries: dict[str, counters.ProfileSummary] = {}
+        if args.profile:
+            log(f"profiling {args.profile_jobs} sequential tierflow jobs (untimed)")
+            profiler = counters.Profiler(args.profile, {**fleet_procs, "client": os.getpid()})
+            timed(tierflow_one(run_id), args.profile_jobs, [])
+            for name, path in profiler.stop().items():
+                summaries[name] = counters.summarize_collapsed(path.read_text().splitlines())
+            data["profile"] = {
+                name: {"samples": s.samples, "busy": s.busy, "in_tasks": s.in_tasks,
+                       "self_top": s.self_top, "total_top": s.total_top,
+                       "packages_self": s.packages_self}
+                for name, s in summaries.items()
+            }  # fmt: skip
+        traced: list[counters.TracedJob] = []
+        if args.sql_trace:
+            from tests.bench.sql_guard import count_statements_per_job
+
+            found = count_statements_per_job(
+                db_name, tierflow_one(run_id), args.sql_trace, fleet_procs
+            )
+            if found is None:
+                log("--sql-trace: the PostgreSQL server log is not readable here; skipped")
+            else:
+                traced = found
+                data["sql_trace"] = [
+                    {"statements": len(t.statements), "kinds": dict(t.kinds()),
+                     "list": [[p, counters.normalize_sql(s, 300)] for p, s in t.statements]}
+                    for t in traced
+                ]  # fmt: skip
+        if args.json:
+            print(json.dumps(data, indent=2, default=str))
+        else:
+            print()
+            print_table(results, data, args, workers)
+            if traced:
+                print_sql_trace(traced)
+            if summaries:
+                print_profiles(summaries)
         ok = True
     except (KeyboardInterrupt, SystemExit):
-        print("interrupted; cleaning up", file=sys.stderr)
+        log("interrupted; cleaning up")
     except Exception:
         traceback.print_exc()
         for w in workers:
             try:
-                print(f"--- log of worker {w.name} (last 3000 chars) ---", file=sys.stderr)
-                print(w.output()[-3000:], file=sys.stderr)
+                log(f"--- log of worker {w.name} (last 3000 chars) ---")
+                log(w.proc.output()[-3000:])
             except OSError:
                 pass
     finally:
-        cleanup(workers, db_name, prefix, config_dir)
-        print(f"total {time.perf_counter() - began:.1f}s; cleaned up", file=sys.stderr)
+        if ctx is not None and ctx.pg is not None:
+            ctx.pg.close()
+        cleanup([w.proc for w in workers], db_name, prefix, config_dir)
+        log(f"total {time.perf_counter() - began:.1f}s; cleaned up")
     return 0 if ok else 1
 
 
@@ -367,7 +647,7 @@ def cleanup(workers: list[Any], db_name: str, prefix: str, config_dir: Path) -> 
         try:
             step()
         except Exception:
-            print(f"clean-up: could not {what}", file=sys.stderr)
+            log(f"clean-up: could not {what}")
             traceback.print_exc()
     shutil.rmtree(config_dir, ignore_errors=True)
 
@@ -382,10 +662,9 @@ def _close_connections() -> None:
 
             get_engine().dispose()
         reset_engines()
-    if "tests.bench.raw_celery_app" in sys.modules:
-        from tests.bench.raw_celery_app import app
-
-        app.close()
+    for module in ("tests.bench.raw_celery_app", "tests.bench.floor_app"):
+        if module in sys.modules:
+            sys.modules[module].app.close()
 
 
 if __name__ == "__main__":
