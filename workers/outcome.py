@@ -124,13 +124,17 @@ def _finish_unsuccessful(
         notify.publish_job_event(job.id, {"type": "done", "status": status.value})
 
 
-def fail_on_internal_error(job_id: str, exc: BaseException) -> str:
-    """Fail a job because the fleet's own code raised ``exc``; return the stored reason.
+def internal_error_reason(exc: BaseException) -> str:
+    """``internal error: <type>: <message>``, scrubbed of anything shaped like a key."""
+    return (scrub(f"internal error: {type(exc).__name__}: {exc}") or "internal error")[:2000]
+
+
+def fail_on_internal_error(job_id: str, reason: str) -> None:
+    """Fail a job because the fleet's own code raised (``reason`` from
+    :func:`internal_error_reason`), and wake its waiter.
 
     Written straight to the store (not through :func:`finish_failure`, which may be what
-    raised); the reason is scrubbed of anything shaped like a key.
+    raised).
     """
-    reason = scrub(f"internal error: {type(exc).__name__}: {exc}") or "internal error"
-    if store.finalize_job(job_id, JobStatus.FAILED, error=reason[:2000]):
+    if store.finalize_job(job_id, JobStatus.FAILED, error=reason):
         notify.publish_job_event(job_id, {"type": "done", "status": "failed"})
-    return reason[:2000]

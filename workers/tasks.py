@@ -103,11 +103,10 @@ def job_fails_on_bug(task: Task, job_id: str, *, fail_job: bool = True) -> Itera
             log.warning("task %s for job %s raised; retrying", task.name, job_id, exc_info=True)
             raise task.retry(exc=exc, countdown=1 + task.request.retries) from None
         log.exception("task %s for job %s raised", task.name, job_id)
-        if fail_job:
-            reason = outcome.fail_on_internal_error(job_id, exc)
-        else:  # an audit's bug must not touch the job it audits
-            reason = f"internal error: {type(exc).__name__}: {exc}"[:2000]
-        _dead_letter(task, reason, job_id)
+        reason = outcome.internal_error_reason(exc)
+        _dead_letter(task, reason, job_id)  # first: the waiter woken next may look for it
+        if fail_job:  # an audit's bug must not touch the job it audits
+            outcome.fail_on_internal_error(job_id, reason)
 
 
 def _dead_letter(task: Task, reason: str, job_id: str | None = None) -> None:

@@ -42,7 +42,12 @@ def _get(url: str, auth: str | None = AUTH) -> tuple[int, Any]:
 def test_flower_names_tasks_by_job_tier_action_and_model(
     fleet: Callable[..., Any], tmp_path: Path
 ) -> None:
-    fleet(fleet_config(local_fast=[fake_model("flower-fast", answer="bad_json")]))
+    # Task events are off by default (each costs Redis publishes); a fleet watched by Flower
+    # turns them on, as the README's deployment does.
+    fleet(
+        fleet_config(local_fast=[fake_model("flower-fast", answer="bad_json")]),
+        env={"TIERFLOW_TASK_EVENTS": "true"},
+    )
     port = free_port()
     base = f"http://127.0.0.1:{port}"
     log = (tmp_path / "flower.log").open("wb")

@@ -59,7 +59,7 @@ class IdempotencyConflict(JobValidationError):
         super().__init__(
             f"idempotency_key: {key!r} is already bound to job {job_id}, which was submitted "
             "with a different request (prompt, action, context, metadata, priority, deadline, "
-            "stream or allow_degraded); use a new key for a new request"
+            "stream or allow_degraded): use a new key for a new request"
         )
 
 

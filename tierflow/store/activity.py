@@ -18,11 +18,16 @@ from tierflow.core.db import session_scope
 
 
 def running_attempts() -> dict[str, int]:
-    """Attempts claimed and not finished yet (a model call in flight, or about to be), per tier;
-    every tier is present."""
+    """Attempts claimed, not finished and held under a live lease (a model call in flight, or
+    about to be), per tier; every tier is present. A running attempt whose holder died (its
+    lease ran out, by PostgreSQL's clock) is not counted: nothing is running it."""
     query = (
         select(Attempt.tier, func.count())
-        .where(Attempt.status == AttemptStatus.RUNNING.value)
+        .where(
+            Attempt.status == AttemptStatus.RUNNING.value,
+            Attempt.lease_until.is_not(None),
+            Attempt.lease_until > func.now(),
+        )
         .group_by(Attempt.tier)
     )
     counts = {t.value: 0 for t in TIER_ORDER}
