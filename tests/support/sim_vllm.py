@@ -49,6 +49,10 @@ from typing import Any
 
 REPO = Path(__file__).resolve().parents[2]
 SIM_MODEL = "simulated-llama-70b"
+DEFAULT_ANSWER = (
+    "Simulated vLLM answer: the item describes a scheduled maintenance window, its expected "
+    "impact on users, and the follow-up steps the team agreed on."
+)
 log = logging.getLogger("sim_vllm")
 
 
@@ -68,7 +72,7 @@ class SimParams:
     slow_factor: float = 1.0
     output_tokens: int = 64  # generated per request (capped by the request's max_tokens)
     kv_tokens: int = 400_000  # KV cache capacity in tokens, for gpu_cache_usage_perc
-    answer: str = "simulated answer"
+    answer: str = DEFAULT_ANSWER
     model: str = SIM_MODEL
 
 
@@ -278,8 +282,8 @@ class SimServer:
         usage_chunk = bool((body.get("stream_options") or {}).get("include_usage"))
         rid = f"chatcmpl-sim-{uuid.uuid4().hex[:12]}"
         created = int(time.time())
-        words = (p.answer + " ") * (n_out // max(1, count_tokens(p.answer + " ")) + 1)
-        text = words[: n_out * 4].strip() or p.answer
+        # the text is the configured answer (usage is simulated: n_out tokens were "generated")
+        text = p.answer
         usage = {
             "prompt_tokens": prompt_tokens,
             "completion_tokens": n_out,
@@ -315,7 +319,7 @@ class SimServer:
                 emitted += step
                 st.kv_in_use += step
                 if stream:
-                    piece_end = len(text) if emitted >= n_out else min(len(text), emitted * 4)
+                    piece_end = len(text) if emitted >= n_out else len(text) * emitted // n_out
                     piece, pos = text[pos:piece_end], piece_end
                     writer.write(chunk({"content": piece}))
                     await writer.drain()
@@ -370,7 +374,7 @@ def parse_args(argv: list[str] | None = None) -> tuple[SimParams, str, int]:
     ap.add_argument("--slow-factor", type=float, default=1.0)
     ap.add_argument("--output-tokens", type=int, default=64)
     ap.add_argument("--kv-tokens", type=int, default=400_000)
-    ap.add_argument("--answer", default="simulated answer")
+    ap.add_argument("--answer", default=DEFAULT_ANSWER)
     ap.add_argument("--model", default=SIM_MODEL)
     a = ap.parse_args(argv)
     if a.host not in ("127.0.0.1", "localhost", "::1"):
