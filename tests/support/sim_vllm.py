@@ -333,13 +333,23 @@ class SimServer:
             else:
                 finish = "length" if n_out >= int(body.get("max_tokens") or 0) else "stop"
                 writer.write(
-                    _json(200, {
-                        "id": rid, "object": "chat.completion", "created": created,
-                        "model": p.model,
-                        "choices": [{"index": 0, "finish_reason": finish,
-                                     "message": {"role": "assistant", "content": text}}],
-                        "usage": usage,
-                    })  # fmt: skip
+                    _json(
+                        200,
+                        {
+                            "id": rid,
+                            "object": "chat.completion",
+                            "created": created,
+                            "model": p.model,
+                            "choices": [
+                                {
+                                    "index": 0,
+                                    "finish_reason": finish,
+                                    "message": {"role": "assistant", "content": text},
+                                }
+                            ],
+                            "usage": usage,
+                        },
+                    )
                 )
             st.completed += 1
             st.generated_tokens += n_out
@@ -443,9 +453,11 @@ class SimVLLMProcess:
     def wait_healthy(self, timeout: float = 60.0) -> SimVLLMProcess:
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
-            with contextlib.suppress(OSError, urllib.error.HTTPError):
-                with urllib.request.urlopen(self.origin + "/health", timeout=2):
-                    return self
+            with (
+                contextlib.suppress(OSError, urllib.error.HTTPError),
+                urllib.request.urlopen(self.origin + "/health", timeout=2),
+            ):
+                return self
             time.sleep(0.05)
         raise RuntimeError(f"simulated vLLM on {self.port} not healthy after {timeout}s")
 
