@@ -37,6 +37,7 @@ import time
 import urllib.request
 import uuid
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -168,7 +169,8 @@ def bench_fleet(args: argparse.Namespace, server: Server, env: dict[str, str],
     # enough jobs for warm-up + window at the direct client's rate, with a margin
     n = args.jobs
     print(f"fleet: submitting {n} jobs (routed before the tier worker starts) ...", flush=True)
-    handles = [submit_job(PROMPT.format(i=i), "summarize") for i in range(n)]
+    with ThreadPoolExecutor(8) as pool:
+        handles = list(pool.map(lambda i: submit_job(PROMPT.format(i=i), "summarize"), range(n)))
     deadline = time.monotonic() + 300
     while (store.job_progress(handles[-1].job_id) or ("", None))[1] is None:
         if time.monotonic() > deadline:
