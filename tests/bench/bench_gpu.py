@@ -177,21 +177,31 @@ def bench_fleet(args: argparse.Namespace, server: Server, env: dict[str, str],
             raise RuntimeError("jobs were not routed")
         time.sleep(0.5)
     spec = POOLS["local_quality"]
-    worker = WorkerProcess(
-        env, "tier.local_quality", args.concurrency, spec.pool, name="gpu-bench",
-        extra_args=["--prefetch-multiplier", str(args.prefetch or spec.prefetch)],
-    )  # fmt: skip
-    workers.append(worker)
-    worker.wait_ready(120)
-    proc = psutil.Process(worker.proc.pid)
+    mine = [
+        WorkerProcess(
+            env, "tier.local_quality", args.concurrency // args.workers, spec.pool,
+            name=f"gpu-bench{k}",
+            extra_args=["--prefetch-multiplier", str(args.prefetch or spec.prefetch)],
+        )
+        for k in range(args.workers)
+    ]  # fmt: skip
+    workers.extend(mine)
+    for worker in mine:
+        worker.wait_ready(120)
+    procs = [psutil.Process(w.proc.pid) for w in mine]
     rss_peak = 0.0
 
     def rss() -> float:
-        total = proc.memory_info().rss
-        for child in proc.children(recursive=True):
-            with contextlib.suppress(psutil.Error):
-                total += child.memory_info().rss
+        total = 0
+        for proc in procs:
+            total += proc.memory_info().rss
+            for child in proc.children(recursive=True):
+                with contextlib.suppress(psutil.Error):
+                    total += child.memory_info().rss
         return total / 2**20
+
+    def cpu() -> float:
+        return sum(t.user + t.system for t in (p.cpu_times() for p in procs))
 
     stop = threading.Event()
 
@@ -218,12 +228,12 @@ def bench_fleet(args: argparse.Namespace, server: Server, env: dict[str, str],
         def completed_now() -> int:
             return sum(1 for j in ids if store.job_status(j) == "succeeded")
 
-    cpu0 = proc.cpu_times()
+    cpu0 = cpu()
     completed, secs, mean, peak = server.window(args.window, completed_now)
-    cpu1 = proc.cpu_times()
+    cpu_s = cpu() - cpu0
     stop.set()
-    cpu_s = (cpu1.user + cpu1.system) - (cpu0.user + cpu0.system)
-    return Phase(f"fleet: 1 worker, threads x{args.concurrency}", completed, secs, mean, peak,
+    name = f"fleet: {args.workers} worker(s), threads x{args.concurrency // args.workers}"
+    return Phase(name, completed, secs, mean, peak,
                  rss_peak, 1000 * cpu_s / max(1, completed))  # fmt: skip
 
 
@@ -237,6 +247,7 @@ def main() -> int:
     ap.add_argument("--tokens-per-s", type=float, default=20.0)
     ap.add_argument("--max-tokens", type=int, default=256)
     ap.add_argument("--jobs", type=int, default=0, help="fleet jobs (0: sized from the direct run)")
+    ap.add_argument("--workers", type=int, default=1, help="worker processes sharing --concurrency")
     ap.add_argument("--prefetch", type=int, default=0, help="0: workers/pools.py's")
     ap.add_argument("--url", default=None, help="a real OpenAI-compatible server (…/v1)")
     ap.add_argument("--model", default="simulated-llama-70b")
