@@ -3,7 +3,14 @@
 - ``local_fast``: CPU-bound local inference (Ollama on the same box, or the embedded engine):
   few threads, prefetch 1 so an idle worker elsewhere can take the next job.
 - ``local_quality``: a vLLM server batches continuously and wants hundreds of requests in flight,
-  so the worker is sized for I/O concurrency, not for CPU count.
+  so the worker is sized for I/O concurrency, not for CPU count: 640 threads (one thread per
+  request in flight; measured in ``tests/bench/bench_gpu.py`` to keep more than 512 requests in
+  flight to one server from one process), prefetch 2 (1280 reserved messages: a thread that
+  finishes finds its next message already here; with prefetch 1 each waited for the consumer to
+  fetch one, and the worker reached 73% of a direct client's rate against 90% with 2 and 96%
+  with 4; 4 would hold 2560 messages away from a second worker of the tier). Set
+  ``TIERFLOW_LOCAL_QUALITY_CONCURRENCY`` (or ``tierflow worker --concurrency``) to size it to the
+  servers one worker feeds: about the sum of their ``max_num_seqs``.
 - ``api_fallback``: I/O-bound HTTP calls under fleet-wide rate limits (the limits, not the pool,
   bound the request rate).
 - ``router``: classification is cheap; it also runs beat, which schedules the sweeper.
@@ -16,6 +23,7 @@ Redis operations at 10 s. A task therefore ends well before the broker's visibil
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
 
 from tierflow.core.constants import MAINTENANCE_QUEUE, ROUTER_QUEUE, Tier, tier_queue
@@ -29,10 +37,22 @@ class PoolSpec:
     prefetch: int
 
 
+CONCURRENCY_ENV = {Tier.LOCAL_QUALITY.value: "TIERFLOW_LOCAL_QUALITY_CONCURRENCY"}
+
+
+def pool_concurrency(name: str) -> int:
+    """The pool size of ``name``'s workers: its environment override, else :data:`POOLS`."""
+    env = CONCURRENCY_ENV.get(name)
+    raw = os.environ.get(env, "") if env else ""
+    if raw.strip().isdigit() and int(raw) > 0:
+        return int(raw)
+    return POOLS[name].concurrency
+
+
 POOLS: dict[str, PoolSpec] = {
     "router": PoolSpec(f"{ROUTER_QUEUE},{MAINTENANCE_QUEUE}", "threads", 8, 4),
     Tier.LOCAL_FAST.value: PoolSpec(tier_queue(Tier.LOCAL_FAST), "threads", 2, 1),
-    Tier.LOCAL_QUALITY.value: PoolSpec(tier_queue(Tier.LOCAL_QUALITY), "threads", 64, 4),
+    Tier.LOCAL_QUALITY.value: PoolSpec(tier_queue(Tier.LOCAL_QUALITY), "threads", 640, 2),
     Tier.API_FALLBACK.value: PoolSpec(tier_queue(Tier.API_FALLBACK), "threads", 16, 2),
 }
 
@@ -54,7 +74,7 @@ def worker_argv(
         "-A", "workers.app", "worker",
         "-Q", spec.queues,
         "-P", spec.pool,
-        "-c", str(concurrency or spec.concurrency),
+        "-c", str(concurrency or pool_concurrency(name)),
         "--prefetch-multiplier", str(spec.prefetch),
         "-n", f"{name}@%h",
         "--without-gossip", "--without-mingle",

@@ -1,6 +1,7 @@
 """ "First available model in the tier", made real: availability, cooldowns, circuits, limits.
 
-For each enabled model in file order, the first that passes every check is taken, with its
+For each enabled model in file order (in a ``balance: free_capacity`` tier: the freest node
+first, :mod:`workers.balance`), the first that passes every check is taken, with its
 concurrency slot and rate reservation already held (and, when its circuit is half-open, the one
 probe; a model passed over gives its probe back). When none passes, the reasons say why, and
 ``wait_s`` says whether waiting a little would help (our own rate limit or a concurrency cap: the
@@ -14,6 +15,7 @@ from dataclasses import dataclass, field
 
 from tierflow.core.config import LLMConfig, ModelConfig
 from workers.backends.base import Backend, registry
+from workers.balance import by_free_capacity
 from workers.limits import FleetLimits, Reservation
 
 
@@ -48,7 +50,10 @@ def pick_model(
     this reason).
     """
     none = NoPick()
-    for model in config.tier_models(tier):
+    models = config.tier_models(tier)
+    if config.tier_balance(tier) == "free_capacity":
+        models = by_free_capacity(models, limits)  # nodes of one model: the freest first
+    for model in models:
         if input_tokens >= model.context_window:
             none.reasons[model.name] = (
                 f"prompt of about {input_tokens} tokens does not fit its context window "

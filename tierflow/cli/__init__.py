@@ -7,6 +7,7 @@ import warnings
 
 from tierflow.app.console import err_console
 from tierflow.cli import (
+    autoscale_cmds,
     batch_cmds,
     dashboard_cmds,
     eval_cmds,
@@ -21,6 +22,7 @@ from tierflow.core.errors import TierflowError
 
 __all__ = [
     "app",
+    "autoscale_cmds",
     "batch_cmds",
     "dashboard_cmds",
     "eval_cmds",

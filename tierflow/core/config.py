@@ -86,7 +86,25 @@ class ModelConfig(_Strict):
 
 
 class TierConfig(_Strict):
+    """A tier's models. ``balance: order`` (the default) takes the first servable model in the
+    file's order (a preference list). ``balance: free_capacity`` treats the models as nodes
+    serving the same weights (one entry per vLLM server, each with ``limits.max_concurrency``
+    set to its capacity, e.g. its ``max_num_seqs``): each call goes to the node with the largest
+    share of its capacity free, counted fleet-wide in Redis (:mod:`workers.balance`)."""
+
     models: list[ModelConfig] = Field(default_factory=list)
+    balance: Literal["order", "free_capacity"] = "order"
+
+    @model_validator(mode="after")
+    def _capacity_known(self) -> TierConfig:
+        if self.balance == "free_capacity":
+            uncapped = [m.name for m in self.models if m.limits.max_concurrency is None]
+            if uncapped:
+                raise ValueError(
+                    "balance: free_capacity needs limits.max_concurrency (the node's capacity) "
+                    f"on every model; missing on {uncapped}"
+                )
+        return self
 
 
 AnswerKind = Literal["json", "label", "number", "code", "text"]
@@ -220,6 +238,11 @@ class LLMConfig(_Strict):
 
     def _named(self, name: str) -> ModelConfig | None:
         return next((m for m in self._all_models() if m.name == name), None)
+
+    def tier_balance(self, tier: Tier | str) -> str:
+        """How ``tier`` spreads calls over its models: ``order`` or ``free_capacity``."""
+        cfg = self.tiers.get(Tier(tier))
+        return cfg.balance if cfg else "order"
 
     def tier_models(self, tier: Tier | str) -> list[ModelConfig]:
         """Enabled models of a tier, in the order of the file (first is preferred)."""

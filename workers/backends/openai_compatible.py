@@ -38,6 +38,12 @@ from workers.backends.sdk_errors import map_sdk_error, scrub
 _DEFAULT_URLS = {"ollama": "http://127.0.0.1:11434/v1", "vllm": "http://127.0.0.1:8000/v1"}
 _PLACEHOLDER_KEY = "not-needed"  # local servers ignore it, but the SDK wants a non-empty key
 _SDK_ERRORS = (openai.OpenAIError, httpx2.HTTPError, ValueError)
+# One client per model per process is shared by every thread of the worker's pool: a GPU worker
+# keeps hundreds of requests in flight to its vLLM server, so the pool must not be the bound
+# (the SDK's default keeps only 100 idle connections: the rest would reconnect on every call).
+HTTP_LIMITS = httpx2.Limits(
+    max_connections=4096, max_keepalive_connections=2048, keepalive_expiry=30.0
+)
 
 
 def availability_ttl() -> float:
@@ -74,7 +80,11 @@ class OpenAICompatibleBackend:
             # max_retries=0: the fleet retries (cooldown, next model, next tier); SDK retries on
             # top would multiply calls against a provider that is already throttling us.
             self._client = openai.OpenAI(
-                api_key=key, base_url=self.base_url, max_retries=0, timeout=self.model.timeout_s
+                api_key=key,
+                base_url=self.base_url,
+                max_retries=0,
+                timeout=self.model.timeout_s,
+                http_client=openai.DefaultHttpxClient(limits=HTTP_LIMITS),
             )
             self._client_key_digest = digest
         return self._client
@@ -115,7 +125,7 @@ class OpenAICompatibleBackend:
         try:
             response = self._sdk().chat.completions.create(**self._params(request))
         except _SDK_ERRORS as exc:
-            raise self._explained(map_sdk_error(exc, self.provider)) from None
+            raise self._failed(exc) from None
         choices = getattr(response, "choices", None)
         choice = choices[0] if isinstance(choices, list) and choices else None
         message = getattr(choice, "message", None)
@@ -144,7 +154,7 @@ class OpenAICompatibleBackend:
                             text += delta
                             yield StreamChunk(delta, text, False, self.provider)
         except _SDK_ERRORS as exc:
-            raise self._explained(map_sdk_error(exc, self.provider)) from None
+            raise self._failed(exc) from None
         if refused and not text:
             raise errors.ContentRefused(f"{self.provider}: the model refused the request")
         yield StreamChunk("", text, True, self.provider, self._completion(text, usage, finish))
@@ -160,6 +170,15 @@ class OpenAICompatibleBackend:
         answer = self._check_server()
         self._probe = (time.monotonic(), answer)
         return answer
+
+    def _failed(self, exc: Exception) -> errors.BackendError:
+        """The error for a failed call. A server that cannot be reached (a vLLM node that died)
+        is taken as down at once, for one availability TTL, so the retries of this process's
+        other calls to it go to the tier's other nodes instead of failing on it again."""
+        err = self._explained(map_sdk_error(exc, self.provider))
+        if isinstance(err, errors.BackendUnavailable) and not self.is_api:
+            self._probe = (time.monotonic(), Availability(False, str(err)))
+        return err
 
     def _explained(self, err: errors.BackendError) -> errors.BackendError:
         """``err``, plus the supervisor's note when this is the embedded engine and it is down."""
