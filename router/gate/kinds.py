@@ -31,6 +31,7 @@ from typing import Any
 
 import jsonschema
 
+from router.quality import extract_json
 from tierflow.core.config import ActionRule
 
 ANSWER_KINDS = ("json", "label", "number", "code", "text")
@@ -71,24 +72,6 @@ def kind_of(rule: ActionRule) -> str:
     if rule.expects_code:
         return "code"
     return "text"
-
-
-def extract_json(text: str) -> Any:
-    """The JSON value in an answer: whole text, a fenced block, or the first {...} span.
-
-    Raises ``ValueError`` when none parses.
-    """
-    candidates = [text.strip()]
-    candidates += [m[1].strip() for m in _FENCE.findall(text)]
-    start, end = text.find("{"), text.rfind("}")
-    if 0 <= start < end:
-        candidates.append(text[start : end + 1])
-    for candidate in candidates:
-        try:
-            return json.loads(candidate)
-        except ValueError:
-            continue
-    raise ValueError("no JSON value found")
 
 
 def _json(text: str, rule: ActionRule) -> Extracted:
