@@ -118,8 +118,9 @@ def test_load_follows_free_capacity_across_three_servers(fleet, request, sims) -
     fast_a, fast_b, slow = served
     assert sum(served) == 450, served
     # the slow node (5x the latency) holds its slots longer, so it is offered fewer calls;
-    # neither always-first nor round robin (which would give each node 150)
-    assert slow < 0.5 * min(fast_a, fast_b), served
+    # neither always-first nor round robin (which would give each node 150, a ratio of 1);
+    # measured about 0.5 of a fast node's share, 0.51 once on a loaded machine
+    assert slow < 0.7 * min(fast_a, fast_b), served
     assert min(fast_a, fast_b) > 0.6 * max(fast_a, fast_b), served
 
 
