@@ -22,30 +22,41 @@ from tierflow.core.settings import get_settings
 MIGRATIONS_DIR = Path(str(files("tierflow.migrations")))
 
 
-IDLE_PING_S = 1.0  # a pooled connection idle longer than this is pinged before use
+IDLE_PING_S = 1.0  # in the fleet's workers, a connection idle longer than this is pinged
+_ping_only_idle = False
+
+
+def ping_only_idle_connections() -> None:
+    """Used by the fleet's worker processes at start (before any engine exists): ping a pooled
+    connection only when it was idle for more than :data:`IDLE_PING_S`, not at every checkout.
+
+    Every other process (the client, the CLI, the gateway) keeps ``pool_pre_ping``: a database
+    restart costs its callers no error. A worker's tasks retry infrastructure errors instead,
+    so there a connection broken while in steady use costs one retry, and the ping's round
+    trip on every checkout (ten per job) is saved.
+    """
+    global _ping_only_idle
+    _ping_only_idle = True
 
 
 @lru_cache(maxsize=4)
 def engine_for(url: str) -> Engine:
-    """One pooled engine per URL per process, surviving a database restart.
-
-    A connection idle for more than :data:`IDLE_PING_S` is pinged when checked out, and
-    replaced if the ping fails (so a restart or a cut connection costs no caller an error);
-    one in steady use is not, which saves ``pool_pre_ping``'s extra round trip on every
-    checkout (ten per job). A connection broken while in use raises as before (the tasks
-    retry infrastructure errors) and the pool drops every connection of its generation.
+    """One pooled engine per URL per process, surviving a database restart (see
+    :func:`ping_only_idle_connections` for the workers' cheaper variant).
 
     Every statement is bounded (60 s) and so is connecting (10 s): the threads pool that the
     tiers run does not enforce Celery's time limits, so each blocking call carries its own.
     """
     engine = create_engine(
         url,
+        pool_pre_ping=not _ping_only_idle,
         pool_size=10,
         max_overflow=20,
         connect_args={"connect_timeout": 10, "options": "-c statement_timeout=60000"},
     )
-    event.listen(engine, "checkout", _ping_if_idle)
-    event.listen(engine, "checkin", _stamp_checkin)
+    if _ping_only_idle:
+        event.listen(engine, "checkout", _ping_if_idle)
+        event.listen(engine, "checkin", _stamp_checkin)
     return engine
 
 
