@@ -23,7 +23,7 @@ from sqlalchemy import delete, func, select, tuple_, update
 from sqlalchemy.dialects.postgresql import insert
 
 from schemas.tables import Attempt, Job, SupersededCall
-from tierflow.core.constants import AttemptStatus, JobStatus
+from tierflow.core.constants import TERMINAL_STATUSES, AttemptStatus, JobStatus
 from tierflow.core.db import session_scope
 
 HeldLease = tuple[str, int, str]  # (job_id, attempt_no, worker)
@@ -33,6 +33,7 @@ class Claim(StrEnum):
     OWNED = "owned"  # this delivery runs the attempt
     DONE = "done"  # an earlier delivery finished it: replay its decision
     BUSY = "busy"  # another delivery holds a live lease
+    GONE = "gone"  # the job finished (cancelled, expired) before this delivery could claim
 
 
 @dataclass(frozen=True)
@@ -97,6 +98,13 @@ def claim_attempt(
         .returning(Attempt.id)
     )
     with session_scope() as session:
+        # The job's row lock orders this claim with a concurrent cancel or expiry: a job that
+        # ended first is never claimed (no model is called for it).
+        status = session.execute(
+            select(Job.status).where(Job.id == job_id).with_for_update()
+        ).scalar_one_or_none()
+        if status is None or status in TERMINAL_STATUSES:
+            return ClaimResult(Claim.GONE)
         session.execute(
             update(Job)
             .where(Job.id == job_id, Job.status == JobStatus.ROUTED.value)

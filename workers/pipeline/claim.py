@@ -58,7 +58,9 @@ class ClaimAttempt(Step):
             lease_seconds(),
             ctx.delivery_retry,
         )
-        if claim.claim is store.Claim.BUSY:
+        if claim.claim is store.Claim.GONE:
+            ctx.stop()  # the job ended (a cancel, its deadline) after LoadJob read it
+        elif claim.claim is store.Claim.BUSY:
             # the holder's lease says how long to wait; the capacity-wait count goes on as it is
             wait = min(claim.lease_left_s + 1, max_countdown())
             ctx.stop(Move("wait", ctx.step, ctx.attempt_no, ctx.retries_in_step, wait, ctx.waits))
