@@ -100,8 +100,11 @@ def test_a_stalled_holder_is_fenced_out_and_its_call_still_counts(fleet, databas
     time.sleep(0.5)
     (late,) = superseded(database, job_id)
     (attempt,) = attempts(database, [job_id])  # A sent no next attempt and wrote nothing here
-    assert fenced["worker"].startswith("wb@") and fenced["status"] == "running", fenced
-    assert late["at"] < attempt["finished_at"]  # A was fenced out while B still held it
+    # The row stayed B's. Usually B is still calling when A's write is refused; on a loaded
+    # machine B may already have finished, and A is then refused by the finished row instead.
+    assert fenced["worker"].startswith("wb@") and fenced["status"] in ("running", "passed"), fenced
+    if fenced["status"] == "running":
+        assert late["at"] < attempt["finished_at"]  # A was fenced out while B still held it
     assert late["worker"].startswith("wa@") and late["status"] == "passed"
     assert float(late["cost_usd"]) > 0 and late["model"] == "steady"
     assert attempt["worker"].startswith("wb@") and attempt["status"] == "passed"
