@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import queue
 import time
+import weakref
 from collections.abc import Iterator
 from datetime import datetime
 from typing import Any
@@ -27,6 +28,7 @@ from tierflow.core.settings import get_settings
 
 log = logging.getLogger(__name__)
 
+LISTEN_READY_S = 1.0  # how long a submit waits for the process's event subscription (first use)
 BROKER_DOWN_NOTE = "stored; the broker is unreachable, it will be sent when the broker is back"
 
 
@@ -45,6 +47,20 @@ class JobHandle:
         self.created = created
         self.sent = sent
         self.note = note
+        self._inbox: queue.Queue[dict[str, Any]] | None = None
+        self._final: JobResult | None = None
+
+    def _listen(self) -> None:
+        """Receive the job's events from now on (called by :func:`submit_job` before the job is
+        sent, so no event can come before it): :meth:`wait` then needs no read of the job's
+        state first. The inbox is given back when the handle is garbage collected."""
+        hub = event_hub()
+        inbox = hub.register(self.job_id, timeout=LISTEN_READY_S)
+        if not hub.live:  # Redis is away: the waiter will read the state, as any other does
+            hub.unregister(self.job_id, inbox)
+            return
+        self._inbox = inbox
+        weakref.finalize(self, hub.unregister, self.job_id, inbox)
 
     def __repr__(self) -> str:
         return f"JobHandle({self.job_id!r})"
@@ -75,7 +91,7 @@ class JobHandle:
         """
         for _ in self.events(timeout):
             pass
-        return self.result()
+        return self._final or self.result()
 
     def stream(self, timeout: float = 300.0) -> Iterator[dict[str, Any]]:
         """Chunks ``{delta, text, done, provider}`` as the model writes them (jobs submitted with
@@ -87,12 +103,19 @@ class JobHandle:
 
     def events(self, timeout: float) -> Iterator[dict[str, Any]]:
         """Every event of the job until it finishes; registers before reading the state (one
-        shared subscription per process: :mod:`router.waiter`)."""
+        shared subscription per process: :mod:`router.waiter`). A handle that listened since
+        before its job was sent reads no state first; the ``done`` event's result, when it
+        carries one, is kept for :meth:`wait`."""
+        if self._final is not None:
+            return
         deadline = time.monotonic() + timeout
         hub = event_hub()
-        inbox = hub.register(self.job_id)
+        inbox, self._inbox = self._inbox, None
+        fresh = inbox is None
+        if inbox is None:
+            inbox = hub.register(self.job_id)
         try:
-            if self._status() in TERMINAL_STATUSES:
+            if fresh and self._status() in TERMINAL_STATUSES:
                 return
             while True:
                 left = deadline - time.monotonic()
@@ -109,6 +132,7 @@ class JobHandle:
                     continue
                 yield event
                 if event.get("type") == "done":
+                    self._final = _carried_result(event)
                     return
         finally:
             hub.unregister(self.job_id, inbox)
@@ -129,6 +153,18 @@ class JobHandle:
                 message += f"; {BROKER_DOWN_NOTE}"
             return message
         return f"job {self.job_id} still running on {tier or '-'} after {timeout:g}s"
+
+
+def _carried_result(event: dict[str, Any]) -> JobResult | None:
+    """The :class:`JobResult` a ``done`` event carries (None: not carried, or unreadable)."""
+    carried = event.get("result")
+    if not isinstance(carried, dict):
+        return None
+    try:
+        return JobResult.model_validate(carried)
+    except ValidationError:
+        log.warning("job events: unreadable result in a done event; reading the row")
+        return None
 
 
 def submit_job(
@@ -179,7 +215,9 @@ def submit_job(
             raise JobValidationError("deadline: deadline is in the past")
         return JobHandle(existing, created=False)
     job_id, created = store.create_job(request, settings.job_deadline_s)
+    handle = JobHandle(job_id, created)
     if created:
+        handle._listen()
         try:
             enqueue_route(job_id, request.priority, request.action_type)
         except Exception:
@@ -188,8 +226,8 @@ def submit_job(
             log.warning(
                 "broker unavailable; job %s stays queued for the sweeper", job_id, exc_info=True
             )
-            return JobHandle(job_id, created, sent=False, note=BROKER_DOWN_NOTE)
-    return JobHandle(job_id, created)
+            handle.sent, handle.note = False, BROKER_DOWN_NOTE
+    return handle
 
 
 def get_job(job_id: str) -> JobHandle:

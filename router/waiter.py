@@ -61,6 +61,11 @@ class EventHub:
                     del self._waiters[job_id]
 
     @property
+    def live(self) -> bool:
+        """Whether the subscription is live now (events published from now on arrive)."""
+        return self._ready.is_set()
+
+    @property
     def waiting(self) -> int:
         """Jobs with at least one waiter in this process."""
         with self._lock:

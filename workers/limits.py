@@ -160,6 +160,7 @@ class FleetLimits:
         self._slot = client.register_script(_SLOT)
         # Probe tokens this object was granted by ``blocked`` (model name -> token).
         self._probes: dict[str, str] = {}
+        self._clean: set[str] = set()  # models whose circuit blocked() found with no state
 
     # -- rate limits -----------------------------------------------------------------------
     def _rate_keys(self, model: ModelConfig) -> list[str]:
@@ -224,11 +225,14 @@ class FleetLimits:
         or is given back (``release_probe``) or expires after ``open_for_s``.
         """
         circuit = self.keys.circuit(model.name)
-        pipe = self.redis.pipeline(transaction=False)  # one round trip for the three reads
+        pipe = self.redis.pipeline(transaction=False)  # one round trip for the four reads
         pipe.pttl(self.keys.cooldown(model.name))
         pipe.pttl(circuit + ":open")
         pipe.exists(circuit + ":half")
-        cooling, open_ttl, half = (int(v) for v in pipe.execute())
+        pipe.exists(circuit + ":fails")
+        cooling, open_ttl, half, fails = (int(v) for v in pipe.execute())
+        if not (half or fails):
+            self._clean.add(model.name)  # a success then has nothing to reset
         if cooling > 0:
             return f"cooling down for {cooling / 1000:.1f}s", cooling / 1000.0
         if open_ttl > 0:
@@ -253,7 +257,13 @@ class FleetLimits:
         return max(int(self.open_for_s * 1000), 1)
 
     def record_success(self, model: ModelConfig) -> None:
-        self._probes.pop(model.name, None)
+        """Reset the model's circuit: its failures are no longer consecutive. No Redis call when
+        :meth:`blocked` just found no failure and no half-open state for it (the common case;
+        a failure counted by another worker in between is then reset by the next success, or
+        expires, see :meth:`record_failure`)."""
+        probe = self._probes.pop(model.name, None)
+        if model.name in self._clean and probe is None:
+            return
         circuit = self.keys.circuit(model.name)
         self.redis.delete(circuit + ":fails", circuit + ":half", circuit + ":probe")
 

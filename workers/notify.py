@@ -11,10 +11,12 @@ import logging
 import time
 from typing import Any, cast
 
+from schemas.jobs import JobResult
 from tierflow.core.redis_client import get_keys, get_redis
 
 log = logging.getLogger(__name__)
 FALLBACK_HISTORY_SIZE = 200
+RESULT_IN_EVENT_MAX = 64 * 1024  # characters; every waiting process receives every event
 
 
 def publish_job_event(job_id: str, event: dict[str, Any]) -> None:
@@ -23,6 +25,16 @@ def publish_job_event(job_id: str, event: dict[str, Any]) -> None:
         get_redis().publish(get_keys().job_channel(job_id), json.dumps(event))
     except Exception:  # a lost wake-up only delays the waiter; PostgreSQL holds the truth
         log.warning("could not publish %s event for job %s", event.get("type"), job_id)
+
+
+def publish_done(result: JobResult) -> None:
+    """The ``done`` event of a job that just ended, with its :class:`JobResult` (a waiter needs
+    no read); one whose answer is over :data:`RESULT_IN_EVENT_MAX` characters is left out (the
+    waiter reads the row)."""
+    event: dict[str, Any] = {"type": "done", "status": result.status}
+    if len(result.text or "") + len(result.error or "") <= RESULT_IN_EVENT_MAX:
+        event["result"] = result.model_dump(mode="json")
+    publish_job_event(result.job_id, event)
 
 
 def publish_fallback(

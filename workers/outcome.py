@@ -11,6 +11,7 @@ from dataclasses import dataclass
 
 from router.export import scrub
 from router.plan import TierPlan
+from schemas.jobs import JobResult
 from schemas.tables import Attempt, Job
 from tierflow import store
 from tierflow.core import errors
@@ -72,25 +73,34 @@ def failure_summary(attempts: list[Attempt]) -> str:
     return "; ".join(parts) or "no attempt was made"
 
 
+def success_fields(attempt: Attempt, config: LLMConfig, *, degraded: bool = False) -> dict:
+    """The job's fields when ``attempt`` ends it with its answer (for ``store.finalize_job``)."""
+    model = config.baseline()
+    baseline = model.price(attempt.input_tokens, attempt.output_tokens) if model else 0.0
+    return {
+        "text": attempt.text,
+        "tier": attempt.tier,
+        "model": attempt.model,
+        "provider": attempt.provider,
+        "quality": attempt.quality_score,
+        "fake": attempt.fake,
+        "degraded": degraded,
+        "api_baseline_cost_usd": baseline,
+    }
+
+
+def announce(result: JobResult | None) -> None:
+    """Wake the job's waiters with its result (when this call ended the job: ``result`` is
+    what :func:`store.finalize_job` returned), carried in the event so no waiter reads it back."""
+    if result is not None:
+        notify.publish_done(result)
+
+
 def finish_success(
     job: Job, attempt: Attempt, config: LLMConfig, *, degraded: bool = False
 ) -> None:
-    model = config.baseline()
-    baseline = model.price(attempt.input_tokens, attempt.output_tokens) if model else 0.0
-    done = store.finalize_job(
-        job.id,
-        JobStatus.SUCCEEDED,
-        text=attempt.text,
-        tier=attempt.tier,
-        model=attempt.model,
-        provider=attempt.provider,
-        quality=attempt.quality_score,
-        fake=attempt.fake,
-        degraded=degraded,
-        api_baseline_cost_usd=baseline,
-    )
-    if done:
-        notify.publish_job_event(job.id, {"type": "done", "status": "succeeded"})
+    fields = success_fields(attempt, config, degraded=degraded)
+    announce(store.finalize_job(job.id, JobStatus.SUCCEEDED, **fields))
 
 
 def finish_failure(job: Job, config: LLMConfig, reason: str | None = None) -> None:
@@ -120,8 +130,7 @@ def _finish_unsuccessful(
             finish_success(job, best, config, degraded=True)
             return
     error = reason or failure_summary(attempts)
-    if store.finalize_job(job.id, status, error=error[:8000]):
-        notify.publish_job_event(job.id, {"type": "done", "status": status.value})
+    announce(store.finalize_job(job.id, status, error=error[:8000]))
 
 
 def internal_error_reason(exc: BaseException) -> str:
@@ -136,5 +145,4 @@ def fail_on_internal_error(job_id: str, reason: str) -> None:
     Written straight to the store (not through :func:`finish_failure`, which may be what
     raised).
     """
-    if store.finalize_job(job_id, JobStatus.FAILED, error=reason):
-        notify.publish_job_event(job_id, {"type": "done", "status": "failed"})
+    announce(store.finalize_job(job_id, JobStatus.FAILED, error=reason))

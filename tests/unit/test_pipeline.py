@@ -30,7 +30,7 @@ from workers.leases import MAX_CAPACITY_WAIT_S, capacity_wait, max_countdown
 from workers.outcome import Move
 from workers.pipeline import STEPS, AttemptContext, Step, run_attempt_steps
 from workers.pipeline.call import CallModel
-from workers.pipeline.claim import ClaimAttempt, LoadJob
+from workers.pipeline.claim import ClaimAttempt
 from workers.pipeline.decide import Decide
 from workers.pipeline.gate import Gate
 from workers.pipeline.notify import Notify
@@ -88,7 +88,6 @@ def through(ctx: AttemptContext, last: type) -> AttemptContext:
 def test_steps_are_wired_once_in_order() -> None:
     names = [type(s).__name__ for s in STEPS]
     assert names == [
-        "LoadJob",
         "ClaimAttempt",
         "ModeGate",
         "PickModel",
@@ -107,18 +106,20 @@ def test_steps_are_wired_once_in_order() -> None:
     ]
 
 
-def test_load_job_stops_on_unknown_and_finished_jobs(use: Callable) -> None:
+def test_claim_stops_on_unknown_and_finished_jobs(use: Callable) -> None:
     unknown = context("00000000-0000-0000-0000-000000000000")
-    LoadJob().run(unknown)
+    ClaimAttempt().run(unknown)
     assert unknown.stopped and unknown.job is None and unknown.move is None
     job_id = planned_job()
     ctx = context(job_id)
-    LoadJob().run(ctx)
+    ClaimAttempt().run(ctx)
     assert ctx.job is not None and ctx.tier is not None and ctx.making
+    assert ctx.job.status == JobStatus.RUNNING.value
     store.finalize_job(job_id, JobStatus.FAILED, error="test")
     done = context(job_id)
-    LoadJob().run(done)
+    ClaimAttempt().run(done)
     assert done.stopped and done.job is None
+    assert [a.attempt_no for a in store.attempts_of(job_id)] == [0]  # the finished job: unclaimed
 
 
 def test_claim_owns_then_replays_then_waits_for_a_live_holder(use: Callable) -> None:

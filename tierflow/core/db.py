@@ -78,6 +78,11 @@ def _ping_if_idle(dbapi_connection: Any, record: Any, proxy: Any) -> None:
         raise DisconnectionError(str(exc)) from exc
 
 
+@lru_cache(maxsize=4)
+def _sessions_for(engine: Engine) -> sessionmaker[Session]:
+    return sessionmaker(engine, expire_on_commit=False)
+
+
 def get_engine() -> Engine:
     return engine_for(get_settings().sqlalchemy_url)
 
@@ -85,7 +90,7 @@ def get_engine() -> Engine:
 @contextmanager
 def session_scope() -> Iterator[Session]:
     """A session committed on success and rolled back on any error."""
-    session = sessionmaker(get_engine(), expire_on_commit=False)()
+    session = _sessions_for(get_engine())()
     try:
         yield session
         session.commit()

@@ -14,6 +14,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import timedelta
 from enum import StrEnum
@@ -22,9 +23,11 @@ from typing import Any
 from sqlalchemy import delete, func, select, tuple_, update
 from sqlalchemy.dialects.postgresql import insert
 
+from schemas.jobs import JobResult
 from schemas.tables import Attempt, Job, SupersededCall
 from tierflow.core.constants import TERMINAL_STATUSES, AttemptStatus, JobStatus
 from tierflow.core.db import session_scope
+from tierflow.store.jobs import finalize_in
 
 HeldLease = tuple[str, int, str]  # (job_id, attempt_no, worker)
 
@@ -34,6 +37,8 @@ class Claim(StrEnum):
     DONE = "done"  # an earlier delivery finished it: replay its decision
     BUSY = "busy"  # another delivery holds a live lease
     GONE = "gone"  # the job finished (cancelled, expired) before this delivery could claim
+    UNKNOWN = "unknown"  # no such job
+    REFUSED = "refused"  # the job is open but ``tier`` said it cannot be claimed (see the job)
 
 
 @dataclass(frozen=True)
@@ -41,18 +46,30 @@ class ClaimResult:
     claim: Claim
     attempt: Attempt | None = None
     lease_left_s: float = 0.0
+    job: Job | None = None  # the job as the claim read it (under its row lock)
+
+
+# Given the job row read under its lock: the tier to claim the attempt on, or None to refuse.
+TierOf = Callable[[Job], str | None]
 
 
 def claim_attempt(
     job_id: str,
     attempt_no: int,
     step: int,
-    tier: str,
+    tier: str | TierOf,
     worker: str,
     lease_s: float,
     retry: int = 0,
 ) -> ClaimResult:
-    """Take (job, attempt_no) for this delivery, or say who has it.
+    """Read the job and take (job, attempt_no) for this delivery, or say who has it: one
+    transaction, the job's row locked, so the attempt's first read of its job costs no commit of
+    its own.
+
+    ``tier`` is the attempt's tier, or a function of the job row that returns it (None refuses
+    the claim: the job is past its deadline or not routed, say; the caller reads why from
+    ``ClaimResult.job``). The row lock orders the claim with a concurrent cancel or expiry: a
+    job that ended first is never claimed (no model is called for it).
 
     A running attempt is taken over when its lease ran out (its holder died, hung or stalled:
     a live holder renews it while its call runs, see :class:`workers.leases.LeaseKeeper`), or
@@ -65,64 +82,64 @@ def claim_attempt(
     """
     delivery = worker.rsplit(":", 1)[-1]
     lease_until = func.now() + timedelta(seconds=lease_s)
-    claim = (
-        insert(Attempt)
-        .values(
-            job_id=job_id,
-            attempt_no=attempt_no,
-            step=step,
-            tier=tier,
-            status=AttemptStatus.RUNNING.value,
-            worker=worker,
-            delivery_retry=retry,
-            lease_until=lease_until,
-            started_at=func.now(),
-        )
-        .on_conflict_do_update(
-            constraint="uq_attempts_job_attempt",
-            set_={
-                "worker": worker,
-                "delivery_retry": retry,
-                "lease_until": lease_until,
-                "started_at": func.now(),
-            },
-            where=(Attempt.status == AttemptStatus.RUNNING.value)
-            & (
-                (Attempt.lease_until < func.now())
-                | (
-                    Attempt.worker.endswith(f":{delivery}", autoescape=True)
-                    & (Attempt.delivery_retry < retry)
-                )
-            ),
-        )
-        .returning(Attempt.id)
-    )
     with session_scope() as session:
-        # The job's row lock orders this claim with a concurrent cancel or expiry: a job that
-        # ended first is never claimed (no model is called for it).
-        status = session.execute(
-            select(Job.status).where(Job.id == job_id).with_for_update()
+        job = session.execute(
+            select(Job).where(Job.id == job_id).with_for_update()
         ).scalar_one_or_none()
-        if status is None or status in TERMINAL_STATUSES:
-            return ClaimResult(Claim.GONE)
-        session.execute(
-            update(Job)
-            .where(Job.id == job_id, Job.status == JobStatus.ROUTED.value)
-            .values(status=JobStatus.RUNNING.value)
+        if job is None:
+            return ClaimResult(Claim.UNKNOWN)
+        if job.status in TERMINAL_STATUSES:
+            return ClaimResult(Claim.GONE, job=job)
+        claim_tier = tier(job) if callable(tier) else tier
+        if claim_tier is None:
+            return ClaimResult(Claim.REFUSED, job=job)
+        if job.status == JobStatus.ROUTED.value:
+            job.status = JobStatus.RUNNING.value  # flushed with the claim's statement
+        claim = (
+            insert(Attempt)
+            .values(
+                job_id=job_id,
+                attempt_no=attempt_no,
+                step=step,
+                tier=claim_tier,
+                status=AttemptStatus.RUNNING.value,
+                worker=worker,
+                delivery_retry=retry,
+                lease_until=lease_until,
+                started_at=func.now(),
+            )
+            .on_conflict_do_update(
+                constraint="uq_attempts_job_attempt",
+                set_={
+                    "worker": worker,
+                    "delivery_retry": retry,
+                    "lease_until": lease_until,
+                    "started_at": func.now(),
+                },
+                where=(Attempt.status == AttemptStatus.RUNNING.value)
+                & (
+                    (Attempt.lease_until < func.now())
+                    | (
+                        Attempt.worker.endswith(f":{delivery}", autoescape=True)
+                        & (Attempt.delivery_retry < retry)
+                    )
+                ),
+            )
+            .returning(Attempt.id)
         )
         if session.execute(claim).scalar_one_or_none() is not None:
-            return ClaimResult(Claim.OWNED)
+            return ClaimResult(Claim.OWNED, job=job)
         found = session.execute(
             select(Attempt, func.extract("epoch", Attempt.lease_until - func.now())).where(
                 Attempt.job_id == job_id, Attempt.attempt_no == attempt_no
             )
         ).one_or_none()
         if found is None:  # its holder released it just now: try again in a moment
-            return ClaimResult(Claim.BUSY, None, 0.0)
+            return ClaimResult(Claim.BUSY, None, 0.0, job)
         row, left = found
         if row.status != AttemptStatus.RUNNING.value:
-            return ClaimResult(Claim.DONE, row)
-        return ClaimResult(Claim.BUSY, row, max(float(left or 0.0), 0.0))
+            return ClaimResult(Claim.DONE, row, job=job)
+        return ClaimResult(Claim.BUSY, row, max(float(left or 0.0), 0.0), job)
 
 
 def release_attempt(job_id: str, attempt_no: int, worker: str | None = None) -> None:
@@ -143,17 +160,31 @@ def release_attempt(job_id: str, attempt_no: int, worker: str | None = None) -> 
 class Finished:
     """What :func:`finish_attempt` did: ``landed`` when this delivery's outcome was stored;
     ``attempt`` is the row as it now stands (ours, or the holder's that fenced us out; None
-    when the holder gave the attempt back unrun)."""
+    when the holder gave the attempt back unrun); ``result`` is the job as it ended when the
+    same transaction also finalized it."""
 
     landed: bool
     attempt: Attempt | None
+    ended: bool = False  # ``ending`` ended the job (``result`` None: it had ended already)
+    result: JobResult | None = None
 
 
-def finish_attempt(job_id: str, attempt_no: int, *, worker: str, **fields: Any) -> Finished:
+# Given the stored attempt row: None (the job goes on), or the job's terminal status and fields.
+Ending = Callable[[Attempt], tuple[JobStatus, dict[str, Any]] | None]
+
+
+def finish_attempt(
+    job_id: str, attempt_no: int, *, worker: str, ending: Ending | None = None, **fields: Any
+) -> Finished:
     """Store an attempt's outcome, fenced by the claim: the write lands only while the attempt
     is still running *and held by* ``worker`` (the ``host:task_id`` this delivery claimed it
     with). A delivery whose lease was taken over (it stalled, its holder thought dead) gets
-    ``landed=False`` and the row as the new holder keeps it, untouched. The first outcome wins."""
+    ``landed=False`` and the row as the new holder keeps it, untouched. The first outcome wins.
+
+    ``ending``, when the write lands, decides from the stored row whether the job ends with it;
+    if so the job is finalized in the same transaction (:func:`~tierflow.store.jobs.finalize_in`),
+    so an attempt that ends its job costs one commit, and the two can never disagree.
+    """
     with session_scope() as session:
         landed = session.execute(
             update(Attempt)
@@ -168,7 +199,11 @@ def finish_attempt(job_id: str, attempt_no: int, *, worker: str, **fields: Any) 
             .execution_options(synchronize_session=False)
         ).scalar_one_or_none()
         if landed is not None:  # the common case: one statement, the row comes back with it
-            return Finished(True, landed)
+            end = ending(landed) if ending is not None else None
+            if end is None:
+                return Finished(True, landed)
+            status, final = end
+            return Finished(True, landed, True, finalize_in(session, job_id, status, **final))
         row = session.execute(
             select(Attempt).where(Attempt.job_id == job_id, Attempt.attempt_no == attempt_no)
         ).scalar_one_or_none()

@@ -16,6 +16,7 @@ from typing import Any
 
 from sqlalchemy import func, select, update
 from sqlalchemy.dialects.postgresql import insert
+from sqlalchemy.orm import Session
 
 from schemas.jobs import AttemptSummary, JobRequest, JobResult, utcnow
 from schemas.tables import Attempt, Job
@@ -169,30 +170,41 @@ def save_plan(job_id: str, complexity: str, plan: dict[str, Any]) -> bool:
         return result.rowcount == 1  # type: ignore[attr-defined]
 
 
-def finalize_job(job_id: str, status: JobStatus, **fields: Any) -> bool:
-    """Move a job to a terminal status once; False when it already was terminal.
+def finalize_job(job_id: str, status: JobStatus, **fields: Any) -> JobResult | None:
+    """Move a job to a terminal status once; return its :class:`JobResult` as stored then, or
+    None when it already was terminal.
 
     The job's cost is the sum of its stored attempts' costs, computed in the same statement (one
     round trip), so it can never count an attempt twice, added to what superseded calls already
     put there (:func:`~tierflow.store.attempts.record_superseded_call`).
     """
+    with session_scope() as session:
+        return finalize_in(session, job_id, status, **fields)
+
+
+def finalize_in(
+    session: Session, job_id: str, status: JobStatus, **fields: Any
+) -> JobResult | None:
+    """:func:`finalize_job` inside the caller's transaction (the attempt's outcome and the job's
+    end commit together: :func:`~tierflow.store.attempts.finish_attempt`)."""
     total = (
         select(func.coalesce(func.sum(Attempt.cost_usd), 0))
         .where(Attempt.job_id == job_id)
         .scalar_subquery()
     )
-    with session_scope() as session:
-        result = session.execute(
-            update(Job)
-            .where(Job.id == job_id, Job.status.not_in(TERMINAL_STATUSES))
-            .values(
-                status=status.value,
-                finished_at=utcnow(),
-                cost_usd=Job.cost_usd + total,
-                **fields,
-            )
-        )
-        return result.rowcount == 1  # type: ignore[attr-defined]
+    job = session.execute(
+        update(Job)
+        .where(Job.id == job_id, Job.status.not_in(TERMINAL_STATUSES))
+        .values(status=status.value, finished_at=utcnow(), cost_usd=Job.cost_usd + total, **fields)
+        .returning(Job)
+        .execution_options(synchronize_session=False)
+    ).scalar_one_or_none()
+    if job is None:
+        return None
+    attempts = session.execute(
+        select(Attempt).where(Attempt.job_id == job_id).order_by(Attempt.attempt_no)
+    ).scalars()
+    return result_of(job, list(attempts))
 
 
 def job_result(job_id: str) -> JobResult | None:
@@ -201,45 +213,50 @@ def job_result(job_id: str) -> JobResult | None:
         job = session.get(Job, job_id)
         if job is None:
             return None
-        attempts = [
-            AttemptSummary(
-                attempt_no=a.attempt_no,
-                tier=a.tier,
-                model=a.model,
-                status=a.status,
-                error=a.error,
-                quality=a.quality_score,
-                issues=list(a.quality_issues or []),
-                input_tokens=a.input_tokens,
-                output_tokens=a.output_tokens,
-                cost_usd=float(a.cost_usd or 0),
-                latency_ms=a.latency_ms,
-            )
-            for a in job.attempts
-        ]
-        final = next((a for a in reversed(job.attempts) if a.model == job.model and a.text), None)
-        latency = None
-        if job.finished_at is not None:
-            latency = (job.finished_at - job.created_at).total_seconds() * 1000
-        return JobResult(
-            job_id=job.id,
-            status=job.status,
-            text=job.text,
-            tier=job.tier,
-            model=job.model,
-            provider=job.provider,
-            attempts=attempts,
-            cost_usd=float(job.cost_usd or 0),
-            api_baseline_cost_usd=float(job.api_baseline_cost_usd or 0),
-            quality=job.quality,
-            latency_ms=latency,
-            error=job.error,
-            degraded=job.degraded,
-            fake=job.fake,
-            input_tokens=final.input_tokens if final else 0,
-            output_tokens=final.output_tokens if final else 0,
-            finished_at=job.finished_at,
+        return result_of(job, list(job.attempts))
+
+
+def result_of(job: Job, attempts: list[Attempt]) -> JobResult:
+    """A job row and its attempts (in attempt order) as a :class:`JobResult`."""
+    summaries = [
+        AttemptSummary(
+            attempt_no=a.attempt_no,
+            tier=a.tier,
+            model=a.model,
+            status=a.status,
+            error=a.error,
+            quality=a.quality_score,
+            issues=list(a.quality_issues or []),
+            input_tokens=a.input_tokens,
+            output_tokens=a.output_tokens,
+            cost_usd=float(a.cost_usd or 0),
+            latency_ms=a.latency_ms,
         )
+        for a in attempts
+    ]
+    final = next((a for a in reversed(attempts) if a.model == job.model and a.text), None)
+    latency = None
+    if job.finished_at is not None:
+        latency = (job.finished_at - job.created_at).total_seconds() * 1000
+    return JobResult(
+        job_id=job.id,
+        status=job.status,
+        text=job.text,
+        tier=job.tier,
+        model=job.model,
+        provider=job.provider,
+        attempts=summaries,
+        cost_usd=float(job.cost_usd or 0),
+        api_baseline_cost_usd=float(job.api_baseline_cost_usd or 0),
+        quality=job.quality,
+        latency_ms=latency,
+        error=job.error,
+        degraded=job.degraded,
+        fake=job.fake,
+        input_tokens=final.input_tokens if final else 0,
+        output_tokens=final.output_tokens if final else 0,
+        finished_at=job.finished_at,
+    )
 
 
 def open_jobs_past(deadline: datetime) -> list[Job]:

@@ -1,7 +1,8 @@
 """The attempt as a pipeline: one delivery of ``run_attempt`` runs :data:`STEPS` in order.
 
-    LoadJob      read the job once (unknown, finished, unrouted: stop)      claim.py
-    ClaimAttempt own (job, attempt_no); finished before: replay; held: wait claim.py
+    ClaimAttempt read the job and own (job, attempt_no), one commit; unknown, claim.py
+                 finished, unrouted, expired: stop; finished before: replay;
+                 held: wait
     ModeGate     the fleet's mode allows the tier?                          select.py
     PickModel    first servable model: availability, limits, cooldowns,     select.py
                  circuit, capacity (none: wait, or skip with reasons)
@@ -10,11 +11,13 @@
     Gate         judge the answer                                           gate.py
     Price        its cost from real usage; the attempt's fields             price.py
     SettleBudget the budget's reservation settled to the real cost         budget.py
-    Persist      store the outcome once                                     persist.py
+    Persist      store the outcome once (a success ends the job in the same  persist.py
+                 commit)
     Decide       succeed / retry / fall back / fail, from the row alone     decide.py
     Notify       stream reset, fallback event (never on a replay)           notify.py
     Metrics      Prometheus counters of the stored attempt (not replays)    metrics.py
-    Finish       finalize the job and wake its waiter                       finish.py
+    Finish       finalize the job (unless Persist did) and wake its waiter,  finish.py
+                 the result in the wake-up
     Audit        send a share of passed answers to the next tier            audit.py
     Enqueue      send the next attempt                                      enqueue.py
 
@@ -30,7 +33,7 @@ from tierflow.core.config import LLMConfig
 from workers.pipeline.audit import Audit
 from workers.pipeline.budget import BudgetGate, SettleBudget
 from workers.pipeline.call import CallModel
-from workers.pipeline.claim import ClaimAttempt, LoadJob
+from workers.pipeline.claim import ClaimAttempt
 from workers.pipeline.context import AttemptContext, Step, run_steps
 from workers.pipeline.decide import Decide
 from workers.pipeline.enqueue import Enqueue
@@ -43,7 +46,6 @@ from workers.pipeline.price import Price
 from workers.pipeline.select import ModeGate, PickModel
 
 STEPS: tuple[Step, ...] = (
-    LoadJob(),
     ClaimAttempt(),
     ModeGate(),
     PickModel(),

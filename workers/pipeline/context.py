@@ -16,6 +16,7 @@ from typing import Any
 
 from router.gate import GateReport
 from router.plan import TierPlan
+from schemas.jobs import JobResult
 from schemas.tables import Attempt, Job
 from tierflow.core.config import LLMConfig
 from tierflow.core.constants import Mode, Tier
@@ -54,6 +55,8 @@ class AttemptContext:
     attempt: Attempt | None = None  # the stored row: this delivery's, or an earlier one's
     replayed: bool = False  # the claim found the attempt finished by an earlier delivery
     move: Move | None = None
+    ended: bool = False  # Persist's transaction also finalized the job (its move: succeed)
+    final: JobResult | None = None  # the job as that transaction ended it (None: already ended)
     stopped: bool = False  # nothing more is to be made (the job is gone, done, or must wait)
     # This delivery's lease was taken over while it ran (it stalled past the lease): its outcome
     # was not stored, its call was recorded as superseded, and the new holder drives the job.

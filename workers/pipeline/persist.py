@@ -3,7 +3,13 @@ and only the delivery that holds the attempt may write it)."""
 
 from __future__ import annotations
 
+from typing import Any
+
+from schemas.tables import Attempt
 from tierflow import store
+from tierflow.core.constants import JobStatus
+from tierflow.store.attempts import Ending
+from workers.outcome import decide, success_fields
 from workers.pipeline.context import AttemptContext, Step
 
 
@@ -23,10 +29,12 @@ class Persist(Step):
     def run(self, ctx: AttemptContext) -> None:
         assert ctx.outcome is not None and ctx.tier is not None
         finished = store.finish_attempt(
-            ctx.job_id, ctx.attempt_no, worker=ctx.worker, **ctx.outcome
+            ctx.job_id, ctx.attempt_no, worker=ctx.worker, ending=self._ending(ctx), **ctx.outcome
         )
         if finished.landed:
             ctx.attempt = finished.attempt
+            if finished.ended:
+                ctx.ended, ctx.final = True, finished.result
             return
         outcome = ctx.outcome
         if ctx.pick is not None:  # a model was called (and maybe paid): its cost is kept
@@ -45,3 +53,17 @@ class Persist(Step):
         ctx.superseded = True
         ctx.holder_attempt = store.load_attempt(ctx.job_id, ctx.attempt_no)
         ctx.stop()
+
+    @staticmethod
+    def _ending(ctx: AttemptContext) -> Ending:
+        """The job ends with the attempt when the decision on its stored row (pure: the one
+        :class:`~workers.pipeline.decide.Decide` takes next) is to succeed: then the answer and
+        the job's end are one commit."""
+
+        def ending(row: Attempt) -> tuple[JobStatus, dict[str, Any]] | None:
+            assert ctx.plan is not None
+            if decide(ctx.plan, ctx.step, row, ctx.retries_in_step, ctx.config).kind != "succeed":
+                return None
+            return JobStatus.SUCCEEDED, success_fields(row, ctx.config)
+
+        return ending
