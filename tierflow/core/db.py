@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from alembic.config import Config
-from sqlalchemy import Engine, create_engine, event
+from sqlalchemy import Engine, create_engine, event, text
 from sqlalchemy.exc import DisconnectionError
 from sqlalchemy.orm import Session, sessionmaker
 
@@ -78,6 +78,9 @@ def _ping_if_idle(dbapi_connection: Any, record: Any, proxy: Any) -> None:
         raise DisconnectionError(str(exc)) from exc
 
 
+_ASYNC_COMMIT = text("SET LOCAL synchronous_commit = off")
+
+
 @lru_cache(maxsize=4)
 def _sessions_for(engine: Engine) -> sessionmaker[Session]:
     return sessionmaker(engine, expire_on_commit=False)
@@ -88,10 +91,20 @@ def get_engine() -> Engine:
 
 
 @contextmanager
-def session_scope() -> Iterator[Session]:
-    """A session committed on success and rolled back on any error."""
+def session_scope(*, durable: bool = True) -> Iterator[Session]:
+    """A session committed on success and rolled back on any error.
+
+    ``durable=False`` commits without waiting for the WAL flush (``SET LOCAL
+    synchronous_commit = off``): the commit is visible to every other session at once, exactly
+    like a durable one, but a PostgreSQL *crash* within about 0.6 s (three ``wal_writer_delay``)
+    may lose it. Only for writes the fleet can lose and redo (a routing plan, an attempt's
+    claim: see their callers); never for a job's acceptance, an outcome or a charge. On this
+    machine a durable commit waits about 3 ms for the disk, a non-durable one 0.5 ms.
+    """
     session = _sessions_for(get_engine())()
     try:
+        if not durable:
+            session.execute(_ASYNC_COMMIT)
         yield session
         session.commit()
     except BaseException:

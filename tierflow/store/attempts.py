@@ -79,10 +79,17 @@ def claim_attempt(
     is over, on whichever worker the retry lands. The same task id with the same number is the
     broker handing the same run out again (its visibility timeout passed under a long call):
     that one respects the live lease like any other delivery.
+
+    The claim's commit does not wait for the disk (``durable=False``): it is visible to every
+    other delivery at once, so the fence works as with a durable one; only a PostgreSQL crash
+    right after it can lose it, and then the holder's outcome finds no row it holds and is
+    recorded as a superseded call (its cost counted, :func:`record_superseded_call`), and the
+    sweeper, finding the job with no attempt in flight, sends the attempt again: the rule of a
+    stalled holder. The outcome and the job's end (:func:`finish_attempt`) are durable.
     """
     delivery = worker.rsplit(":", 1)[-1]
     lease_until = func.now() + timedelta(seconds=lease_s)
-    with session_scope() as session:
+    with session_scope(durable=False) as session:
         job = session.execute(
             select(Job).where(Job.id == job_id).with_for_update()
         ).scalar_one_or_none()

@@ -143,8 +143,12 @@ def load_job(job_id: str) -> Job | None:
 def routing(job_id: str) -> Iterator[tuple[Job | None, Callable[[str, dict[str, Any]], bool]]]:
     """The job and a ``save(complexity, plan)`` for it, in one transaction (one connection, one
     commit): what the routing task reads and writes. ``save`` is :func:`save_plan`'s rule (only
-    a queued job gets a plan) and says whether it did; the commit is at the block's end."""
-    with session_scope() as session:
+    a queued job gets a plan) and says whether it did; the commit is at the block's end.
+
+    The commit does not wait for the disk (``durable=False``): a plan lost to a PostgreSQL
+    crash leaves the job ``queued``, the sweeper sends it to the router again, and an attempt
+    message sent meanwhile is refused as unrouted (its job is not lost, only routed again)."""
+    with session_scope(durable=False) as session:
         job = session.get(Job, job_id)
 
         def save(complexity: str, plan: dict[str, Any]) -> bool:
