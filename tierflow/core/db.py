@@ -81,6 +81,23 @@ def _ping_if_idle(dbapi_connection: Any, record: Any, proxy: Any) -> None:
 _ASYNC_COMMIT = text("SET LOCAL synchronous_commit = off")
 
 
+@contextmanager
+def autocommit_scope() -> Iterator[Session]:
+    """A session whose every statement is its own transaction (no ``BEGIN``/``COMMIT`` round
+    trips): for a write that is one statement, or statements that need not commit together
+    (each is made safe alone, e.g. by a conditional ``WHERE`` or ``ON CONFLICT``)."""
+    session = _sessions_for(_autocommitting(get_engine()))()
+    try:
+        yield session
+    finally:
+        session.close()
+
+
+@lru_cache(maxsize=4)
+def _autocommitting(engine: Engine) -> Engine:
+    return engine.execution_options(isolation_level="AUTOCOMMIT")
+
+
 @lru_cache(maxsize=4)
 def _sessions_for(engine: Engine) -> sessionmaker[Session]:
     return sessionmaker(engine, expire_on_commit=False)

@@ -210,7 +210,10 @@ def finish_attempt(
             if end is None:
                 return Finished(True, landed)
             status, final = end
-            return Finished(True, landed, True, finalize_in(session, job_id, status, **final))
+            # attempt numbers start at 0: the first attempt is the job's only one
+            known = [landed] if attempt_no == 0 else None
+            result = finalize_in(session, job_id, status, attempts=known, **final)
+            return Finished(True, landed, True, result)
         row = session.execute(
             select(Attempt).where(Attempt.job_id == job_id, Attempt.attempt_no == attempt_no)
         ).scalar_one_or_none()

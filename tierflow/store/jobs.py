@@ -21,7 +21,7 @@ from sqlalchemy.orm import Session
 from schemas.jobs import AttemptSummary, JobRequest, JobResult, utcnow
 from schemas.tables import Attempt, Job
 from tierflow.core.constants import TERMINAL_STATUSES, JobStatus
-from tierflow.core.db import session_scope
+from tierflow.core.db import autocommit_scope, session_scope
 from tierflow.core.errors import IdempotencyConflict
 
 
@@ -93,7 +93,7 @@ def create_job(
     stmt = insert(Job.__table__).values(**values)  # type: ignore[arg-type]
     if request.idempotency_key is not None:
         stmt = stmt.on_conflict_do_nothing(index_elements=["idempotency_key"])
-    with session_scope() as session:
+    with autocommit_scope() as session:  # one statement, its own transaction: no BEGIN/COMMIT
         inserted = session.execute(stmt.returning(Job.__table__.c.id)).scalar_one_or_none()
         if inserted is not None:
             return inserted, True
@@ -187,10 +187,17 @@ def finalize_job(job_id: str, status: JobStatus, **fields: Any) -> JobResult | N
 
 
 def finalize_in(
-    session: Session, job_id: str, status: JobStatus, **fields: Any
+    session: Session,
+    job_id: str,
+    status: JobStatus,
+    *,
+    attempts: list[Attempt] | None = None,
+    **fields: Any,
 ) -> JobResult | None:
     """:func:`finalize_job` inside the caller's transaction (the attempt's outcome and the job's
-    end commit together: :func:`~tierflow.store.attempts.finish_attempt`)."""
+    end commit together: :func:`~tierflow.store.attempts.finish_attempt`). ``attempts``: every
+    attempt of the job, when the caller holds them all (its first attempt is its only one),
+    saving their read."""
     total = (
         select(func.coalesce(func.sum(Attempt.cost_usd), 0))
         .where(Attempt.job_id == job_id)
@@ -205,10 +212,13 @@ def finalize_in(
     ).scalar_one_or_none()
     if job is None:
         return None
-    attempts = session.execute(
-        select(Attempt).where(Attempt.job_id == job_id).order_by(Attempt.attempt_no)
-    ).scalars()
-    return result_of(job, list(attempts))
+    if attempts is None:
+        attempts = list(
+            session.execute(
+                select(Attempt).where(Attempt.job_id == job_id).order_by(Attempt.attempt_no)
+            ).scalars()
+        )
+    return result_of(job, attempts)
 
 
 def job_result(job_id: str) -> JobResult | None:
