@@ -89,10 +89,12 @@ def test_steps_are_wired_once_in_order() -> None:
     names = [type(s).__name__ for s in STEPS]
     assert names == [
         "LoadJob",
+        "HeldByProviderBatch",
         "ClaimAttempt",
         "ModeGate",
         "PickModel",
         "BudgetGate",
+        "DeferToProviderBatch",
         "CallModel",
         "Gate",
         "Price",

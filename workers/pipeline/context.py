@@ -16,7 +16,7 @@ from typing import Any
 
 from router.gate import GateReport
 from router.plan import TierPlan
-from schemas.tables import Attempt, Job
+from schemas.tables import Attempt, Job, ProviderBatchItem
 from tierflow.core.config import LLMConfig
 from tierflow.core.constants import Mode, Tier
 from tierflow.core.errors import BackendError
@@ -59,6 +59,11 @@ class AttemptContext:
     # was not stored, its call was recorded as superseded, and the new holder drives the job.
     superseded: bool = False
     holder_attempt: Attempt | None = None  # the row as the new holder left it (read, not touched)
+    # Provider batches (workers/pipeline/defer.py): the job's batch allows the providers' Batch
+    # APIs; this delivery deferred the attempt to one; the item a resume takes its result from.
+    provider_batch: bool = False
+    deferred: bool = False
+    batch_item: ProviderBatchItem | None = None
 
     @property
     def making(self) -> bool:
