@@ -19,12 +19,16 @@ from tierflow.core.constants import (
     AUTO_MODE_INTERVAL_S,
     MAINTENANCE_QUEUE,
     PRIORITY_STEPS,
+    PROVIDER_BATCH_INTERVAL_S,
     QUEUE_PRIORITY_SEP,
     ROUTER_QUEUE,
     SWEEP_INTERVAL_S,
     TASK_AUTO_MODE,
+    TASK_POLL_PROVIDER_BATCHES,
+    TASK_RESUME_ATTEMPT,
     TASK_ROUTE_JOB,
     TASK_RUN_ATTEMPT,
+    TASK_SUBMIT_PROVIDER_BATCHES,
     TASK_SWEEP,
     queue_key_prefix,
 )
@@ -90,8 +94,11 @@ task_routes = {
     TASK_ROUTE_JOB: {"queue": ROUTER_QUEUE, "routing_key": ROUTER_QUEUE},
     TASK_SWEEP: {"queue": MAINTENANCE_QUEUE, "routing_key": MAINTENANCE_QUEUE},
     TASK_AUTO_MODE: {"queue": MAINTENANCE_QUEUE, "routing_key": MAINTENANCE_QUEUE},
-    # run_attempt is sent to tier.<name> explicitly by whoever enqueues it.
+    TASK_SUBMIT_PROVIDER_BATCHES: {"queue": MAINTENANCE_QUEUE, "routing_key": MAINTENANCE_QUEUE},
+    TASK_POLL_PROVIDER_BATCHES: {"queue": MAINTENANCE_QUEUE, "routing_key": MAINTENANCE_QUEUE},
+    # run_attempt and resume_attempt are sent to tier.<name> explicitly by whoever enqueues them.
     TASK_RUN_ATTEMPT: {"queue": "tier.local_fast", "routing_key": "tier.local_fast"},
+    TASK_RESUME_ATTEMPT: {"queue": "tier.api_fallback", "routing_key": "tier.api_fallback"},
 }
 
 beat_schedule = {
@@ -106,6 +113,18 @@ beat_schedule = {
     "check-auto-mode": {
         "task": TASK_AUTO_MODE,
         "schedule": AUTO_MODE_INTERVAL_S,
+        "kwargs": {"scheduled": True},
+    },
+    # Provider Batch APIs (workers/provider_batch): group and submit deferred API-tier requests,
+    # poll the open batches and resume their attempts; each one run per interval fleet-wide.
+    "submit-provider-batches": {
+        "task": TASK_SUBMIT_PROVIDER_BATCHES,
+        "schedule": PROVIDER_BATCH_INTERVAL_S,
+        "kwargs": {"scheduled": True},
+    },
+    "poll-provider-batches": {
+        "task": TASK_POLL_PROVIDER_BATCHES,
+        "schedule": PROVIDER_BATCH_INTERVAL_S,
         "kwargs": {"scheduled": True},
     },
 }

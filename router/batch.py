@@ -9,6 +9,13 @@ a changed line is refused as an idempotency conflict). Batch jobs run at
 goes first on the same queues. ``max_cost_usd`` stops sending new lines once the batch has spent
 that much (the rest stay unsent: rerun to resume). A bad line is refused with its number and
 reason and the others go on.
+
+``provider_batch=True`` (``tierflow batch run --deadline 24h``; or ``provider_batches.default``
+in the config when not given) lets the batch's API-tier calls go through the providers' Batch
+APIs (OpenAI Batch, Anthropic Message Batches) at their batch price, answered within a day
+(see :mod:`workers.provider_batch`); it needs a deadline of at least
+``provider_batches.min_deadline_hours``. Cancelling the batch cancels its jobs that wait for a
+provider batch too.
 """
 
 from __future__ import annotations
@@ -107,11 +114,24 @@ def submit_batch(
     name: str,
     max_cost_usd: float | None = None,
     deadline_s: float = 24 * 3600,
+    provider_batch: bool | None = None,
 ) -> Submitted:
-    """Store and send a batch's jobs (or resume it); return what was done. See the module."""
+    """Store and send a batch's jobs (or resume it); return what was done. See the module.
+
+    Raises :class:`BatchError` when ``provider_batch`` is asked for with too short a deadline.
+    """
+    settings = get_settings().llm.provider_batches
+    long_enough = deadline_s >= settings.min_deadline_hours * 3600
+    if provider_batch and not long_enough:
+        raise BatchError(
+            f"provider batches answer within {settings.window_hours:g}h: a deadline of at least "
+            f"{settings.min_deadline_hours:g}h is needed, got {deadline_s / 3600:g}h"
+        )
     batch, _ = store.open_batch(name, max_cost_usd)
     if batch.status == "cancelled":
         raise BatchError(f"batch {name} was cancelled; use a new name")
+    if (settings.default if provider_batch is None else provider_batch) and long_enough:
+        store.allow_provider_batch(batch.id)  # before any line is sent: every attempt sees it
     done = Submitted(batch.id, batch.name)
     limits = get_settings().llm.inputs
     # From the batch's creation, so a resumed line asks for the same deadline as before (the
@@ -214,8 +234,11 @@ class BatchHandle:
         return store.batch_rows(self.batch_id, order)
 
     def cancel(self) -> int:
-        """Cancel the queued jobs (in-flight ones finish and are kept); returns how many."""
+        """Cancel the queued jobs and those waiting for a provider batch (in-flight ones finish
+        and are kept); returns how many. A provider batch nobody waits for any more is then
+        cancelled at the provider by the fleet's next poll."""
         cancelled = store.cancel_batch(self.batch_id)
+        cancelled += store.cancel_deferred_jobs(self.batch_id)
         store.settle_batch(self.batch_id)
         return cancelled
 

@@ -1,5 +1,5 @@
-"""SQLAlchemy tables: jobs, their attempts, superseded calls, mode switches, dead letters and
-the gateway's API keys (hashed).
+"""SQLAlchemy tables: jobs, their attempts, superseded calls, mode switches, dead letters,
+the gateway's API keys (hashed), and the provider batches with their deferred requests.
 
 Idempotency lives here: ``jobs.idempotency_key`` and ``attempts (job_id, attempt_no)`` are unique,
 so a redelivered message can never create a second result or charge a cost twice; a superseded
@@ -215,6 +215,8 @@ class Batch(Base):
     submitted: Mapped[int] = mapped_column(Integer, default=0)  # lines read so far
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), server_default=func.now())
     finished_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    # Its API-tier calls may go through the providers' Batch APIs (a deadline of a day or more).
+    provider_batch: Mapped[bool] = mapped_column(Boolean, default=False, server_default="false")
 
 
 class ApiKey(Base):
@@ -232,3 +234,69 @@ class ApiKey(Base):
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), server_default=func.now())
     revoked_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
     last_used_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+
+
+class ProviderBatch(Base):
+    """One batch job at a provider (an OpenAI Batch, an Anthropic Message Batch): the requests
+    of deferred API-tier attempts of one (provider, model, base URL), submitted together.
+
+    ``status`` is ours (:class:`tierflow.core.constants.ProviderBatchStatus`); ``remote_status``
+    and ``request_counts`` are the provider's as last polled.
+    """
+
+    __tablename__ = "provider_batches"
+
+    id: Mapped[str] = mapped_column(String(36), primary_key=True)
+    provider: Mapped[str] = mapped_column(String(32))
+    model: Mapped[str] = mapped_column(String(100))  # the model's name in the config
+    base_url: Mapped[str | None] = mapped_column(String(500))
+    status: Mapped[str] = mapped_column(String(16), index=True)
+    remote_id: Mapped[str | None] = mapped_column(String(200))
+    input_file_id: Mapped[str | None] = mapped_column(String(200))
+    remote_status: Mapped[str | None] = mapped_column(String(32))
+    request_counts: Mapped[dict[str, Any] | None] = mapped_column(JsonType)
+    requests: Mapped[int] = mapped_column(Integer, default=0)
+    cancel_requested: Mapped[bool] = mapped_column(Boolean, default=False, server_default="false")
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), server_default=func.now())
+    polled_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    ended_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+
+
+class ProviderBatchItem(Base):
+    """One deferred attempt's request: the exact body sent, its ``custom_id`` (the provider's
+    key back to it), the provider batch that carries it, and its result once that ended.
+
+    One per attempt (``(job_id, attempt_no)`` unique), so a redelivered deferral stores nothing
+    twice. ``deferred_by`` is the delivery that deferred the attempt (the attempt row's worker
+    until a resume takes it). ``result`` holds the answer's text, usage and stop reason, or the
+    error's kind and message.
+    """
+
+    __tablename__ = "provider_batch_items"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    job_id: Mapped[str] = mapped_column(ForeignKey("jobs.id", ondelete="CASCADE"), index=True)
+    attempt_no: Mapped[int] = mapped_column(Integer)
+    step: Mapped[int] = mapped_column(Integer)
+    retries_in_step: Mapped[int] = mapped_column(Integer, default=0)
+    custom_id: Mapped[str] = mapped_column(String(64), unique=True)
+    provider: Mapped[str] = mapped_column(String(32))
+    model: Mapped[str] = mapped_column(String(100))
+    base_url: Mapped[str | None] = mapped_column(String(500))
+    body: Mapped[dict[str, Any]] = mapped_column(JsonType)
+    prefill: Mapped[str] = mapped_column(Text, default="", server_default="")
+    state: Mapped[str] = mapped_column(String(16))
+    deferred_by: Mapped[str] = mapped_column(String(200))
+    batch_id: Mapped[str | None] = mapped_column(
+        String(36), ForeignKey("provider_batches.id"), index=True
+    )
+    result_kind: Mapped[str | None] = mapped_column(String(32))
+    result: Mapped[dict[str, Any] | None] = mapped_column(JsonType)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), server_default=func.now())
+    ended_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    resume_sent_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+
+    __table_args__ = (
+        UniqueConstraint("job_id", "attempt_no", name="uq_provider_batch_items_attempt"),
+        Index("ix_provider_batch_items_state_group", "state", "provider", "model"),
+    )

@@ -1,5 +1,6 @@
-"""The fleet's Celery tasks: ``route_job`` (queue ``router``), ``run_attempt`` (queues
-``tier.*``) and ``sweep_stuck_jobs`` (queue ``maintenance``).
+"""The fleet's Celery tasks: ``route_job`` (queue ``router``), ``run_attempt`` and
+``resume_attempt`` (queues ``tier.*``), ``sweep_stuck_jobs`` and the provider batches' two ticks
+(queue ``maintenance``).
 
 Messages carry ids and counters only; the job itself lives in PostgreSQL. Arguments are validated
 first: a malformed message is stored as a dead letter with its reason and acknowledged, never
@@ -33,10 +34,14 @@ from schemas.jobs import utcnow
 from tierflow import store
 from tierflow.core.celery_app import app
 from tierflow.core.constants import (
+    PROVIDER_BATCH_INTERVAL_S,
     SWEEP_INTERVAL_S,
     TASK_AUDIT,
+    TASK_POLL_PROVIDER_BATCHES,
+    TASK_RESUME_ATTEMPT,
     TASK_ROUTE_JOB,
     TASK_RUN_ATTEMPT,
+    TASK_SUBMIT_PROVIDER_BATCHES,
     TASK_SWEEP,
     JobStatus,
     Tier,
@@ -46,8 +51,10 @@ from tierflow.core.errors import JobValidationError
 from tierflow.core.redis_client import get_keys, get_redis
 from tierflow.core.settings import get_settings
 from workers import audit, outcome
-from workers.pipeline import run_attempt_steps
+from workers.pipeline import resume_attempt_steps, run_attempt_steps
 from workers.pipeline.summary import summarize
+from workers.provider_batch.poll import poll_open
+from workers.provider_batch.submit import submit_ready
 from workers.sweeper import sweep
 
 log = logging.getLogger(__name__)
@@ -63,6 +70,7 @@ INFRA_ERRORS = (
     kombu.exceptions.OperationalError,
 )
 SWEEP_LOCK_S = max(1, int(SWEEP_INTERVAL_S) - 2)  # ends before the next beat tick
+PROVIDER_BATCH_LOCK_S = max(1, int(PROVIDER_BATCH_INTERVAL_S) - 2)
 MAX_WAITS = 10_000  # far above what a job's deadline allows at the longest countdown
 MAX_BUG_RETRIES = 2  # redeliveries of a task that raised something unexpected, before its job fails
 _RETRY = {
@@ -248,3 +256,65 @@ def audit_answer(self: Task, job_id: Any, attempt_no: Any = 0) -> str | None:
     with job_fails_on_bug(self, job_id, fail_job=False):
         return audit.audit_answer(job_id, attempt_no, tier, get_settings().llm)
     return "failed"
+
+
+def delivery_name(task: Task) -> str:
+    """This run's ``host/run:task_id`` (as ``run_attempt`` names its runs): its claim and its
+    writes are fenced by it."""
+    return f"{task.request.hostname or 'local'}/{uuid.uuid4().hex[:8]}:{task.request.id}"
+
+
+@app.task(name=TASK_RESUME_ATTEMPT, bind=True, **_RETRY)
+def resume_attempt(self: Task, job_id: Any, attempt_no: Any = 0) -> str | None:
+    """Resume an attempt that waited for a provider batch, from the Gate onward, with the
+    provider's answer or error (see :func:`workers.pipeline.resume_attempt_steps`). Sent by the
+    poll tick once the result is stored; a redelivery replays, never charging twice."""
+    try:
+        job_id = check_job_id(job_id)
+        attempt_no = check_counter("attempt_no", attempt_no)
+    except JobValidationError as exc:
+        _dead_letter(self, str(exc))
+        return None
+    with job_fails_on_bug(self, job_id):
+        ctx = resume_attempt_steps(
+            job_id,
+            attempt_no,
+            delivery_name(self),
+            get_settings().llm,
+            delivery_retry=int(self.request.retries or 0),
+        )
+        if ctx.superseded:
+            return "superseded"
+        return summarize(ctx)
+    return "failed"
+
+
+def _tick_lock(task: Task, tick: str) -> bool:
+    """The Redis lock that keeps a scheduled tick to one run per interval fleet-wide."""
+    return bool(
+        get_redis().set(
+            get_keys().provider_batch_lock(tick),
+            task.request.hostname or "local",
+            nx=True,
+            ex=PROVIDER_BATCH_LOCK_S,
+        )
+    )
+
+
+@app.task(name=TASK_SUBMIT_PROVIDER_BATCHES, bind=True, **_RETRY)
+def submit_provider_batches(self: Task, scheduled: bool = False) -> dict[str, int]:
+    """Group the deferred API-tier requests into provider batches and submit them (see
+    :mod:`workers.provider_batch.submit`). A scheduled tick runs once per interval fleet-wide;
+    one sent by hand always runs."""
+    if scheduled and not _tick_lock(self, "submit"):
+        return {"skipped": 1}
+    return submit_ready(get_settings().llm)
+
+
+@app.task(name=TASK_POLL_PROVIDER_BATCHES, bind=True, **_RETRY)
+def poll_provider_batches(self: Task, scheduled: bool = False) -> dict[str, int]:
+    """Poll the open provider batches, store the results of those that ended and send their
+    attempts' resumes (see :mod:`workers.provider_batch.poll`)."""
+    if scheduled and not _tick_lock(self, "poll"):
+        return {"skipped": 1}
+    return poll_open(get_settings().llm)

@@ -89,9 +89,11 @@ def test_steps_are_wired_once_in_order() -> None:
     names = [type(s).__name__ for s in STEPS]
     assert names == [
         "ClaimAttempt",
+        "HeldByProviderBatch",
         "ModeGate",
         "PickModel",
         "BudgetGate",
+        "DeferToProviderBatch",
         "CallModel",
         "Gate",
         "Price",

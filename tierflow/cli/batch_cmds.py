@@ -22,6 +22,25 @@ batch_app = typer.Typer(no_args_is_help=True, help="Batch runs: many jobs as one
 app.add_typer(batch_app, name="batch")
 
 
+_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
+
+
+def parse_duration(text: str) -> float:
+    """Seconds in ``90m``, ``24h``, ``2d``, ``3600s`` (a bare number is hours)."""
+    value = text.strip().lower()
+    unit = _UNITS.get(value[-1:]) if value else None
+    number = value[:-1] if unit is not None else value
+    try:
+        seconds = float(number) * (unit or 3600)
+    except ValueError:
+        raise typer.BadParameter(
+            "a duration like 90m, 24h or 2d", param_hint="--deadline"
+        ) from None
+    if seconds <= 0:
+        raise typer.BadParameter("must be positive", param_hint="--deadline")
+    return seconds
+
+
 def progress_table(found: dict[str, Any]) -> Table:
     """Done / failed / running per tier, cost so far and the ETA."""
     statuses = found["statuses"]
@@ -45,9 +64,20 @@ def run(
     dry_run: bool = typer.Option(False, "--dry-run", help="Print the plan and cost estimate."),
     max_cost: float = typer.Option(0.0, help="Stop sending new jobs once this much is spent."),
     deadline_hours: float = typer.Option(24.0, help="Every job's deadline, from the start."),
+    deadline: str = typer.Option(
+        "",
+        "--deadline",
+        help="Every job's deadline, e.g. 90m, 24h, 2d (overrides --deadline-hours). A day or "
+        "more lets API-tier calls go through the providers' Batch APIs at their batch price.",
+    ),
 ) -> None:
     """Send every line of FILE (JSONL: prompt, action_type, context, metadata) as one batch;
     running the same file (same name) again resumes it."""
+    provider_batch: bool | None = None
+    if deadline:
+        deadline_hours = parse_duration(deadline) / 3600
+        minimum = get_settings().llm.provider_batches.min_deadline_hours
+        provider_batch = True if deadline_hours >= minimum else None
     if dry_run:
         plan = estimate_batch(read_jsonl(file), get_settings().llm)
         table = Table("first tier", "jobs", title=f"{plan['jobs']} jobs (dry run: nothing sent)")
@@ -64,6 +94,7 @@ def run(
         name=name or file.stem,
         max_cost_usd=max_cost or None,
         deadline_s=deadline_hours * 3600,
+        provider_batch=provider_batch,
     )
     console.print(
         f"batch {done.name} ({done.batch_id}): {done.lines} lines, {done.sent} sent, "

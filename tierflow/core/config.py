@@ -23,6 +23,8 @@ from tierflow.core.errors import ConfigError, describe_validation_error
 _ENV_REF = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
 # ``options.extra_buffers`` of a model served by the embedded llama.cpp engine.
 EXTRA_BUFFERS_CHOICES = ("auto", "on", "off")
+# OpenAI's Batch API and Anthropic's Message Batches both charge half the synchronous price.
+BATCH_DISCOUNT = 0.5
 
 
 class _Strict(BaseModel):
@@ -58,6 +60,10 @@ class ModelConfig(_Strict):
     enabled: bool = True
     limits: ModelLimits = ModelLimits()
     options: dict[str, Any] = Field(default_factory=dict)
+    # Prices of the provider's Batch API (OpenAI Batch, Anthropic Message Batches), US dollars
+    # per million tokens; None: half the model's price (both providers' documented discount).
+    batch_input_cost_per_million: float | None = Field(default=None, ge=0)
+    batch_output_cost_per_million: float | None = Field(default=None, ge=0)
 
     @field_validator("options")
     @classmethod
@@ -83,6 +89,25 @@ class ModelConfig(_Strict):
             input_tokens * self.input_cost_per_million
             + output_tokens * self.output_cost_per_million
         ) / 1_000_000
+
+    def at_batch_price(self) -> ModelConfig:
+        """This model priced as its provider's Batch API charges (see the ``batch_*`` prices):
+        the same model, so :meth:`price` of the copy is the batch price."""
+        batch_in = self.batch_input_cost_per_million
+        batch_out = self.batch_output_cost_per_million
+        return self.model_copy(
+            update={
+                "input_cost_per_million": (
+                    self.input_cost_per_million * BATCH_DISCOUNT if batch_in is None else batch_in
+                ),
+                "output_cost_per_million": (
+                    self.output_cost_per_million * BATCH_DISCOUNT
+                    if batch_out is None
+                    else batch_out
+                ),
+                "cost_per_1k_tokens": None,
+            }
+        )
 
 
 class TierConfig(_Strict):
@@ -191,10 +216,30 @@ class DaemonBudget(_Strict):
     monthly_usd: float | None = Field(default=None, ge=0)
 
 
+class ProviderBatchConfig(_Strict):
+    """The providers' Batch APIs for the API tier (:mod:`workers.provider_batch`).
+
+    A batch run may send its API-tier calls through OpenAI's Batch API or Anthropic's Message
+    Batches at their batch price, answered within ``window_hours``: when submitted with a
+    deadline of at least ``min_deadline_hours`` (``tierflow batch run --deadline 24h``), or,
+    with ``default: true``, every batch whose deadline allows it. Requests wait up to
+    ``collect_s`` seconds to be grouped per (provider, model, base URL), at most
+    ``max_requests`` per provider batch; an open provider batch is polled every ``poll_s``.
+    """
+
+    default: bool = False
+    min_deadline_hours: float = Field(default=24.0, gt=0)
+    window_hours: float = Field(default=24.0, gt=0)  # the providers' completion window
+    collect_s: float = Field(default=60.0, ge=0)
+    max_requests: int = Field(default=10_000, gt=0, le=50_000)
+    poll_s: float = Field(default=60.0, ge=0)
+
+
 class LLMConfig(_Strict):
     tiers: dict[Tier, TierConfig]
     routing: RoutingConfig = RoutingConfig()
     inputs: InputLimits = InputLimits()
+    provider_batches: ProviderBatchConfig = ProviderBatchConfig()
     # Per daemon (the gateway key's daemon, ``metadata.daemon`` of a job): see workers/budget.py
     budgets: dict[str, DaemonBudget] = Field(default_factory=dict)
 

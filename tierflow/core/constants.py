@@ -135,6 +135,31 @@ TASK_AUDIT = "tierflow.audit_answer"
 SWEEP_INTERVAL_S = 30.0  # beat sends a sweep this often; one runs per interval fleet-wide
 TASK_AUTO_MODE = "tierflow.check_auto_mode"
 AUTO_MODE_INTERVAL_S = 5.0  # beat checks local availability this often (automatic mode)
+# Provider Batch APIs (workers/provider_batch): beat sends both ticks this often, one of each
+# runs per interval fleet-wide; a resume runs on the queue of its attempt's tier.
+TASK_SUBMIT_PROVIDER_BATCHES = "tierflow.submit_provider_batches"
+TASK_POLL_PROVIDER_BATCHES = "tierflow.poll_provider_batches"
+TASK_RESUME_ATTEMPT = "tierflow.resume_attempt"
+PROVIDER_BATCH_INTERVAL_S = 30.0
+# The providers whose Batch API a deferred API-tier attempt can go through.
+BATCH_PROVIDERS: frozenset[str] = frozenset({"openai", "anthropic"})
+
+
+class ItemState(StrEnum):
+    """A deferred attempt's request on its way through a provider batch."""
+
+    PENDING = "pending"  # stored by the attempt, not yet in a provider batch
+    SUBMITTED = "submitted"  # in a provider batch that has not ended
+    DONE = "done"  # its result (an answer or an error) is stored: the attempt resumes
+    DROPPED = "dropped"  # its job ended before it was submitted: never sent
+
+
+class ProviderBatchStatus(StrEnum):
+    """Our record of one provider batch (the provider's own status is kept beside it)."""
+
+    SUBMITTING = "submitting"  # items assigned; the provider has not confirmed the batch yet
+    OPEN = "open"  # the provider holds it; polled until it ends
+    ENDED = "ended"  # ended at the provider and every item's result stored
 
 
 class Keys:
@@ -170,6 +195,10 @@ class Keys:
     @property
     def auto_mode_lock(self) -> str:
         return f"{self.prefix}:automode:lock"
+
+    def provider_batch_lock(self, tick: str) -> str:
+        """One submit (or poll) tick of the provider batches at a time, fleet-wide."""
+        return f"{self.prefix}:provider-batch:{tick}:lock"
 
     @property
     def local_down_since(self) -> str:

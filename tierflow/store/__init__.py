@@ -1,5 +1,5 @@
-"""The store floor: every read and write of jobs, attempts, mode switches, dead letters
-and the gateway's API keys.
+"""The store floor: every read and write of jobs, attempts, mode switches, dead letters,
+the gateway's API keys and the provider batches (:mod:`tierflow.store.provider_batches`).
 
 Both the client (:mod:`router`) and the fleet (:mod:`workers`) reach PostgreSQL only through
 here. Every write is idempotent under redelivery: jobs are keyed by their idempotency key,
@@ -46,6 +46,7 @@ from tierflow.store.jobs import (
 )
 from tierflow.store.keys import KeyInfo, create_key, daemon_for_key, list_keys, revoke_key
 from tierflow.store.labels import gate_figures, labels_for, record_label
+from tierflow.store.provider_batches import allow_provider_batch, cancel_deferred_jobs
 from tierflow.store.sweeps import stalled_jobs, touch_jobs
 
 __all__ = [
@@ -54,11 +55,13 @@ __all__ = [
     "Finished",
     "HeldLease",
     "KeyInfo",
+    "allow_provider_batch",
     "attempts_of",
     "batch_cost",
     "batch_progress",
     "batch_rows",
     "cancel_batch",
+    "cancel_deferred_jobs",
     "claim_attempt",
     "create_job",
     "create_key",

@@ -3,10 +3,13 @@
     ClaimAttempt read the job and own (job, attempt_no), one commit; unknown, claim.py
                  finished, unrouted, expired: stop; finished before: replay;
                  held: wait
+    HeldByProviderBatch  a deferred attempt waits for its provider batch    defer.py
     ModeGate     the fleet's mode allows the tier?                          select.py
     PickModel    first servable model: availability, limits, cooldowns,     select.py
                  circuit, capacity (none: wait, or skip with reasons)
     BudgetGate   a paid model within the daemon's budget? (reserve, or skip) budget.py
+    DeferToProviderBatch  an API model of a batch that allows it: store the defer.py
+                 request for the provider's Batch API instead of calling it
     CallModel    call it, streaming to the waiter if asked                  call.py
     Gate         judge the answer                                           gate.py
     Price        its cost from real usage; the attempt's fields             price.py
@@ -25,17 +28,33 @@ A redelivered message runs the same list: the claim finds the attempt finished, 
 make an attempt do not apply, and the decision is replayed from the stored row without calling
 the model or charging again. A new concern (a verifier, a cache, a budget, a metric) is a new
 step in this list.
+
+A deferred attempt is resumed, once its provider batch ended, by :func:`resume_attempt_steps`:
+:data:`RESUME_STEPS` are the same steps from the Gate on, after the job is loaded, the attempt
+claimed from the delivery that deferred it (:class:`~workers.pipeline.defer.ClaimDeferred`) and
+the provider's answer or error put where the call would have put it
+(:class:`~workers.pipeline.defer.ProviderBatchResult`). So the gate, the batch price, storing
+once, the decision, the finish and the wake-up are the ones every attempt goes through, and a
+redelivered resume replays like any redelivered attempt.
 """
 
 from __future__ import annotations
 
 from tierflow.core.config import LLMConfig
+from tierflow.core.constants import ItemState
+from tierflow.store import provider_batches
 from workers.pipeline.audit import Audit
 from workers.pipeline.budget import BudgetGate, SettleBudget
 from workers.pipeline.call import CallModel
-from workers.pipeline.claim import ClaimAttempt
+from workers.pipeline.claim import ClaimAttempt, LoadJob
 from workers.pipeline.context import AttemptContext, Step, run_steps
 from workers.pipeline.decide import Decide
+from workers.pipeline.defer import (
+    ClaimDeferred,
+    DeferToProviderBatch,
+    HeldByProviderBatch,
+    ProviderBatchResult,
+)
 from workers.pipeline.enqueue import Enqueue
 from workers.pipeline.finish import Finish
 from workers.pipeline.gate import Gate
@@ -44,12 +63,15 @@ from workers.pipeline.notify import Notify
 from workers.pipeline.persist import Persist
 from workers.pipeline.price import Price
 from workers.pipeline.select import ModeGate, PickModel
+from workers.provider_batch.late import keep_late_result
 
 STEPS: tuple[Step, ...] = (
     ClaimAttempt(),
+    HeldByProviderBatch(),
     ModeGate(),
     PickModel(),
     BudgetGate(),
+    DeferToProviderBatch(),
     CallModel(),
     Gate(),
     Price(),
@@ -62,6 +84,10 @@ STEPS: tuple[Step, ...] = (
     Audit(),
     Enqueue(),
 )
+
+# The steps after the call: what a resumed attempt goes through with its answer preset.
+AFTER_CALL: tuple[Step, ...] = STEPS[[type(s) for s in STEPS].index(Gate) :]
+RESUME_STEPS: tuple[Step, ...] = (LoadJob(), ClaimDeferred(), ProviderBatchResult(), *AFTER_CALL)
 
 
 def run_attempt_steps(
@@ -93,4 +119,41 @@ def run_attempt_steps(
     return run_steps(ctx, steps)
 
 
-__all__ = ["STEPS", "AttemptContext", "Step", "run_attempt_steps"]
+def resume_attempt_steps(
+    job_id: str,
+    attempt_no: int,
+    worker: str,
+    config: LLMConfig,
+    steps: tuple[Step, ...] = RESUME_STEPS,
+    delivery_retry: int = 0,
+) -> AttemptContext:
+    """Resume (or replay) a deferred attempt whose provider batch result is stored; return its
+    context (``stopped`` with nothing done when there is no such attempt or no result yet).
+
+    ``worker`` is this delivery's ``host/run:task_id``; ``delivery_retry`` Celery's retry number
+    of it, as for :func:`run_attempt_steps`. A result that came after its job ended is not used,
+    but what the provider charged for it is kept, once, as a superseded call.
+    """
+    item = provider_batches.item_of(job_id, attempt_no)
+    step, retries = (item.step, item.retries_in_step) if item is not None else (0, 0)
+    ctx = AttemptContext(
+        job_id, step, attempt_no, retries, worker, config, delivery_retry=delivery_retry
+    )
+    if item is None or item.state != ItemState.DONE.value:
+        ctx.stop()
+        return ctx
+    ctx.batch_item = item
+    run_steps(ctx, steps)
+    if ctx.attempt is None and not ctx.superseded:
+        keep_late_result(item, config)
+    return ctx
+
+
+__all__ = [
+    "RESUME_STEPS",
+    "STEPS",
+    "AttemptContext",
+    "Step",
+    "resume_attempt_steps",
+    "run_attempt_steps",
+]

@@ -6,7 +6,7 @@ from router.plan import TierPlan
 from schemas.jobs import utcnow
 from schemas.tables import Job
 from tierflow import store
-from tierflow.core.constants import TASK_RUN_ATTEMPT
+from tierflow.core.constants import TASK_RUN_ATTEMPT, TERMINAL_STATUSES
 from workers.leases import lease_seconds, max_countdown
 from workers.outcome import Move, finish_expired, finish_failure
 from workers.pipeline.context import AttemptContext, Step
@@ -27,13 +27,7 @@ class ClaimAttempt(Step):
 
     def run(self, ctx: AttemptContext) -> None:
         def tier_of(job: Job) -> str | None:
-            if not job.plan or (job.deadline is not None and job.deadline <= utcnow()):
-                return None
-            plan = TierPlan.from_json(job.plan)
-            if ctx.step >= len(plan.chain):
-                return None
-            ctx.plan, ctx.tier = plan, plan.chain[ctx.step]
-            return ctx.tier.value
+            return ctx.tier.value if admit(ctx, job) and ctx.tier is not None else None
 
         claim = store.claim_attempt(
             ctx.job_id,
@@ -54,26 +48,64 @@ class ClaimAttempt(Step):
         job = claim.job
         assert job is not None
         if claim.claim is store.Claim.REFUSED:
-            return self._refused(ctx, job)
+            return refuse(ctx, job)
         ctx.job = job
         if claim.claim is store.Claim.BUSY:
             # the holder's lease says how long to wait; the capacity-wait count goes on as it is
             wait = min(claim.lease_left_s + 1, max_countdown())
-            ctx.stop(Move("wait", ctx.step, ctx.attempt_no, ctx.retries_in_step, wait, ctx.waits))
+            move = Move("wait", ctx.step, ctx.attempt_no, ctx.retries_in_step, wait, ctx.waits)
+            if job.batch_id is None:
+                ctx.stop(move)
+            else:  # held by a provider batch, maybe: HeldByProviderBatch decides, next
+                ctx.busy = move
         elif claim.claim is store.Claim.DONE:
             ctx.attempt, ctx.replayed = claim.attempt, True
         return None
 
-    @staticmethod
-    def _refused(ctx: AttemptContext, job: Job) -> None:
-        """Why the claim was refused, and what that does to the job (after the claim's commit:
-        ending a job locks its row)."""
-        if not job.plan:
+
+class LoadJob(Step):
+    """Read the job (for a delivery that does not claim through :class:`ClaimAttempt`: a
+    provider batch's resume, :data:`~workers.pipeline.RESUME_STEPS`); the same checks stop it."""
+
+    def applies(self, ctx: AttemptContext) -> bool:
+        return ctx.job is None and not ctx.stopped
+
+    def run(self, ctx: AttemptContext) -> None:
+        job = store.load_job(ctx.job_id)
+        if job is None:
             store.record_dead_letter(
-                "run_attempt before the job was routed", task=TASK_RUN_ATTEMPT, job_id=job.id
+                f"run_attempt for unknown job {ctx.job_id}", task=TASK_RUN_ATTEMPT
             )
-        elif job.deadline is not None and job.deadline <= utcnow():
-            finish_expired(job, ctx.config)  # no model is called past a job's deadline
-        else:
-            finish_failure(job, ctx.config, f"step {ctx.step} is past the end of the chain")
-        ctx.stop()
+            return ctx.stop()
+        if job.status in TERMINAL_STATUSES:
+            return ctx.stop()
+        if not admit(ctx, job):
+            return refuse(ctx, job)
+        ctx.job = job
+        return None
+
+
+def admit(ctx: AttemptContext, job: Job) -> bool:
+    """Whether an open job can run this attempt: routed, within its deadline, the step in its
+    chain (then the plan and the tier go on the context). Pure: it runs under the row lock."""
+    if not job.plan or (job.deadline is not None and job.deadline <= utcnow()):
+        return False
+    plan = TierPlan.from_json(job.plan)
+    if ctx.step >= len(plan.chain):
+        return False
+    ctx.plan, ctx.tier = plan, plan.chain[ctx.step]
+    return True
+
+
+def refuse(ctx: AttemptContext, job: Job) -> None:
+    """Why :func:`admit` said no, and what that does to the job (after any claim's commit:
+    ending a job locks its row)."""
+    if not job.plan:
+        store.record_dead_letter(
+            "run_attempt before the job was routed", task=TASK_RUN_ATTEMPT, job_id=job.id
+        )
+    elif job.deadline is not None and job.deadline <= utcnow():
+        finish_expired(job, ctx.config)  # no model is called past a job's deadline
+    else:
+        finish_failure(job, ctx.config, f"step {ctx.step} is past the end of the chain")
+    ctx.stop()

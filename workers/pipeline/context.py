@@ -17,7 +17,7 @@ from typing import Any
 from router.gate import GateReport
 from router.plan import TierPlan
 from schemas.jobs import JobResult
-from schemas.tables import Attempt, Job
+from schemas.tables import Attempt, Job, ProviderBatchItem
 from tierflow.core.config import LLMConfig
 from tierflow.core.constants import Mode, Tier
 from tierflow.core.errors import BackendError
@@ -55,6 +55,7 @@ class AttemptContext:
     attempt: Attempt | None = None  # the stored row: this delivery's, or an earlier one's
     replayed: bool = False  # the claim found the attempt finished by an earlier delivery
     move: Move | None = None
+    busy: Move | None = None  # a batch job's attempt held by another: the wait, unless deferred
     ended: bool = False  # Persist's transaction also finalized the job (its move: succeed)
     final: JobResult | None = None  # the job as that transaction ended it (None: already ended)
     stopped: bool = False  # nothing more is to be made (the job is gone, done, or must wait)
@@ -62,6 +63,11 @@ class AttemptContext:
     # was not stored, its call was recorded as superseded, and the new holder drives the job.
     superseded: bool = False
     holder_attempt: Attempt | None = None  # the row as the new holder left it (read, not touched)
+    # Provider batches (workers/pipeline/defer.py): the job's batch allows the providers' Batch
+    # APIs; this delivery deferred the attempt to one; the item a resume takes its result from.
+    provider_batch: bool = False
+    deferred: bool = False
+    batch_item: ProviderBatchItem | None = None
 
     @property
     def making(self) -> bool:

@@ -1,0 +1,56 @@
+"""The official SDK clients that submit and poll provider batches.
+
+Built like the backends' (the key read by the SDK's caller from the variable the model names,
+never stored; the model's ``base_url``), one per model and key per process. ``max_retries=0``:
+a failed submit or poll is tried again at the next beat tick, and an SDK retry of a create
+could submit a batch twice.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+
+import anthropic
+import openai
+
+from tierflow.core import errors
+from tierflow.core.config import ModelConfig
+
+CLIENT_TIMEOUT_S = 120.0  # an upload of a large input file, a download of its results
+_DEFAULT_KEYS = {"openai": "OPENAI_API_KEY", "anthropic": "ANTHROPIC_API_KEY"}
+_clients: dict[tuple[str, str, str], object] = {}
+
+
+def _key(model: ModelConfig) -> tuple[str, str]:
+    env = model.api_key_env or _DEFAULT_KEYS.get(model.provider, "")
+    key = os.environ.get(env) if env else None
+    if not key:
+        raise errors.AuthError(f"{model.provider}: {env or 'its API key variable'} not set")
+    return env, key
+
+
+def _cache_key(model: ModelConfig, key: str) -> tuple[str, str, str]:
+    return (model.name, model.base_url or "", hashlib.sha256(key.encode()).hexdigest())
+
+
+def openai_client(model: ModelConfig) -> openai.OpenAI:
+    _, key = _key(model)
+    found = _clients.get(_cache_key(model, key))
+    if not isinstance(found, openai.OpenAI):
+        found = openai.OpenAI(
+            api_key=key, base_url=model.base_url, max_retries=0, timeout=CLIENT_TIMEOUT_S
+        )
+        _clients[_cache_key(model, key)] = found
+    return found
+
+
+def anthropic_client(model: ModelConfig) -> anthropic.Anthropic:
+    _, key = _key(model)
+    found = _clients.get(_cache_key(model, key))
+    if not isinstance(found, anthropic.Anthropic):
+        found = anthropic.Anthropic(
+            api_key=key, base_url=model.base_url, max_retries=0, timeout=CLIENT_TIMEOUT_S
+        )
+        _clients[_cache_key(model, key)] = found
+    return found
