@@ -90,6 +90,7 @@ def test_steps_are_wired_once_in_order() -> None:
     assert names == [
         "LoadJob",
         "ClaimAttempt",
+        "CacheLookup",
         "ModeGate",
         "PickModel",
         "BudgetGate",
@@ -102,6 +103,7 @@ def test_steps_are_wired_once_in_order() -> None:
         "Notify",
         "Metrics",
         "Finish",
+        "CacheStore",
         "Audit",
         "Enqueue",
     ]

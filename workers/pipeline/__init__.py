@@ -2,6 +2,7 @@
 
     LoadJob      read the job once (unknown, finished, unrouted: stop)      claim.py
     ClaimAttempt own (job, attempt_no); finished before: replay; held: wait claim.py
+    CacheLookup  first attempt: the cached answer (exact, or a paraphrase's)   cache.py
     ModeGate     the fleet's mode allows the tier?                          select.py
     PickModel    first servable model: availability, limits, cooldowns,     select.py
                  circuit, capacity (none: wait, or skip with reasons)
@@ -15,6 +16,7 @@
     Notify       stream reset, fallback event (never on a replay)           notify.py
     Metrics      Prometheus counters of the stored attempt (not replays)    metrics.py
     Finish       finalize the job and wake its waiter                       finish.py
+    CacheStore   cache a fresh passed answer (exact key and embedding)      cache.py
     Audit        send a share of passed answers to the next tier            audit.py
     Enqueue      send the next attempt                                      enqueue.py
 
@@ -29,6 +31,7 @@ from __future__ import annotations
 from tierflow.core.config import LLMConfig
 from workers.pipeline.audit import Audit
 from workers.pipeline.budget import BudgetGate, SettleBudget
+from workers.pipeline.cache import CacheLookup, CacheStore
 from workers.pipeline.call import CallModel
 from workers.pipeline.claim import ClaimAttempt, LoadJob
 from workers.pipeline.context import AttemptContext, Step, run_steps
@@ -45,6 +48,7 @@ from workers.pipeline.select import ModeGate, PickModel
 STEPS: tuple[Step, ...] = (
     LoadJob(),
     ClaimAttempt(),
+    CacheLookup(),
     ModeGate(),
     PickModel(),
     BudgetGate(),
@@ -57,6 +61,7 @@ STEPS: tuple[Step, ...] = (
     Notify(),
     Metrics(),
     Finish(),
+    CacheStore(),
     Audit(),
     Enqueue(),
 )

@@ -59,6 +59,8 @@ class AttemptContext:
     # was not stored, its call was recorded as superseded, and the new holder drives the job.
     superseded: bool = False
     holder_attempt: Attempt | None = None  # the row as the new holder left it (read, not touched)
+    budget_held: bool = False  # BudgetGate reserved this call's estimate (SettleBudget settles it)
+    cache_vector: Any = None  # the prompt's embedding, when CacheLookup computed one
 
     @property
     def making(self) -> bool:
