@@ -14,9 +14,12 @@ from pydantic import ValidationError
 
 from router.dispatch import enqueue_route
 from router.feedback import record_feedback
+from router.mode import get_mode
+from router.plan import plan_job
 from router.waiter import event_hub
 from schemas.jobs import JobRequest, JobResult, utcnow
 from tierflow import store
+from tierflow.core.config import LLMConfig
 from tierflow.core.constants import ROUTER_QUEUE, TERMINAL_STATUSES, JobStatus, tier_queue
 from tierflow.core.errors import (
     JobNotFound,
@@ -24,12 +27,15 @@ from tierflow.core.errors import (
     JobWaitTimeout,
     describe_validation_error,
 )
+from tierflow.core.redis_client import get_keys, get_redis
 from tierflow.core.settings import get_settings
+from tierflow.store.budgets import budget_for
 
 log = logging.getLogger(__name__)
 
 LISTEN_READY_S = 1.0  # how long a submit waits for the process's event subscription (first use)
 BROKER_DOWN_NOTE = "stored; the broker is unreachable, it will be sent when the broker is back"
+BUDGET_EXHAUSTED = "budget exhausted"  # the reason BudgetGate gives too (workers/pipeline)
 
 
 class JobHandle:
@@ -178,6 +184,7 @@ def submit_job(
     metadata: dict[str, Any] | None = None,
     stream: bool = False,
     allow_degraded: bool = False,
+    cache: bool = True,
 ) -> JobHandle:
     """Store a job and send it to the router; return its handle at once.
 
@@ -189,6 +196,12 @@ def submit_job(
     retry of an accepted request whose deadline has passed since gets its job back (it will
     have ended ``expired`` or finished). When the broker is unreachable the job is stored all
     the same, and the handle says so (``handle.sent`` False, ``handle.note``).
+
+    ``cache=False``: the answer is neither taken from the cache nor stored in it. A job of a
+    daemon (``metadata.daemon``) whose budget is already spent is stored and failed at once with
+    ``budget exhausted`` when nothing free could serve it: no tier of its plan has a free model
+    and the cache does not apply to it (see :func:`budget_refusal`); otherwise it runs, on the
+    free tiers (or from the cache) alone.
     """
     settings = get_settings()
     try:
@@ -202,6 +215,7 @@ def submit_job(
             metadata=metadata or {},
             stream=stream,
             allow_degraded=allow_degraded,
+            cache=cache,
         )
     except ValidationError as exc:
         raise JobValidationError(describe_validation_error(exc, empty="job")) from None
@@ -215,6 +229,11 @@ def submit_job(
             raise JobValidationError("deadline: deadline is in the past")
         return JobHandle(existing, created=False)
     job_id, created = store.create_job(request, settings.job_deadline_s)
+    refusal = budget_refusal(request, settings.llm) if created else None
+    if refusal is not None:
+        # Stored, so the daemon can read why; ended before any message is sent.
+        store.finalize_job(job_id, JobStatus.FAILED, error=refusal)
+        return JobHandle(job_id, created)
     handle = JobHandle(job_id, created)
     if created:
         handle._listen()
@@ -228,6 +247,46 @@ def submit_job(
             )
             handle.sent, handle.note = False, BROKER_DOWN_NOTE
     return handle
+
+
+def budget_refusal(request: JobRequest, config: LLMConfig) -> str | None:
+    """Why a new job of an over-budget daemon ends at submit, or None when it may run.
+
+    The fleet's own rule (:class:`workers.pipeline.budget.BudgetGate`) skips a paid tier once
+    the daemon's reservation is refused; here a daemon that has already reached a ceiling
+    (stored with ``tierflow budget set``, else the config's) is refused up front, but only when
+    the fleet could not serve the job for free either: no tier of its plan has a free model
+    (price 0) and caching does not apply (a cached answer costs nothing).
+    """
+    daemon = request.metadata.get("daemon")
+    if not isinstance(daemon, str) or not daemon:
+        return None
+    budget = budget_for(daemon, config)
+    if budget is None:
+        return None
+    values = get_redis().mget(get_keys().budget_periods(daemon))
+    day, month = (float(v or 0) for v in values)  # type: ignore[union-attr]
+    if not budget.reached(day, month):
+        return None
+    if config.routing.enable_caching and request.cache:
+        rule = config.caching.for_action(request.action_type)
+        if rule.enabled:
+            return None
+    plan = plan_job(request.action_type, request.prompt, request.context, config, get_mode())
+    if plan.error:
+        return None  # the router fails it with its own reason
+    free = any(
+        model.price(1_000_000, 1_000_000) <= 0
+        for tier in plan.chain
+        for model in config.tier_models(tier)
+    )
+    if free:
+        return None
+    return (
+        f"{BUDGET_EXHAUSTED}: daemon {daemon} spent ${day:.6f} today and ${month:.6f} this "
+        f"month (daily {budget.daily_usd}, monthly {budget.monthly_usd} USD), and no free tier "
+        "can serve the job"
+    )
 
 
 def get_job(job_id: str) -> JobHandle:

@@ -7,7 +7,14 @@ import json
 from datetime import UTC, datetime
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 from pydantic_core import InitErrorDetails, PydanticCustomError
 
 from tierflow.core.config import InputLimits
@@ -16,6 +23,13 @@ ACTION_PATTERN = r"^[a-z][a-z0-9_]{0,63}$"
 # Keys of ``context`` the router reads as switches (router/plan.py): booleans, nothing else, so
 # the string "false" can never send a job to the API tier by being truthy.
 ROUTING_FLAGS = ("affects_system_state", "user_visible_output")
+# ``cache: false`` of a request is stored as this key of its metadata (the way the gateway
+# stores ``metadata.daemon``): the worker reads it from the job row, and the fingerprint of a
+# request that leaves ``cache`` at its default is the same as before the field existed.
+CACHE_SWITCH = "cache"
+# The provider of an attempt (and so of a job) served from the cache: ``cache:exact`` or
+# ``cache:semantic`` (the model is the one that made the answer first).
+CACHE_PROVIDER_PREFIX = "cache:"
 # What a request's fingerprint covers: everything that changes the job's result. The
 # idempotency key itself is not part of it (it is what the fingerprint is bound to).
 FINGERPRINT_FIELDS = (
@@ -73,6 +87,16 @@ class JobRequest(BaseModel):
     metadata: dict[str, Any] = Field(default_factory=dict)
     stream: bool = False
     allow_degraded: bool = False
+    # False: never answer from the cache, nor store this answer in it (see CACHE_SWITCH)
+    cache: bool = True
+
+    @model_validator(mode="after")
+    def _cache_switch(self) -> JobRequest:
+        if self.metadata.get(CACHE_SWITCH) is False:
+            self.cache = False
+        elif not self.cache:
+            self.metadata = {**self.metadata, CACHE_SWITCH: False}
+        return self
 
     @field_validator("prompt")
     @classmethod
@@ -176,6 +200,7 @@ class AttemptSummary(BaseModel):
     output_tokens: int = 0
     cost_usd: float = 0.0
     latency_ms: float | None = None
+    cached: str | None = None  # exact | semantic: the answer came from the cache
 
 
 class JobResult(BaseModel):
@@ -198,6 +223,8 @@ class JobResult(BaseModel):
     input_tokens: int = 0
     output_tokens: int = 0
     finished_at: datetime | None = None
+    # exact | semantic when the answer was served from the cache (cost 0), else None
+    cached: str | None = None
 
     @property
     def ok(self) -> bool:

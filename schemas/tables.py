@@ -118,6 +118,10 @@ class Attempt(Base):
     fake: Mapped[bool] = mapped_column(Boolean, default=False)
     started_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), server_default=func.now())
     finished_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    # exact | semantic: the answer was served from the cache (no model was called, cost 0);
+    # cache_saved_usd is what the answer cost when it was first made.
+    cached: Mapped[str | None] = mapped_column(String(16))
+    cache_saved_usd: Mapped[float | None] = mapped_column(Money)
 
     job: Mapped[Job] = relationship(back_populates="attempts")
 
@@ -299,4 +303,19 @@ class ProviderBatchItem(Base):
     __table_args__ = (
         UniqueConstraint("job_id", "attempt_no", name="uq_provider_batch_items_attempt"),
         Index("ix_provider_batch_items_state_group", "state", "provider", "model"),
+    )
+
+
+class StoredBudget(Base):
+    """A daemon's spend ceilings set with ``tierflow budget set`` (US dollars per UTC day and
+    month; null: no ceiling for that period). A row here takes precedence over the config's
+    ``budgets:`` entry for the same daemon (:func:`tierflow.store.budgets.budget_for`)."""
+
+    __tablename__ = "budgets"
+
+    daemon: Mapped[str] = mapped_column(String(64), primary_key=True)
+    daily_usd: Mapped[float | None] = mapped_column(Money)
+    monthly_usd: Mapped[float | None] = mapped_column(Money)
+    updated_at: Mapped[datetime] = mapped_column(
+        DateTime(timezone=True), server_default=func.now(), onupdate=func.now()
     )

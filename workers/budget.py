@@ -12,12 +12,13 @@ between reserve and settle leaves its estimate counted (the safe side) until the
 
 from __future__ import annotations
 
-from datetime import UTC, datetime
+from datetime import datetime
 from typing import Any
 
 import redis
 
 from tierflow.core.config import DaemonBudget, ModelConfig
+from tierflow.core.constants import Keys
 
 DAY_TTL_S = 3 * 86400
 MONTH_TTL_S = 40 * 86400
@@ -58,13 +59,12 @@ class Budgets:
     def __init__(self, client: redis.Redis, prefix: str) -> None:
         self.redis = client
         self.prefix = prefix
+        self.keys = Keys(prefix)
         self._reserve = client.register_script(RESERVE)
         self._settle = client.register_script(SETTLE)
 
     def _keys(self, daemon: str, now: datetime | None = None) -> tuple[str, str, str]:
-        now = now or datetime.now(UTC)
-        base = f"{self.prefix}:budget:{daemon}"
-        return f"{base}:d:{now:%Y%m%d}", f"{base}:m:{now:%Y%m}", f"{base}:holds"
+        return (*self.keys.budget_periods(daemon, now), self.keys.budget_holds(daemon))
 
     def reserve(self, daemon: str, budget: DaemonBudget, hold: str, estimate_usd: float) -> bool:
         """Hold ``estimate_usd`` of the daemon's ceilings for ``hold``; False: it would pass one."""
@@ -83,9 +83,13 @@ class Budgets:
 
     def spent(self, daemon: str) -> tuple[float, float]:
         """Today's and this month's spend (settled plus held)."""
-        day, month, _ = self._keys(daemon)
-        values: list[Any] = list(self.redis.mget([day, month]))  # type: ignore[arg-type]
-        return float(values[0] or 0), float(values[1] or 0)
+        return spent(self.redis, self.keys, daemon)
+
+
+def spent(client: redis.Redis, keys: Keys, daemon: str) -> tuple[float, float]:
+    """A daemon's spend today and this month (UTC), settled plus held, in US dollars."""
+    values: list[Any] = list(client.mget(keys.budget_periods(daemon)))  # type: ignore[arg-type]
+    return float(values[0] or 0), float(values[1] or 0)
 
 
 def estimate_cost(model: ModelConfig, input_tokens: int) -> float:

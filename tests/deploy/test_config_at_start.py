@@ -89,7 +89,7 @@ def test_a_local_only_fleet_has_no_baseline_and_loads() -> None:
             lambda r: r["routing"].update(action_tier_overrides={"x": "gpu"}),
             "action_tier_overrides",
         ),
-        (lambda r: r["routing"].update(enable_caching=True), "routing.enable_caching"),
+        (lambda r: r.update(caching={"semantic_threshold": 2}), "caching.semantic_threshold"),
         (
             lambda r: r["tiers"]["local_fast"].update(models=[fake_model("m", provider="olama")]),
             "tiers.local_fast.models.0.provider",

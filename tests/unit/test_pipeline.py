@@ -90,6 +90,7 @@ def test_steps_are_wired_once_in_order() -> None:
     assert names == [
         "ClaimAttempt",
         "HeldByProviderBatch",
+        "CacheLookup",
         "ModeGate",
         "PickModel",
         "BudgetGate",
@@ -103,6 +104,7 @@ def test_steps_are_wired_once_in_order() -> None:
         "Notify",
         "Metrics",
         "Finish",
+        "CacheStore",
         "Audit",
         "Enqueue",
     ]

@@ -15,7 +15,8 @@ Routes (every one but ``/openapi.json`` needs ``Authorization: Bearer tf_...``):
 **Which action.** The model names it: ``tierflow/<action>``; ``auto`` (or any model with an
 ``x-tierflow-action`` header) leaves it to the header, else ``unknown``. The answer's route
 (the tiers tried, in order), tier, model, cost and quality come back in ``x-tierflow-*``
-headers, with the job's id.
+headers, with the job's id (``x-tierflow-cached``: ``exact`` or ``semantic`` for an answer
+served from the cache). ``"cache": false`` in a chat or job body skips the cache.
 
 **Streaming never breaks.** A job can fall back after its first tier wrote half an answer (the
 gate rejects it), so nothing is streamed until the job has *succeeded*: the gateway waits, then
@@ -181,6 +182,9 @@ def parse_chat(body: Any) -> dict[str, Any]:
     include_usage = (options or {}).get("include_usage", False)
     if not isinstance(include_usage, bool):
         raise BadRequest(400, "include_usage must be a boolean", "stream_options.include_usage")
+    cache = body.get("cache", True)
+    if not isinstance(cache, bool):
+        raise BadRequest(400, "cache must be a boolean", "cache")
     last = users[-1]
     context: dict[str, Any] = {}
     earlier = [t for i, t in enumerate(turns) if i != last]
@@ -192,6 +196,7 @@ def parse_chat(body: Any) -> dict[str, Any]:
         "context": context,
         "stream": bool(stream),
         "include_usage": include_usage,
+        "cache": cache,
     }
 
 
@@ -237,6 +242,7 @@ def result_headers(result: JobResult, action: str) -> dict[str, str]:
         "x-tierflow-model": result.model or "-",
         "x-tierflow-cost-usd": f"{result.cost_usd:.8f}",
         "x-tierflow-quality": "-" if result.quality is None else f"{result.quality:.4f}",
+        "x-tierflow-cached": result.cached or "-",
     }
     return headers
 
@@ -374,9 +380,8 @@ def create_app(
         )
 
     def run_chat(daemon: str, action: str, chat: dict[str, Any]) -> JobResult:
-        handle = submit(
-            daemon, {"prompt": chat["prompt"], "action_type": action, "context": chat["context"]}
-        )
+        fields = {"prompt": chat["prompt"], "action_type": action, "context": chat["context"]}
+        handle = submit(daemon, {**fields, "cache": chat["cache"]})
         return handle.wait(timeout=chat_wait_s)
 
     async def chat_completions(request: Request, daemon: str) -> Response:
@@ -539,6 +544,7 @@ JOB_FIELDS = frozenset(
         "metadata",
         "stream",
         "allow_degraded",
+        "cache",
     }
 )
 

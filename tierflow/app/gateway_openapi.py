@@ -89,6 +89,7 @@ SCHEMAS: dict[str, Any] = {
                 "type": "object",
                 "properties": {"include_usage": {"type": "boolean"}},
             },
+            "cache": {"type": "boolean", "description": "false: never answered from the cache"},
         },
         "additionalProperties": True,
     },
@@ -165,6 +166,7 @@ SCHEMAS: dict[str, Any] = {
             "metadata": {"type": "object"},
             "stream": {"type": "boolean"},
             "allow_degraded": {"type": "boolean"},
+            "cache": {"type": "boolean", "description": "false: never answered from the cache"},
         },
     },
     "JobAccepted": {
@@ -193,6 +195,7 @@ SCHEMAS: dict[str, Any] = {
             "output_tokens": {"type": "integer"},
             "cost_usd": {"type": "number"},
             "latency_ms": {"type": ["number", "null"]},
+            "cached": {"enum": ["exact", "semantic", None]},
         },
     },
     "JobResult": {
@@ -216,6 +219,7 @@ SCHEMAS: dict[str, Any] = {
             "input_tokens": {"type": "integer"},
             "output_tokens": {"type": "integer"},
             "finished_at": {"type": ["string", "null"], "format": "date-time"},
+            "cached": {"enum": ["exact", "semantic", None]},
         },
     },
     "Feedback": {
@@ -244,6 +248,7 @@ RESULT_HEADERS = {
         ("x-tierflow-model", "the model that answered"),
         ("x-tierflow-cost-usd", "what the job cost, US dollars"),
         ("x-tierflow-quality", "the gate's score of the answer"),
+        ("x-tierflow-cached", "exact or semantic: the answer came from the cache (else -)"),
     )
 }
 

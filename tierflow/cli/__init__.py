@@ -9,6 +9,7 @@ from tierflow.app.console import err_console
 from tierflow.cli import (
     autoscale_cmds,
     batch_cmds,
+    budget_cmds,
     dashboard_cmds,
     eval_cmds,
     fleet_cmds,
@@ -24,6 +25,7 @@ __all__ = [
     "app",
     "autoscale_cmds",
     "batch_cmds",
+    "budget_cmds",
     "dashboard_cmds",
     "eval_cmds",
     "fleet_cmds",

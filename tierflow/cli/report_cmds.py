@@ -69,8 +69,27 @@ def costs(
         for name, stats in rows.items():
             table.add_row(str(name), *(_fmt(stats.get(c)) for c in columns))
         console.print(table)
+    cache = summary.get("cache") or {}
+    if cache.get("hits"):
+        console.print(cache_table(cache))
     if summary.get("gate"):
         console.print(gate_table(summary["gate"]))
+
+
+def cache_table(cache: dict) -> Table:
+    """Answers served from the cache: hits by kind, the hit rate and the dollars saved."""
+    table = Table(
+        "action", "jobs", "exact", "semantic", "hit rate", "saved $",
+        title=f"Cache: {cache['hits']} hits of {cache['jobs']} jobs "
+        f"({cache['hit_rate']:.1%}), ${cache['saved_usd']:.6f} saved",
+    )  # fmt: skip
+    for action, row in cache["by_action"].items():
+        if row["hits"]:
+            table.add_row(
+                action, str(row["jobs"]), str(row["exact_hits"]), str(row["semantic_hits"]),
+                f"{row['hit_rate']:.1%}", f"{row['saved_usd']:.6f}",
+            )  # fmt: skip
+    return table
 
 
 COLUMNS = {

@@ -186,7 +186,7 @@ class RoutingConfig(_Strict):
     quality_threshold: float = Field(default=0.7, ge=0, le=1)
     max_fallback_attempts: int = Field(default=2, ge=0, le=10)
     max_retries_per_tier: int = Field(default=2, ge=0, le=20)
-    # Not implemented yet: accepted only when false, so no file believes it is caching.
+    # Answers served from the cache (``caching:`` tunes it; workers/cache.py). Off by default.
     enable_caching: bool = False
     self_critique: bool = True
     default_mode: Mode = Mode.AUTO
@@ -209,11 +209,56 @@ class InputLimits(_Strict):
     max_metadata_bytes: int = Field(default=16_000, gt=0)
 
 
+class ActionCaching(_Strict):
+    """One action's caching: ``enabled: false`` turns it off for the action; ``semantic`` and
+    ``ttl_s`` (seconds) override the section's values (null: the section's)."""
+
+    enabled: bool = True
+    semantic: bool | None = None
+    ttl_s: int | None = Field(default=None, gt=0)
+
+
+class CachingConfig(_Strict):
+    """How answers are cached once ``routing.enable_caching`` is true (see :mod:`workers.cache`).
+
+    ``ttl_s``: how long an answer is served again, in seconds. ``semantic``: also serve the
+    answer of a paraphrase, when the cosine similarity of the two prompts' embeddings
+    (all-MiniLM-L6-v2) is at least ``semantic_threshold``, among answers to the same action
+    and context. ``max_entries``: the most answers kept for semantic search per (daemon,
+    action, context), the oldest evicted first. ``share_across_daemons``: one cache for every
+    daemon (default: each daemon, ``metadata.daemon``, has its own, and jobs with no daemon
+    share one of their own). ``actions``: per-action overrides.
+    """
+
+    ttl_s: int = Field(default=86_400, gt=0)
+    semantic: bool = True
+    semantic_threshold: float = Field(default=0.92, ge=0.5, le=1.0)
+    max_entries: int = Field(default=1000, gt=0, le=100_000)
+    share_across_daemons: bool = False
+    actions: dict[str, ActionCaching] = Field(default_factory=dict)
+
+    def for_action(self, action: str) -> ActionCaching:
+        """The action's caching with the section's defaults filled in."""
+        rule = self.actions.get(action, ActionCaching())
+        return ActionCaching(
+            enabled=rule.enabled,
+            semantic=self.semantic if rule.semantic is None else rule.semantic,
+            ttl_s=rule.ttl_s or self.ttl_s,
+        )
+
+
 class DaemonBudget(_Strict):
     """A daemon's spend ceilings in US dollars per UTC day and month (null: no ceiling)."""
 
     daily_usd: float | None = Field(default=None, ge=0)
     monthly_usd: float | None = Field(default=None, ge=0)
+
+    def reached(self, day_usd: float, month_usd: float) -> bool:
+        """Whether no paid call fits any more: a ceiling is already reached by the spend so far
+        (every paid call's estimate is above 0, so a reservation would be refused)."""
+        return (self.daily_usd is not None and day_usd >= self.daily_usd) or (
+            self.monthly_usd is not None and month_usd >= self.monthly_usd
+        )
 
 
 class ProviderBatchConfig(_Strict):
@@ -241,7 +286,9 @@ class LLMConfig(_Strict):
     inputs: InputLimits = InputLimits()
     provider_batches: ProviderBatchConfig = ProviderBatchConfig()
     # Per daemon (the gateway key's daemon, ``metadata.daemon`` of a job): see workers/budget.py
+    # (``tierflow budget set`` stores ceilings that take precedence over these).
     budgets: dict[str, DaemonBudget] = Field(default_factory=dict)
+    caching: CachingConfig = CachingConfig()
 
     @field_validator("tiers")
     @classmethod
@@ -256,11 +303,6 @@ class LLMConfig(_Strict):
     def _cross_references(self) -> LLMConfig:
         """Every name the routing section uses points at something that can serve."""
         routing = self.routing
-        if routing.enable_caching:
-            raise ValueError(
-                "routing.enable_caching: response caching is not implemented yet; "
-                "remove the line or set it to false"
-            )
         if routing.baseline_model is not None:
             model = self._named(routing.baseline_model)
             if model is None:

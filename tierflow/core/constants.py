@@ -5,6 +5,7 @@ One place, so a queue or key is never spelled twice.
 
 from __future__ import annotations
 
+from datetime import UTC, datetime
 from enum import StrEnum
 
 
@@ -223,6 +224,35 @@ class Keys:
     def engine_state(self) -> str:
         """The embedded engine's state as ``tierflow up`` last recorded it (JSON)."""
         return f"{self.prefix}:engine:local"
+
+    def budget_day(self, daemon: str, day: str) -> str:
+        """A daemon's spend (settled plus held, US dollars) on UTC day ``day`` (``YYYYMMDD``)."""
+        return f"{self.prefix}:budget:{daemon}:d:{day}"
+
+    def budget_month(self, daemon: str, month: str) -> str:
+        """A daemon's spend in UTC month ``month`` (``YYYYMM``)."""
+        return f"{self.prefix}:budget:{daemon}:m:{month}"
+
+    def budget_periods(self, daemon: str, now: datetime | None = None) -> tuple[str, str]:
+        """The daemon's day and month spend keys for ``now`` (default: now, UTC)."""
+        now = now or datetime.now(UTC)
+        return self.budget_day(daemon, f"{now:%Y%m%d}"), self.budget_month(daemon, f"{now:%Y%m}")
+
+    def budget_holds(self, daemon: str) -> str:
+        """The hash of a daemon's open reservations: ``job:attempt_no`` → estimate and keys."""
+        return f"{self.prefix}:budget:{daemon}:holds"
+
+    def cache_exact(self, scope: str, digest: str) -> str:
+        """A cached answer (JSON, with a TTL) under the sha256 of its action, prompt, context."""
+        return f"{self.prefix}:cache:x:{scope}:{digest}"
+
+    def cache_vectors(self, scope: str, group: str) -> str:
+        """The semantic index of one (scope, action, context) group: exact digest → float32s."""
+        return f"{self.prefix}:cache:v:{scope}:{group}"
+
+    def cache_order(self, scope: str, group: str) -> str:
+        """The same group's digests by the time they were stored (oldest evicted first)."""
+        return f"{self.prefix}:cache:o:{scope}:{group}"
 
     def queue_lists(self, queue: str) -> list[str]:
         """The broker's Redis lists for ``queue`` (see :func:`priority_lists`)."""

@@ -8,6 +8,11 @@ that had lost its attempt's lease: their outcome was fenced out, their cost was 
 ``savings = api_baseline_cost - total_cost`` in US dollars, ``savings_pct`` in percent of the
 baseline (0 when the baseline is 0).
 
+Answers served from the cache (``attempts.cached``: exact or semantic) called no model: they
+are passed attempts at cost 0, not calls. ``cache`` sums them up: ``hits`` (and by kind),
+``hit_rate`` (the share of the window's jobs answered from the cache) and ``saved_usd`` (what
+those answers cost when they were first made: ``attempts.cache_saved_usd``), also per action.
+
 A window (``since`` / ``until``) selects jobs by submission time and counts each with all of its
 attempts, so the baseline and the spending always describe the same jobs; days are UTC days of
 submission. Breakdowns: ``tier_stats`` (every tier, zeros included), ``model_stats``,
@@ -71,7 +76,7 @@ def _attempt_stats(
     """Per value of ``key``: calls, cost, tokens, mean latency and outcome counts, superseded
     calls included (grouped by ``superseded_key``, the same column of ``superseded_calls``, or
     ``key`` itself when it is a job's column)."""
-    called = Attempt.status.in_(CALLED)
+    called = Attempt.status.in_(CALLED) & Attempt.cached.is_(None)
     query = _grouped(
         select(
             key if key is not None else literal("all"),
@@ -197,6 +202,45 @@ def _merged(key: Any, where: list[ColumnElement[bool]]) -> dict[Any, Any]:
     }
 
 
+def cache_stats(where: list[ColumnElement[bool]]) -> dict[str, Any]:
+    """Cache hits of the jobs ``where`` selects, in all and per action (see the docstring)."""
+    query = (
+        select(
+            Job.action_type,
+            func.count(func.distinct(Job.id)),
+            _count_if(Attempt.cached == "exact"),
+            _count_if(Attempt.cached == "semantic"),
+            func.coalesce(func.sum(Attempt.cache_saved_usd), 0),
+        )
+        .select_from(Job)
+        .outerjoin(Attempt, Attempt.job_id == Job.id)
+        .where(*where)
+        .group_by(Job.action_type)
+    )
+
+    def row(jobs: int, exact: int, semantic: int, saved: Any) -> dict[str, Any]:
+        hits = exact + semantic
+        return {
+            "jobs": jobs,
+            "hits": hits,
+            "exact_hits": exact,
+            "semantic_hits": semantic,
+            "hit_rate": hits / jobs if jobs else 0.0,
+            "saved_usd": _money(saved),
+        }
+
+    with session_scope() as session:
+        found = session.execute(query).all()
+    actions = {a: row(int(j), int(x), int(m), saved) for a, j, x, m, saved in found}
+    totals = row(
+        sum(r["jobs"] for r in actions.values()),
+        sum(r["exact_hits"] for r in actions.values()),
+        sum(r["semantic_hits"] for r in actions.values()),
+        sum(r["saved_usd"] for r in actions.values()),
+    )
+    return {**totals, "by_action": {a: actions[a] for a in sorted(actions)}}
+
+
 def get_cost_summary(since: Window = None, until: Window = None) -> dict[str, Any]:
     """Totals, savings versus API-only and breakdowns, for jobs submitted in ``[since, until)``.
 
@@ -204,7 +248,8 @@ def get_cost_summary(since: Window = None, until: Window = None) -> dict[str, An
     ago) or None (unbounded). Money is US dollars as ``float``; ``savings_pct`` is a percentage.
     Keys: ``total_cost``, ``api_baseline_cost``, ``savings``, ``savings_pct``, ``jobs``,
     ``calls`` and the other counters of a breakdown row, ``tier_stats``, ``model_stats``,
-    ``action_stats``, ``day_stats`` (keyed by ISO date), ``gate`` (per action: jobs, escalation
+    ``action_stats``, ``day_stats`` (keyed by ISO date), ``cache`` (hits, hit rate, dollars
+    saved; see :func:`cache_stats`), ``gate`` (per action: jobs, escalation
     rate, labels, audited passes, estimated miss rate; see
     :func:`tierflow.store.labels.gate_figures`), ``since`` and ``until`` (ISO or None).
     """
@@ -230,6 +275,7 @@ def get_cost_summary(since: Window = None, until: Window = None) -> dict[str, An
     summary["day_stats"] = {
         (d.isoformat() if isinstance(d, date) else str(d)): stats for d, stats in by_day.items()
     }
+    summary["cache"] = cache_stats(where)
     summary["gate"] = gate_figures()  # all time: labels accumulate across windows
     summary["since"] = start.isoformat() if start else None
     summary["until"] = end.isoformat() if end else None

@@ -245,6 +245,7 @@ def result_of(job: Job, attempts: list[Attempt]) -> JobResult:
             output_tokens=a.output_tokens,
             cost_usd=float(a.cost_usd or 0),
             latency_ms=a.latency_ms,
+            cached=a.cached,
         )
         for a in attempts
     ]
@@ -270,6 +271,7 @@ def result_of(job: Job, attempts: list[Attempt]) -> JobResult:
         input_tokens=final.input_tokens if final else 0,
         output_tokens=final.output_tokens if final else 0,
         finished_at=job.finished_at,
+        cached=final.cached if final else None,
     )
 
 

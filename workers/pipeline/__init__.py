@@ -4,6 +4,7 @@
                  finished, unrouted, expired: stop; finished before: replay;
                  held: wait
     HeldByProviderBatch  a deferred attempt waits for its provider batch    defer.py
+    CacheLookup  first attempt: the cached answer (exact, or a paraphrase's)   cache.py
     ModeGate     the fleet's mode allows the tier?                          select.py
     PickModel    first servable model: availability, limits, cooldowns,     select.py
                  circuit, capacity (none: wait, or skip with reasons)
@@ -21,6 +22,7 @@
     Metrics      Prometheus counters of the stored attempt (not replays)    metrics.py
     Finish       finalize the job (unless Persist did) and wake its waiter,  finish.py
                  the result in the wake-up
+    CacheStore   cache a fresh passed answer (exact key and embedding)      cache.py
     Audit        send a share of passed answers to the next tier            audit.py
     Enqueue      send the next attempt                                      enqueue.py
 
@@ -45,6 +47,7 @@ from tierflow.core.constants import ItemState
 from tierflow.store import provider_batches
 from workers.pipeline.audit import Audit
 from workers.pipeline.budget import BudgetGate, SettleBudget
+from workers.pipeline.cache import CacheLookup, CacheStore
 from workers.pipeline.call import CallModel
 from workers.pipeline.claim import ClaimAttempt, LoadJob
 from workers.pipeline.context import AttemptContext, Step, run_steps
@@ -68,6 +71,7 @@ from workers.provider_batch.late import keep_late_result
 STEPS: tuple[Step, ...] = (
     ClaimAttempt(),
     HeldByProviderBatch(),
+    CacheLookup(),
     ModeGate(),
     PickModel(),
     BudgetGate(),
@@ -81,6 +85,7 @@ STEPS: tuple[Step, ...] = (
     Notify(),
     Metrics(),
     Finish(),
+    CacheStore(),
     Audit(),
     Enqueue(),
 )

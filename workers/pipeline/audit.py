@@ -25,6 +25,8 @@ class Audit(Step):
             ctx.move is not None
             and ctx.move.kind == "succeed"
             and not ctx.replayed
+            and ctx.attempt is not None
+            and ctx.attempt.cached is None  # a cache hit: nothing new to judge
             and ctx.plan is not None
             and ctx.step + 1 < len(ctx.plan.chain)
         )

@@ -1,15 +1,17 @@
 """The daemon's budget before a paid call (:class:`BudgetGate`), settled after it.
 
-A job's daemon is ``metadata.daemon`` (set by the gateway from its key). When the config gives
-that daemon a ceiling and the picked model has a price, the call's estimated cost is reserved
-first (:mod:`workers.budget`); refused, the tier is skipped with the reason ``budget exhausted``,
-so the job stays on free tiers or fails with that reason. After the call the reservation is
-settled to the attempt's real cost.
+A job's daemon is ``metadata.daemon`` (set by the gateway from its key). When that daemon has
+a ceiling (stored with ``tierflow budget set``, else the config's ``budgets:``; see
+:func:`tierflow.store.budgets.budget_for`) and the picked model has a price, the call's
+estimated cost is reserved first (:mod:`workers.budget`); refused, the tier is skipped with the
+reason ``budget exhausted``, so the job stays on free tiers or fails with that reason. After the
+call the reservation is settled to the attempt's real cost.
 """
 
 from __future__ import annotations
 
 from tierflow.core.redis_client import get_keys, get_redis
+from tierflow.store.budgets import budget_for
 from workers.budget import Budgets, estimate_cost
 from workers.pipeline.context import AttemptContext, Step
 from workers.pipeline.select import skipped
@@ -39,12 +41,15 @@ class BudgetGate(Step):
     def run(self, ctx: AttemptContext) -> None:
         assert ctx.pick is not None and ctx.limits is not None
         daemon = daemon_of(ctx)
-        budget = ctx.config.budgets.get(daemon) if daemon else None
         model = ctx.pick.model
-        if daemon is None or budget is None or model.price(1_000_000, 1_000_000) <= 0:
+        if daemon is None or model.price(1_000_000, 1_000_000) <= 0:
+            return
+        budget = budget_for(daemon, ctx.config)
+        if budget is None:
             return
         estimate = estimate_cost(model, ctx.pick.reservation.input_tokens)
         if budgets().reserve(daemon, budget, hold_of(ctx), estimate):
+            ctx.budget_held = True
             return
         # Refused: give back what the pick took, call nothing, let the next tier (if any) try.
         ctx.limits.settle(model, ctx.pick.reservation, 0, 0)
@@ -62,16 +67,15 @@ class SettleBudget(Step):
 
     def applies(self, ctx: AttemptContext) -> bool:
         return (
-            not ctx.replayed
+            ctx.budget_held
+            and not ctx.replayed
             and ctx.pick is not None
             and ctx.outcome is not None
             and ctx.attempt is None
-            and daemon_of(ctx) is not None
         )
 
     def run(self, ctx: AttemptContext) -> None:
         assert ctx.outcome is not None
         daemon = daemon_of(ctx)
-        if daemon is None or daemon not in ctx.config.budgets:
-            return
+        assert daemon is not None  # BudgetGate reserved for it
         budgets().settle(daemon, hold_of(ctx), float(ctx.outcome.get("cost_usd") or 0.0))

@@ -68,6 +68,8 @@ class AttemptContext:
     provider_batch: bool = False
     deferred: bool = False
     batch_item: ProviderBatchItem | None = None
+    budget_held: bool = False  # BudgetGate reserved this call's estimate (SettleBudget settles it)
+    cache_vector: Any = None  # the prompt's embedding, when CacheLookup computed one
 
     @property
     def making(self) -> bool:
