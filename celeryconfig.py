@@ -25,6 +25,7 @@ from tierflow.core.constants import (
     TASK_AUTO_MODE,
     TASK_ROUTE_JOB,
     TASK_RUN_ATTEMPT,
+    TASK_RUN_PACK,
     TASK_SWEEP,
     queue_key_prefix,
 )
@@ -92,6 +93,8 @@ task_routes = {
     TASK_AUTO_MODE: {"queue": MAINTENANCE_QUEUE, "routing_key": MAINTENANCE_QUEUE},
     # run_attempt is sent to tier.<name> explicitly by whoever enqueues it.
     TASK_RUN_ATTEMPT: {"queue": "tier.local_fast", "routing_key": "tier.local_fast"},
+    # run_pack too (router/dispatch.py's enqueue_pack names the first local tier's queue).
+    TASK_RUN_PACK: {"queue": "tier.local_fast", "routing_key": "tier.local_fast"},
 }
 
 beat_schedule = {

@@ -45,6 +45,12 @@ def run(
     dry_run: bool = typer.Option(False, "--dry-run", help="Print the plan and cost estimate."),
     max_cost: float = typer.Option(0.0, help="Stop sending new jobs once this much is spent."),
     deadline_hours: float = typer.Option(24.0, help="Every job's deadline, from the start."),
+    pack: int = typer.Option(
+        0,
+        "--pack",
+        help="Pack up to N consecutive small label jobs of one action into one local model "
+        "call (each still gated alone; 0 or 1: off).",
+    ),
 ) -> None:
     """Send every line of FILE (JSONL: prompt, action_type, context, metadata) as one batch;
     running the same file (same name) again resumes it."""
@@ -64,6 +70,7 @@ def run(
         name=name or file.stem,
         max_cost_usd=max_cost or None,
         deadline_s=deadline_hours * 3600,
+        pack=pack or None,
     )
     console.print(
         f"batch {done.name} ({done.batch_id}): {done.lines} lines, {done.sent} sent, "

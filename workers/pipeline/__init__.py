@@ -39,6 +39,7 @@ from workers.pipeline.gate import Gate
 from workers.pipeline.metrics import Metrics
 from workers.pipeline.notify import Notify
 from workers.pipeline.persist import Persist
+from workers.pipeline.preset import preset_completion, preset_error, run_after_call
 from workers.pipeline.price import Price
 from workers.pipeline.select import ModeGate, PickModel
 
@@ -91,4 +92,12 @@ def run_attempt_steps(
     return run_steps(ctx, steps)
 
 
-__all__ = ["STEPS", "AttemptContext", "Step", "run_attempt_steps"]
+__all__ = [
+    "STEPS",
+    "AttemptContext",
+    "Step",
+    "preset_completion",
+    "preset_error",
+    "run_after_call",
+    "run_attempt_steps",
+]

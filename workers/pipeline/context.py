@@ -59,6 +59,8 @@ class AttemptContext:
     # was not stored, its call was recorded as superseded, and the new holder drives the job.
     superseded: bool = False
     holder_attempt: Attempt | None = None  # the row as the new holder left it (read, not touched)
+    # Answered as a member of a pack (workers/packs.py): its place there, stored as evidence.
+    pack: dict[str, Any] | None = None
 
     @property
     def making(self) -> bool:
