@@ -1,15 +1,20 @@
 """Packing small ``label`` jobs into one prompt, and splitting the answer back. Pure functions.
 
 The seed's "batch 10 classification tasks → single prompt": :func:`compose_pack` numbers the
-members' prompts (``Item 1:`` ...) and asks for one line per item, ``<number>: <label>``;
-:func:`split_answer` reads the answer back into one :class:`Part` per item, so that each member
-is gated on its own part. The split trusts numbers, not positions:
+members' prompts (``Item 1:`` ...) and asks for one line per item, ``<number>: <label>``; the
+prompt ends with ``Answers:`` and the first marker ``1:`` (its :attr:`PackedPrompt.primer`: a
+base model, such as the embedded Gemma, continues the list instead of echoing the
+instructions). :func:`split_answer` reads the answer, with the primer put back in front
+(:meth:`PackedPrompt.answer`), into one :class:`Part` per item, so that each member is gated on
+its own part. The split trusts numbers, not positions:
 
 - a line that starts with an item number (``1: x``, ``1. x``, ``1) x``, ``Item 1 - x``,
   ``**1.** x``, ``(1) x``) is that item's part; lines may come in any order;
 - several items on one line (``1: yes, 2: no``) are split when each marker is the next number;
 - a line without a number only fills the item before it when that item's part is still empty
-  (``1:`` then ``positive`` on the next line); otherwise it is ignored (chatter, echoes);
+  (``1:`` then ``positive`` on the next line; the primer then a model's first line); a numbered
+  line for that item later replaces such a guess; any other unnumbered line is ignored
+  (chatter, echoes);
 - a number outside ``1..n`` is ignored; a number given twice with different answers is a
   *conflict*, and a number never given is *missing*: those parts have no text and a
   ``problem``, and the fleet turns them into an error for that member alone;
@@ -47,6 +52,11 @@ class PackedPrompt:
 
     system: str
     prompt: str
+    primer: str = "1:"  # what the prompt ends with: the answer's start, written for the model
+
+    def answer(self, text: str) -> str:
+        """The whole answer to split: the primer, then the model's continuation."""
+        return f"{self.primer}\n{text}"
 
 
 @dataclass(frozen=True)
@@ -62,9 +72,9 @@ class Part:
 def pack_instructions(labels: Sequence[str], n: int) -> str:
     """The system text of a pack of ``n`` items answered with one of ``labels`` each."""
     return (
-        f"Answer each of the {n} numbered items below on its own. Reply with exactly {n} "
-        f"lines, one per item, in order, each as <number>: <label>, where <label> is "
-        f"exactly one of: {', '.join(labels)}. Write nothing else."
+        f"Label each of the {n} numbered items below on its own with exactly one of: "
+        f"{', '.join(labels)}. Reply with {n} lines, one per item, in order: the item's "
+        f"number, a colon, then its label. Write nothing else."
     )
 
 
@@ -75,7 +85,7 @@ def compose_pack(items: Sequence[str], labels: Sequence[str]) -> PackedPrompt:
         raise ValueError("a pack needs at least one item")
     n = len(items)
     blocks = [f"Item {k}:\n{item.strip()}" for k, item in enumerate(items, start=1)]
-    tail = f"Answers, one line per item (1 to {n}), each as <number>: <label>:"
+    tail = f"Answers (items 1 to {n}):\n1:"
     return PackedPrompt(pack_instructions(labels, n), "\n\n".join([*blocks, tail]))
 
 
@@ -115,6 +125,7 @@ def split_answer(text: str, n: int, *, truncated: bool = False) -> list[Part]:
     texts: dict[int, str] = {}
     order: list[int] = []  # items in the order the answer gave them
     previous: int | None = None
+    guessed: set[int] = set()  # items filled by an unnumbered line
     for raw in text.splitlines():
         line = raw.strip()
         if not line:
@@ -125,12 +136,17 @@ def split_answer(text: str, n: int, *, truncated: bool = False) -> list[Part]:
             if previous is not None and not texts.get(previous):
                 texts[previous] = line
                 answers[previous] = {_normal(line)}
+                guessed.add(previous)
             continue
         for item, piece in pieces:
             if not 1 <= item <= n:
                 previous = None
                 continue
             previous = item
+            if item in guessed and piece:  # a numbered answer beats the guess
+                guessed.discard(item)
+                answers.pop(item, None)
+                texts.pop(item, None)
             answers.setdefault(item, set())
             if piece:
                 answers[item].add(_normal(piece))

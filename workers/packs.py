@@ -228,7 +228,8 @@ def _call_pack(
             _note(run, ctx)
         return
     assert completion is not None
-    parts = split_answer(completion.text, n, truncated=completion.finish_reason == "length")
+    truncated = completion.finish_reason == "length"
+    parts = split_answer(packed.answer(completion.text), n, truncated=truncated)
     ins = share_tokens(completion.input_tokens, item_weights)
     outs = share_tokens(completion.output_tokens, [len(p.text or "") for p in parts])
     for k, (ctx, own, part) in enumerate(zip(live, requests, parts, strict=True), start=1):

@@ -47,12 +47,24 @@ def texts(parts: list[Part]) -> list[str | None]:
 
 def test_compose_numbers_every_item_and_names_the_labels() -> None:
     packed = compose_pack(["Is 'great day' positive?", "  Is 'awful' positive?\n"], LABELS)
-    assert "exactly 2 lines" in packed.system and "positive, negative" in packed.system
+    assert "2 lines" in packed.system and "exactly one of: positive, negative" in packed.system
     assert packed.prompt.startswith("Item 1:\nIs 'great day' positive?\n\nItem 2:\n")
     assert "Is 'awful' positive?\n\nAnswers" in packed.prompt
-    assert packed.prompt.rstrip().endswith("<number>: <label>:")
+    assert packed.prompt.endswith("\n1:") and packed.primer == "1:"
     with pytest.raises(ValueError):
         compose_pack([], LABELS)
+
+
+def test_the_primer_starts_the_answer_however_the_model_goes_on() -> None:
+    packed = compose_pack(["a", "b"], LABELS)
+    for continuation in (" positive\n2: negative", "positive\n2: negative",
+                         "1: positive\n2: negative", "\n1: positive\n2: negative"):  # fmt: skip
+        assert texts(split_answer(packed.answer(continuation), 2)) == ["positive", "negative"]
+
+
+def test_a_numbered_line_replaces_a_guessed_one() -> None:
+    answer = "1:\nSure, here are the labels:\n1: positive\n2: negative"
+    assert texts(split_answer(answer, 2)) == ["positive", "negative"]
 
 
 def test_pack_max_tokens_grows_with_the_pack() -> None:
