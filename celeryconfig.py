@@ -28,6 +28,7 @@ from tierflow.core.constants import (
     TASK_RESUME_ATTEMPT,
     TASK_ROUTE_JOB,
     TASK_RUN_ATTEMPT,
+    TASK_RUN_PACK,
     TASK_SUBMIT_PROVIDER_BATCHES,
     TASK_SWEEP,
     queue_key_prefix,
@@ -99,6 +100,8 @@ task_routes = {
     # run_attempt and resume_attempt are sent to tier.<name> explicitly by whoever enqueues them.
     TASK_RUN_ATTEMPT: {"queue": "tier.local_fast", "routing_key": "tier.local_fast"},
     TASK_RESUME_ATTEMPT: {"queue": "tier.api_fallback", "routing_key": "tier.api_fallback"},
+    # run_pack too (router/dispatch.py's enqueue_pack names the first local tier's queue).
+    TASK_RUN_PACK: {"queue": "tier.local_fast", "routing_key": "tier.local_fast"},
 }
 
 beat_schedule = {

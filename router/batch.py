@@ -16,6 +16,17 @@ APIs (OpenAI Batch, Anthropic Message Batches) at their batch price, answered wi
 (see :mod:`workers.provider_batch`); it needs a deadline of at least
 ``provider_batches.min_deadline_hours``. Cancelling the batch cancels its jobs that wait for a
 provider batch too.
+
+**Packing** (``pack=N``, the seed's "batch 10 classification tasks → single prompt"):
+consecutive lines of one action whose answer kind is ``label``, whose prompt and context are
+small (:data:`~tierflow.core.constants.PACK_MAX_PROMPT_CHARS`) and whose plan starts on a local
+tier are routed here (the router's own :func:`~router.plan.plan_job`, stored as ``route_job``
+stores it) and sent in packs of up to N as one ``run_pack`` message to that tier's queue
+(:mod:`workers.packs`): one model call answers the pack, and each job is still gated, priced,
+stored and escalated on its own. Every line keeps its own job and idempotency key, so resuming
+works as without packing (a finished line is skipped; a queued one is packed again). Any other
+line goes to the router as usual. A job is routed only when its pack is sent, so a submitter
+that dies with a pack unsent leaves its jobs queued, and the rerun (or the sweeper) sends them.
 """
 
 from __future__ import annotations
@@ -31,13 +42,22 @@ from typing import Any
 
 from pydantic import ValidationError
 
-from router.dispatch import enqueue_route
+from router.dispatch import enqueue_attempt, enqueue_pack, enqueue_route
+from router.gate import kind_of
 from router.mode import get_mode
-from router.plan import plan_job
+from router.plan import TierPlan, plan_job
 from schemas.jobs import JobRequest, utcnow
 from tierflow import store
 from tierflow.core.config import LLMConfig
-from tierflow.core.constants import BATCH_PRIORITY, TERMINAL_STATUSES, JobStatus
+from tierflow.core.constants import (
+    BATCH_PRIORITY,
+    LOCAL_TIERS,
+    MAX_PACK_SIZE,
+    PACK_MAX_PROMPT_CHARS,
+    TERMINAL_STATUSES,
+    JobStatus,
+    Tier,
+)
 from tierflow.core.errors import JobValidationError, TierflowError, describe_validation_error
 from tierflow.core.settings import get_settings
 from tierflow.core.tokens import estimate_tokens
@@ -115,11 +135,17 @@ def submit_batch(
     max_cost_usd: float | None = None,
     deadline_s: float = 24 * 3600,
     provider_batch: bool | None = None,
+    pack: int | None = None,
 ) -> Submitted:
     """Store and send a batch's jobs (or resume it); return what was done. See the module.
 
-    Raises :class:`BatchError` when ``provider_batch`` is asked for with too short a deadline.
+    ``pack``: up to this many small ``label`` jobs per model call (1 to
+    :data:`~tierflow.core.constants.MAX_PACK_SIZE`; None or 1: no packing). Raises
+    :class:`BatchError` for a pack size out of range, or when ``provider_batch`` is asked for
+    with too short a deadline.
     """
+    if pack is not None and not 1 <= pack <= MAX_PACK_SIZE:
+        raise BatchError(f"pack must be 1 to {MAX_PACK_SIZE}, got {pack}")
     settings = get_settings().llm.provider_batches
     long_enough = deadline_s >= settings.min_deadline_hours * 3600
     if provider_batch and not long_enough:
@@ -139,6 +165,7 @@ def submit_batch(
     deadline = batch.created_at + timedelta(seconds=deadline_s)
     if deadline <= utcnow():
         raise BatchError(f"batch {name} is past its deadline ({deadline:%Y-%m-%d %H:%M} UTC)")
+    packer = Packer(pack) if pack is not None and pack > 1 else None
     for line, spec in enumerate(specs):
         done.lines = line + 1
         if max_cost_usd is not None and line % COST_CHECK_EVERY == 0:
@@ -153,25 +180,92 @@ def submit_batch(
             problems = request.size_problems(limits)
             if problems:
                 raise JobValidationError("; ".join(problems))
-            _submit_line(request, batch.id, line, done)
+            _submit_line(request, batch.id, line, done, packer)
         except JobValidationError as exc:
             done.errors.append(LineError(line + 1, str(exc)))
+    if packer is not None:
+        packer.flush()
     store.note_submitted(batch.id, done.lines)
     store.settle_batch(batch.id)
     return done
 
 
-def _submit_line(request: JobRequest, batch_id: str, line: int, done: Submitted) -> None:
+def _submit_line(
+    request: JobRequest, batch_id: str, line: int, done: Submitted, packer: Packer | None = None
+) -> None:
     job_id, created = store.create_job(
         request, get_settings().job_deadline_s, batch_id=batch_id, batch_line=line
     )
     if created:
         done.sent += 1
-        enqueue_route(job_id, request.priority)
+    else:
+        done.existing += 1
+        if store.job_status(job_id) != JobStatus.QUEUED.value:
+            return
+        # stored before a crash but maybe never sent: sent now
+    if packer is not None and packer.add(job_id, request):
         return
-    done.existing += 1
-    if store.job_status(job_id) == JobStatus.QUEUED.value:
-        enqueue_route(job_id, request.priority)  # stored before a crash but maybe never sent
+    enqueue_route(job_id, request.priority)
+
+
+class Packer:
+    """Groups consecutive packable jobs (one action, one first tier) into packs of up to
+    ``size`` and sends each as one ``run_pack`` message (see the module). :meth:`add` says
+    whether it took the job (else the caller routes it as usual); :meth:`flush` sends what is
+    pending (the caller calls it once more at the end)."""
+
+    def __init__(self, size: int) -> None:
+        self.size = size
+        self.config = get_settings().llm
+        self.mode = get_mode()
+        self.key: tuple[str, Tier] | None = None
+        self.pending: list[tuple[str, TierPlan, int]] = []  # (job id, plan, priority)
+
+    def plan_for(self, request: JobRequest) -> TierPlan | None:
+        """The job's plan when it can be packed, else None."""
+        rule = self.config.routing.actions.get(request.action_type)
+        if rule is None or kind_of(rule) != "label" or request.stream:
+            return None
+        if len(request.prompt) + len(json.dumps(request.context)) > PACK_MAX_PROMPT_CHARS:
+            return None
+        plan = plan_job(
+            request.action_type, request.prompt, request.context, self.config, self.mode
+        )
+        if plan.error or plan.chain[0] not in LOCAL_TIERS:
+            return None
+        return plan
+
+    def add(self, job_id: str, request: JobRequest) -> bool:
+        plan = self.plan_for(request)
+        if plan is None:
+            self.flush()  # packs hold consecutive lines only
+            return False
+        key = (request.action_type, plan.chain[0])
+        if key != self.key:
+            self.flush()
+            self.key = key
+        self.pending.append((job_id, plan, request.priority))
+        if len(self.pending) >= self.size:
+            self.flush()
+        return True
+
+    def flush(self) -> None:
+        """Route the pending jobs (a job routed meanwhile by someone else is left to them)
+        and send them: as a pack, or as an ordinary attempt when one is left."""
+        pending, self.pending = self.pending, []
+        if not pending or self.key is None:
+            return
+        action, tier = self.key
+        routed = [
+            (job_id, priority)
+            for job_id, plan, priority in pending
+            if store.save_plan(job_id, plan.complexity.value, plan.to_json())
+        ]
+        if len(routed) == 1:
+            job_id, priority = routed[0]
+            enqueue_attempt(job_id, tier, 0, 0, priority=priority, action=action)
+        elif routed:
+            enqueue_pack([j for j, _ in routed], tier, max(p for _, p in routed), action=action)
 
 
 def estimate_batch(specs: Iterable[dict[str, Any]], config: LLMConfig) -> dict[str, Any]:

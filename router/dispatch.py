@@ -21,6 +21,7 @@ from tierflow.core.constants import (
     TASK_AUDIT,
     TASK_ROUTE_JOB,
     TASK_RUN_ATTEMPT,
+    TASK_RUN_PACK,
     Tier,
     tier_queue,
 )
@@ -91,4 +92,31 @@ def enqueue_audit(job_id: str, attempt_no: int, tier: Tier) -> None:
         priority=9,
         shadow=f"audit_answer {label}",
         argsrepr=f"{label} attempt={attempt_no}",
+    )
+
+
+def enqueue_pack(
+    job_ids: list[str],
+    tier: Tier,
+    priority: int = 5,
+    countdown: float = 0.0,
+    waits: int = 0,
+    action: str | None = None,
+) -> None:
+    """Send the first attempts of ``job_ids`` (routed, small, one ``label`` action) as one pack
+    to ``tier``'s queue, after ``countdown`` seconds (see :mod:`workers.packs`). ``waits`` (how
+    often the pack already waited for capacity) is sent only when it is not 0; ``action`` only
+    labels the message."""
+    label = f"pack={len(job_ids)} tier={Tier(tier).value}" + (f" action={action}" if action else "")
+    args: list[list[str] | int] = [list(job_ids)]
+    if waits:
+        args.append(waits)
+    app.send_task(
+        TASK_RUN_PACK,
+        args=args,
+        queue=tier_queue(tier),
+        countdown=countdown or None,
+        priority=9 - priority,
+        shadow=f"run_pack {label}",
+        argsrepr=f"{label} jobs={','.join(j[:8] for j in job_ids)}",
     )

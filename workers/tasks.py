@@ -1,4 +1,4 @@
-"""The fleet's Celery tasks: ``route_job`` (queue ``router``), ``run_attempt`` and
+"""The fleet's Celery tasks: ``route_job`` (queue ``router``), ``run_attempt``, ``run_pack`` and
 ``resume_attempt`` (queues ``tier.*``), ``sweep_stuck_jobs`` and the provider batches' two ticks
 (queue ``maintenance``).
 
@@ -34,6 +34,7 @@ from schemas.jobs import utcnow
 from tierflow import store
 from tierflow.core.celery_app import app
 from tierflow.core.constants import (
+    MAX_PACK_SIZE,
     PROVIDER_BATCH_INTERVAL_S,
     SWEEP_INTERVAL_S,
     TASK_AUDIT,
@@ -41,6 +42,7 @@ from tierflow.core.constants import (
     TASK_RESUME_ATTEMPT,
     TASK_ROUTE_JOB,
     TASK_RUN_ATTEMPT,
+    TASK_RUN_PACK,
     TASK_SUBMIT_PROVIDER_BATCHES,
     TASK_SWEEP,
     JobStatus,
@@ -51,6 +53,7 @@ from tierflow.core.errors import JobValidationError
 from tierflow.core.redis_client import get_keys, get_redis
 from tierflow.core.settings import get_settings
 from workers import audit, outcome
+from workers.packs import run_pack_steps
 from workers.pipeline import resume_attempt_steps, run_attempt_steps
 from workers.pipeline.summary import summarize
 from workers.provider_batch.poll import poll_open
@@ -318,3 +321,61 @@ def poll_provider_batches(self: Task, scheduled: bool = False) -> dict[str, int]
     if scheduled and not _tick_lock(self, "poll"):
         return {"skipped": 1}
     return poll_open(get_settings().llm)
+
+
+def check_pack(value: Any) -> list[str]:
+    """A pack's job ids: a list of 1 to :data:`MAX_PACK_SIZE` distinct UUIDs."""
+    if not isinstance(value, list) or not 1 <= len(value) <= MAX_PACK_SIZE:
+        raise JobValidationError(f"job_ids must be a list of 1 to {MAX_PACK_SIZE} job ids")
+    ids = [check_job_id(v) for v in value]
+    if len(set(ids)) != len(ids):
+        raise JobValidationError("job_ids must not repeat a job")
+    return ids
+
+
+@contextmanager
+def pack_fails_on_bug(task: Task, job_ids: list[str]) -> Iterator[None]:
+    """:func:`job_fails_on_bug` for a pack: retried a few times (each retry takes its own claims
+    back), then every member not finished yet fails with the reason (a finished one is left as
+    it is: a job only moves forward)."""
+    try:
+        yield
+    except (*INFRA_ERRORS, Retry):
+        raise
+    except Exception as exc:
+        if task.request.retries < MAX_BUG_RETRIES:
+            log.warning(
+                "task %s for %d jobs raised; retrying", task.name, len(job_ids), exc_info=True
+            )
+            raise task.retry(exc=exc, countdown=1 + task.request.retries) from None
+        log.exception("task %s for %d jobs raised", task.name, len(job_ids))
+        reason = outcome.internal_error_reason(exc)
+        for job_id in job_ids:
+            _dead_letter(task, reason, job_id)
+            outcome.fail_on_internal_error(job_id, reason)
+
+
+@app.task(name=TASK_RUN_PACK, bind=True, **_RETRY)
+def run_pack(self: Task, job_ids: Any, waits: Any = 0) -> str | None:
+    """Run the first attempts of a pack of small ``label`` jobs with one model call on this
+    queue's tier (see :mod:`workers.packs`), then enqueue what comes next for each."""
+    try:
+        ids = check_pack(job_ids)
+        waits = check_counter("waits", waits, MAX_WAITS)
+        tier = tier_of_queue((self.request.delivery_info or {}).get("routing_key"))
+    except (JobValidationError, ValueError) as exc:
+        _dead_letter(self, str(exc))
+        return None
+    run = uuid.uuid4().hex[:8]
+    worker = f"{self.request.hostname or 'local'}/{run}:{self.request.id}"
+    with pack_fails_on_bug(self, ids):
+        done = run_pack_steps(
+            ids,
+            tier,
+            worker,
+            get_settings().llm,
+            waits=waits,
+            delivery_retry=int(self.request.retries or 0),
+        )
+        return done.summary()
+    return "failed"

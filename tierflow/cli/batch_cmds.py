@@ -70,6 +70,12 @@ def run(
         help="Every job's deadline, e.g. 90m, 24h, 2d (overrides --deadline-hours). A day or "
         "more lets API-tier calls go through the providers' Batch APIs at their batch price.",
     ),
+    pack: int = typer.Option(
+        0,
+        "--pack",
+        help="Pack up to N consecutive small label jobs of one action into one local model "
+        "call (each still gated alone; 0 or 1: off).",
+    ),
 ) -> None:
     """Send every line of FILE (JSONL: prompt, action_type, context, metadata) as one batch;
     running the same file (same name) again resumes it."""
@@ -95,6 +101,7 @@ def run(
         max_cost_usd=max_cost or None,
         deadline_s=deadline_hours * 3600,
         provider_batch=provider_batch,
+        pack=pack or None,
     )
     console.print(
         f"batch {done.name} ({done.batch_id}): {done.lines} lines, {done.sent} sent, "

@@ -64,6 +64,7 @@ from workers.pipeline.gate import Gate
 from workers.pipeline.metrics import Metrics
 from workers.pipeline.notify import Notify
 from workers.pipeline.persist import Persist
+from workers.pipeline.preset import preset_completion, preset_error, run_after_call
 from workers.pipeline.price import Price
 from workers.pipeline.select import ModeGate, PickModel
 from workers.provider_batch.late import keep_late_result
@@ -159,6 +160,9 @@ __all__ = [
     "STEPS",
     "AttemptContext",
     "Step",
+    "preset_completion",
+    "preset_error",
     "resume_attempt_steps",
+    "run_after_call",
     "run_attempt_steps",
 ]

@@ -70,6 +70,8 @@ class AttemptContext:
     batch_item: ProviderBatchItem | None = None
     budget_held: bool = False  # BudgetGate reserved this call's estimate (SettleBudget settles it)
     cache_vector: Any = None  # the prompt's embedding, when CacheLookup computed one
+    # Answered as a member of a pack (workers/packs.py): its place there, stored as evidence.
+    pack: dict[str, Any] | None = None
 
     @property
     def making(self) -> bool:
