@@ -751,20 +751,20 @@ def print_interactive(data: dict[str, Any]) -> None:
 
 # -- the real embedded model ---------------------------------------------------------------------
 QUESTIONS = [
-    ("Is Paris the capital of France?", "yes"),
-    ("Is the sun a planet?", "no"),
-    ("Is water wet?", "yes"),
-    ("Is 7 an even number?", "no"),
-    ("Do cats bark?", "no"),
-    ("Is ice frozen water?", "yes"),
-    ("Is Python a programming language?", "yes"),
-    ("Is 10 greater than 20?", "no"),
+    "Is Paris the capital of France?",
+    "Is the sun a planet?",
+    "Is water wet?",
+    "Do cats bark?",
+    "Is ice frozen water?",
+    "Is Python a programming language?",
 ]
 
 
 def real_line(i: int) -> dict[str, Any]:
-    question, _ = QUESTIONS[i % len(QUESTIONS)]
-    return {"prompt": f"{question} Answer yes or no. (#{i})", "action_type": REAL_ACTION}
+    """A yes/no question; the prompt names no label (the fleet's instructions name them), so an
+    answer that repeats the prompt does not name both."""
+    question = QUESTIONS[i % len(QUESTIONS)] if i % 2 else f"Is {i // 2} an even number?"
+    return {"prompt": question, "action_type": REAL_ACTION}
 
 
 def mode_real(args: argparse.Namespace) -> dict[str, Any]:
@@ -808,6 +808,13 @@ def mode_real(args: argparse.Namespace) -> dict[str, Any]:
             "SELECT a.tier, a.error_kind, left(coalesce(a.error, ''), 160), count(*) "
             "FROM attempts a JOIN jobs j ON j.id = a.job_id WHERE j.batch_id = %s "
             "AND a.status IN ('error', 'skipped') GROUP BY 1, 2, 3 ORDER BY 4 DESC LIMIT 8",
+            (bid,),
+        )
+        rejected = run.sql(
+            "SELECT a.tier, left(coalesce(a.quality_issues::text, ''), 160), count(*), "
+            "min(left(coalesce(a.text, ''), 100)) "
+            "FROM attempts a JOIN jobs j ON j.id = a.job_id WHERE j.batch_id = %s "
+            "AND a.status = 'rejected' GROUP BY 1, 2 ORDER BY 3 DESC LIMIT 6",
             (bid,),
         )
         served = run.sql(
@@ -863,6 +870,10 @@ def mode_real(args: argparse.Namespace) -> dict[str, Any]:
         "per_tier": per_tier,
         "top_errors": [
             {"tier": t, "kind": k, "error": e, "attempts": int(c)} for t, k, e, c in errors
+        ],
+        "top_rejections": [
+            {"tier": t, "issues": i, "attempts": int(c), "answer_example": a}
+            for t, i, c, a in rejected
         ],
         "submitter": submitter_summary(sent),
         "fleet_rss_mib": {k: round(v, 1) for k, v in rss.items()},
@@ -928,6 +939,9 @@ def print_real(data: dict[str, Any]) -> None:
     print("pass rate = passed / (passed + rejected): attempts that reached the gate")
     for e in data["top_errors"]:
         print(f"  {e['attempts']:>4} x {e['tier']} {e['kind']}: {e['error']}")
+    for r in data["top_rejections"]:
+        print(f"  {r['attempts']:>4} x {r['tier']} rejected: {r['issues']}")
+        print(f"         e.g. {r['answer_example']!r}")
     if data["engine"]:
         print(f"engine: {data['engine']}")
 
