@@ -20,6 +20,12 @@ from workers.pipeline.context import AttemptContext, Step
 from workers.selection import Pick
 
 ROUTING_FLAGS = ("affects_system_state", "user_visible_output")
+# A label is one line. Local servers (Ollama, vLLM, the embedded engine) run small or base models
+# that go on past it, writing new questions and answers until max_tokens (measured on Gemma 3
+# 270M: every label answer ran to its limit and named several labels); a stop at the first
+# newline ends the answer there. The API providers' chat models stop by themselves.
+LABEL_STOP = ("\n",)
+LINE_PROVIDERS = frozenset({"openai_compatible", "vllm"})
 # A 429/529 without retry-after keeps the whole fleet off the model for this long. A 5xx,
 # timeout or refused connection cools nothing fleet-wide (one failure in a busy fleet would
 # otherwise push every job off a model that answers most calls): the job retries, and the
@@ -60,6 +66,7 @@ def build_request(job: Job, rule: ActionRule, model: ModelConfig) -> CompletionR
         max_tokens=model.max_tokens,
         temperature=model.temperature,
         json_output=kind_of(rule) == "json" and model.supports_json,
+        stop=LABEL_STOP if kind_of(rule) == "label" and model.provider in LINE_PROVIDERS else (),
         # The call must end before the task's soft time limit: the thread pools the fleet
         # runs do not enforce Celery's time limits, and a call running past the visibility
         # timeout would see its message handed to a second worker.
