@@ -20,7 +20,7 @@ from datetime import timedelta
 from enum import StrEnum
 from typing import Any
 
-from sqlalchemy import delete, func, select, tuple_, update
+from sqlalchemy import ColumnElement, delete, func, select, tuple_, update
 from sqlalchemy.dialects.postgresql import insert
 
 from schemas.jobs import JobResult
@@ -149,6 +149,17 @@ def claim_attempt(
         return ClaimResult(Claim.BUSY, row, max(float(left or 0.0), 0.0), job)
 
 
+def held_by(job_id: str, attempt_no: int, worker: str) -> tuple[ColumnElement[bool], ...]:
+    """The fence every holder's write goes through: the attempt is still running and ``worker``
+    (the delivery that claimed it, ``host/run:task_id``) still holds it."""
+    return (
+        Attempt.job_id == job_id,
+        Attempt.attempt_no == attempt_no,
+        Attempt.status == AttemptStatus.RUNNING.value,
+        Attempt.worker == worker,
+    )
+
+
 def release_attempt(job_id: str, attempt_no: int, worker: str | None = None) -> None:
     """Give a claimed attempt back unrun (the job waits for a rate limit, say); with ``worker``,
     only if that delivery still holds it."""
@@ -195,12 +206,7 @@ def finish_attempt(
     with session_scope() as session:
         landed = session.execute(
             update(Attempt)
-            .where(
-                Attempt.job_id == job_id,
-                Attempt.attempt_no == attempt_no,
-                Attempt.status == AttemptStatus.RUNNING.value,
-                Attempt.worker == worker,
-            )
+            .where(*held_by(job_id, attempt_no, worker))
             .values(**{"lease_until": None, "finished_at": func.now(), **fields})
             .returning(Attempt)
             .execution_options(synchronize_session=False)

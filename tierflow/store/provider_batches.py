@@ -30,7 +30,7 @@ from tierflow.core.constants import (
     ProviderBatchStatus,
 )
 from tierflow.core.db import session_scope
-from tierflow.store.attempts import Claim, ClaimResult
+from tierflow.store.attempts import Claim, ClaimResult, held_by
 
 Group = tuple[str, str, str | None]  # (provider, model name, base URL)
 
@@ -96,12 +96,7 @@ def defer_attempt(
     with session_scope() as session:
         held = session.execute(
             update(Attempt)
-            .where(
-                Attempt.job_id == job_id,
-                Attempt.attempt_no == attempt_no,
-                Attempt.status == AttemptStatus.RUNNING.value,
-                Attempt.worker == worker,
-            )
+            .where(*held_by(job_id, attempt_no, worker))
             .values(
                 lease_until=func.now() + timedelta(seconds=hold_s),
                 model=model,
@@ -554,12 +549,7 @@ def close_deferred_attempt(job_id: str, attempt_no: int, deferred_by: str, reaso
     with session_scope() as session:
         closed = session.execute(
             update(Attempt)
-            .where(
-                Attempt.job_id == job_id,
-                Attempt.attempt_no == attempt_no,
-                Attempt.status == AttemptStatus.RUNNING.value,
-                Attempt.worker == deferred_by,
-            )
+            .where(*held_by(job_id, attempt_no, deferred_by))
             .values(
                 status=AttemptStatus.ERROR.value,
                 error_kind="late",
