@@ -25,8 +25,16 @@ stores it) and sent in packs of up to N as one ``run_pack`` message to that tier
 (:mod:`workers.packs`): one model call answers the pack, and each job is still gated, priced,
 stored and escalated on its own. Every line keeps its own job and idempotency key, so resuming
 works as without packing (a finished line is skipped; a queued one is packed again). Any other
-line goes to the router as usual. A job is routed only when its pack is sent, so a submitter
-that dies with a pack unsent leaves its jobs queued, and the rerun (or the sweeper) sends them.
+line is planned here too (see below). A packed job is routed only when its pack is sent, so a
+submitter that dies with a pack unsent leaves its jobs queued, and the rerun (or the sweeper)
+sends them.
+
+**Interactive work first**: besides the lower priority, a batch line skips the router: the
+submitter plans it with the router's own :func:`~router.plan.plan_job` (under the fleet's mode
+of the moment), stores it routed with its plan in the job's insert and sends it straight to its
+first tier's queue. The router's queue then holds interactive jobs only, so a daemon's job is
+never routed behind the batch's messages a router worker has already reserved (its prefetch);
+on the tier queues the priority puts it ahead of every waiting batch message.
 """
 
 from __future__ import annotations
@@ -193,19 +201,48 @@ def submit_batch(
 def _submit_line(
     request: JobRequest, batch_id: str, line: int, done: Submitted, packer: Packer | None = None
 ) -> None:
+    """Store one line's job and send it. Packable lines go to the packer; any other line is
+    planned here, by the router's own :func:`~router.plan.plan_job`, stored routed with its plan
+    in the same insert and sent straight to its first tier: batch lines never queue on the
+    router, so an interactive job's routing never waits behind a batch (a line whose plan is
+    an error goes to the router, which fails it with the reason)."""
+    pack_plan = packer.plan_for(request) if packer is not None else None
+    plan = None if pack_plan is not None else _plan(request)
     job_id, created = store.create_job(
-        request, get_settings().job_deadline_s, batch_id=batch_id, batch_line=line
+        request,
+        get_settings().job_deadline_s,
+        batch_id=batch_id,
+        batch_line=line,
+        plan=(plan.complexity.value, plan.to_json()) if plan is not None else None,
     )
-    if created:
-        done.sent += 1
-    else:
+    if not created:
         done.existing += 1
-        if store.job_status(job_id) != JobStatus.QUEUED.value:
+        # stored before a crash but maybe never sent (queued, or routed with no attempt yet):
+        # packed again, or the router plans it or resends its first attempt (a duplicate send
+        # is claimed once)
+        status = store.job_status(job_id)
+        queued = status == JobStatus.QUEUED.value
+        if queued and packer is not None and packer.add(job_id, request, pack_plan):
             return
-        # stored before a crash but maybe never sent: sent now
-    if packer is not None and packer.add(job_id, request):
+        if status in (JobStatus.QUEUED.value, JobStatus.ROUTED.value):
+            enqueue_route(job_id, request.priority)
         return
-    enqueue_route(job_id, request.priority)
+    done.sent += 1
+    if packer is not None and packer.add(job_id, request, pack_plan):
+        return
+    if plan is None:
+        enqueue_route(job_id, request.priority)
+    else:
+        first = plan.chain[0]
+        enqueue_attempt(job_id, first, 0, 0, priority=request.priority, action=request.action_type)
+
+
+def _plan(request: JobRequest) -> TierPlan | None:
+    """The line's plan under the fleet's mode now (one Redis read), or None when it is an
+    error (the router then fails the job with it)."""
+    config = get_settings().llm
+    plan = plan_job(request.action_type, request.prompt, request.context, config, get_mode())
+    return None if plan.error else plan
 
 
 class Packer:
@@ -235,8 +272,8 @@ class Packer:
             return None
         return plan
 
-    def add(self, job_id: str, request: JobRequest) -> bool:
-        plan = self.plan_for(request)
+    def add(self, job_id: str, request: JobRequest, plan: TierPlan | None) -> bool:
+        """Take the job into a pack when ``plan`` (its :meth:`plan_for`) says it can be packed."""
         if plan is None:
             self.flush()  # packs hold consecutive lines only
             return False

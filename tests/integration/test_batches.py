@@ -13,6 +13,7 @@ from pathlib import Path
 
 import pytest
 
+from router import submit_job
 from router.batch import BatchHandle, estimate_batch, read_jsonl, submit_batch
 from schemas.tables import Attempt, Job
 from tests.support.services import REPO, fake_model, fleet_config
@@ -61,6 +62,22 @@ def test_a_batch_runs_to_the_end_with_its_results(fleet) -> None:
     again = submit_batch(iter(specs(200)), name="consolidate-200")
     assert (again.sent, again.existing) == (0, 200)
     assert len(jobs_of(done.batch_id)) == 200
+
+
+def test_batch_lines_skip_the_router_and_interactive_jobs_do_not(fleet) -> None:
+    # Tier workers only: a batch line is planned by its submitter and sent to its tier, so the
+    # batch finishes; a daemon's job waits for a router, which is what it goes through.
+    fleet(fleet_config(), workers=1, concurrency=4,
+          queues="tier.local_fast,tier.local_quality,tier.api_fallback")  # fmt: skip
+    done = submit_batch(iter(specs(20, "alone")), name="no-router")
+    final = BatchHandle(done.batch_id).wait(timeout=60)
+    assert final["statuses"] == {"succeeded": 20}
+    for job in jobs_of(done.batch_id):
+        assert job.plan is not None and job.complexity is not None  # stored as route_job does
+        assert [a.tier for a in store.attempts_of(job.id)] == [job.plan["chain"][0]]
+    handle = submit_job("Merge these duplicate entries: interactive", "consolidate")
+    time.sleep(1.0)
+    assert store.job_status(handle.job_id) == "queued", "only a router routes a daemon's job"
 
 
 def test_bad_lines_are_refused_alone_and_changed_lines_conflict(fleet) -> None:

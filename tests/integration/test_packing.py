@@ -1,6 +1,6 @@
 """Packed batches on real Redis, PostgreSQL and worker processes: small label jobs answered a
 pack per call, each job with its own result and gate verdict; a garbled part escalates alone;
-a rerun resumes without a duplicate; other lines of the same batch go through the router."""
+a rerun resumes without a duplicate; other lines of the same batch are sent one by one."""
 
 from __future__ import annotations
 
@@ -147,7 +147,7 @@ def test_a_rerun_resumes_a_packed_batch_without_a_duplicate(fleet) -> None:
         assert completions(srv) == calls + 1
 
 
-def test_other_lines_of_a_packed_batch_go_through_the_router(fleet) -> None:
+def test_other_lines_of_a_packed_batch_are_sent_on_their_own(fleet) -> None:
     with OpenAIServer(answer=answerer()) as srv:
         fleet(config(srv), workers=1, concurrency=4)
         specs = rows(6)

@@ -62,9 +62,15 @@ def create_job(
     *,
     batch_id: str | None = None,
     batch_line: int | None = None,
+    plan: tuple[str, dict[str, Any]] | None = None,
 ) -> tuple[str, bool]:
     """Store a new job; return ``(job_id, created)``. Same idempotency key and same request →
     same job; same key and a different request → :class:`IdempotencyConflict`, nothing stored.
+
+    ``plan`` (``(complexity, plan)``, as ``route_job`` stores them) stores the job routed
+    already, in the same statement: a batch's submitter plans its lines itself (see
+    :mod:`router.batch`). A job stored routed whose first attempt was never sent is resent by
+    the sweeper, or by ``route_job`` (a routed job with no attempt).
 
     The ``INSERT .. ON CONFLICT DO NOTHING`` serialises concurrent submitters of one key: the
     loser's insert waits for the winner's transaction, does nothing, and the ``SELECT`` that
@@ -90,6 +96,8 @@ def create_job(
         "batch_id": batch_id,
         "batch_line": batch_line,
     }
+    if plan is not None:
+        values.update(status=JobStatus.ROUTED.value, complexity=plan[0], plan=plan[1])
     stmt = insert(Job.__table__).values(**values)  # type: ignore[arg-type]
     if request.idempotency_key is not None:
         stmt = stmt.on_conflict_do_nothing(index_elements=["idempotency_key"])
