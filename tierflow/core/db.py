@@ -78,7 +78,9 @@ def _ping_if_idle(dbapi_connection: Any, record: Any, proxy: Any) -> None:
         raise DisconnectionError(str(exc)) from exc
 
 
-_ASYNC_COMMIT = text("SET LOCAL synchronous_commit = off")
+# Opens the transaction and makes its commit non-durable in one round trip: a statement without
+# parameters goes over the simple query protocol, which takes several at once.
+_BEGIN_ASYNC_COMMIT = text("BEGIN; SET LOCAL synchronous_commit = off")
 
 
 @contextmanager
@@ -117,11 +119,19 @@ def session_scope(*, durable: bool = True) -> Iterator[Session]:
     may lose it. Only for writes the fleet can lose and redo (a routing plan, an attempt's
     claim: see their callers); never for a job's acceptance, an outcome or a charge. On this
     machine a durable commit waits about 3 ms for the disk, a non-durable one 0.5 ms.
+
+    Such a session opens its transaction itself, on a connection the driver leaves in
+    autocommit: ``BEGIN`` and the ``SET LOCAL`` are one round trip instead of two. The driver
+    still ends it: psycopg's ``commit()`` and ``rollback()`` send ``COMMIT``/``ROLLBACK``
+    whenever the server reports a transaction open, and so does the pool's reset on return.
     """
-    session = _sessions_for(get_engine())()
+    if durable:
+        session = _sessions_for(get_engine())()
+    else:
+        session = _sessions_for(_autocommitting(get_engine()))()
     try:
         if not durable:
-            session.execute(_ASYNC_COMMIT)
+            session.execute(_BEGIN_ASYNC_COMMIT)
         yield session
         session.commit()
     except BaseException:

@@ -22,6 +22,7 @@ from typing import Any
 
 from sqlalchemy import ColumnElement, delete, func, select, tuple_, update
 from sqlalchemy.dialects.postgresql import insert
+from sqlalchemy.orm.attributes import set_committed_value
 
 from schemas.jobs import JobResult
 from schemas.tables import Attempt, Job, SupersededCall
@@ -100,8 +101,6 @@ def claim_attempt(
         claim_tier = tier(job) if callable(tier) else tier
         if claim_tier is None:
             return ClaimResult(Claim.REFUSED, job=job)
-        if job.status == JobStatus.ROUTED.value:
-            job.status = JobStatus.RUNNING.value  # flushed with the claim's statement
         claim = (
             insert(Attempt)
             .values(
@@ -114,6 +113,11 @@ def claim_attempt(
                 delivery_retry=retry,
                 lease_until=lease_until,
                 started_at=func.now(),
+                # the columns' defaults, given: with a CTE added, SQLAlchemy binds them as NULL
+                input_tokens=0,
+                output_tokens=0,
+                cost_usd=0,
+                fake=False,
             )
             .on_conflict_do_update(
                 constraint="uq_attempts_job_attempt",
@@ -134,6 +138,16 @@ def claim_attempt(
             )
             .returning(Attempt.id)
         )
+        if job.status == JobStatus.ROUTED.value:
+            # The job starts running in the claim's own statement (a CTE: one round trip).
+            start = (
+                update(Job)
+                .where(Job.id == job_id, Job.status == JobStatus.ROUTED.value)
+                .values(status=JobStatus.RUNNING.value)
+                .cte("start_job")
+            )
+            claim = claim.add_cte(start)
+            set_committed_value(job, "status", JobStatus.RUNNING.value)
         if session.execute(claim).scalar_one_or_none() is not None:
             return ClaimResult(Claim.OWNED, job=job)
         found = session.execute(
