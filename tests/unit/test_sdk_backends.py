@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import threading
 import time
 import traceback
 from collections.abc import Callable, Iterator
@@ -24,7 +25,11 @@ from tierflow.app.embedded import free_port
 from tierflow.core import errors
 from workers.backends.anthropic_backend import AnthropicBackend
 from workers.backends.base import Backend, CompletionRequest, registry
-from workers.backends.openai_compatible import OpenAICompatibleBackend
+from workers.backends.openai_compatible import (
+    CLIENT_SHARDS,
+    OpenAICompatibleBackend,
+    thread_shard,
+)
 from workers.backends.sdk_errors import map_sdk_error, parse_retry_after, scrub
 
 ANT_KEY = "sk-ant-TESTKEY-0123456789abcdef"
@@ -377,6 +382,42 @@ def test_base_urls_and_sdk_client_settings(monkeypatch: pytest.MonkeyPatch) -> N
         monkeypatch.setenv("ANTHROPIC_API_KEY", "sk-ant-ROTATED-0123456789")  # key rotation
         claude.complete(REQ)
         assert ant_srv.presented_key(ant_srv.calls[-1].headers) == "sk-ant-ROTATED-0123456789"
+
+
+def test_threads_share_clients_in_shards_and_a_rotated_key_rebuilds_them(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    with OpenAIServer() as srv:
+        monkeypatch.setenv("OPENAI_BASE_URL", srv.url)
+        monkeypatch.setenv("OPENAI_API_KEY", OAI_KEY)
+        api = OpenAICompatibleBackend(openai_model_config(None, provider="openai"))
+        threads = 2 * CLIENT_SHARDS
+        barrier = threading.Barrier(threads)
+        seen: list[tuple[int, int]] = []  # (thread's shard, id of the client it got)
+
+        def call() -> None:
+            barrier.wait()  # all alive at once: no thread id is reused
+            seen.append((thread_shard(), id(api._sdk())))
+
+        workers = [threading.Thread(target=call) for _ in range(threads)]
+        for t in workers:
+            t.start()
+        for t in workers:
+            t.join(30)
+        assert len(seen) == threads
+        by_shard: dict[int, set[int]] = {}
+        for shard, client in seen:
+            by_shard.setdefault(shard, set()).add(client)
+        assert len(by_shard) == CLIENT_SHARDS, "threads are spread over every shard"
+        assert all(len(clients) == 1 for clients in by_shard.values()), "one client a shard"
+        assert len({c for clients in by_shard.values() for c in clients}) == CLIENT_SHARDS
+        api.complete(REQ)
+        monkeypatch.setenv("OPENAI_API_KEY", OAI_KEY.replace("sk-", "sk-ROTATED-"))
+        api.complete(REQ)
+        assert srv.calls[-1].headers["authorization"] == "Bearer " + OAI_KEY.replace(
+            "sk-", "sk-ROTATED-"
+        )
+        assert len(api._clients) == 1, "the old key's clients are dropped"
 
 
 def test_registration_and_protocol(monkeypatch: pytest.MonkeyPatch) -> None:

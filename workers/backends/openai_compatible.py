@@ -14,7 +14,9 @@ read only on that error path (:mod:`tierflow.core.engine_state`).
 from __future__ import annotations
 
 import hashlib
+import itertools
 import os
+import threading
 import time
 from collections.abc import Iterator
 from typing import Any
@@ -38,12 +40,30 @@ from workers.backends.sdk_errors import map_sdk_error, scrub
 _DEFAULT_URLS = {"ollama": "http://127.0.0.1:11434/v1", "vllm": "http://127.0.0.1:8000/v1"}
 _PLACEHOLDER_KEY = "not-needed"  # local servers ignore it, but the SDK wants a non-empty key
 _SDK_ERRORS = (openai.OpenAIError, httpx2.HTTPError, ValueError)
-# One client per model per process is shared by every thread of the worker's pool: a GPU worker
-# keeps hundreds of requests in flight to its vLLM server, so the pool must not be the bound
-# (the SDK's default keeps only 100 idle connections: the rest would reconnect on every call).
+# A GPU worker keeps hundreds of requests in flight to its vLLM server, so the connection pool
+# must not be the bound (the SDK's default keeps only 100 idle connections: the rest would
+# reconnect on every call).
 HTTP_LIMITS = httpx2.Limits(
     max_connections=4096, max_keepalive_connections=2048, keepalive_expiry=30.0
 )
+# The threads of a worker's pool share a model's clients in shards, each thread keeping to one:
+# an httpx pool hands out connections under one lock and walks all of its connections for each
+# request, so one client for 640 threads spent most of the worker's CPU there. bench_gpu.py, one
+# worker x640 threads against a direct asyncio client, same run each: 1 client 76% (30.6 ms of
+# CPU a job), 16 shards 89% (18.3 ms), 64 shards 95-96% (20-22 ms). A shard is made at its first
+# use, so a worker with few threads makes few.
+CLIENT_SHARDS = 64
+_thread_shard = threading.local()
+_next_shard = itertools.count()
+
+
+def thread_shard() -> int:
+    """This thread's shard of every backend's clients (0 .. CLIENT_SHARDS-1), fixed at its first
+    call: threads are spread over the shards in the order they first call."""
+    shard: int | None = getattr(_thread_shard, "index", None)
+    if shard is None:
+        shard = _thread_shard.index = next(_next_shard) % CLIENT_SHARDS
+    return shard
 
 
 def availability_ttl() -> float:
@@ -62,8 +82,9 @@ class OpenAICompatibleBackend:
         self.key_env = model.api_key_env or ("OPENAI_API_KEY" if self.is_api else None)
         # None lets the SDK honour OPENAI_BASE_URL (then https://api.openai.com/v1).
         self.base_url = model.base_url or _DEFAULT_URLS.get(model.provider)
-        self._client: openai.OpenAI | None = None
+        self._clients: dict[int, openai.OpenAI] = {}  # by shard, for the key of the digest
         self._client_key_digest = ""
+        self._clients_lock = threading.Lock()
         self._probe: tuple[float, Availability] | None = None
 
     def _api_key(self) -> str | None:
@@ -76,18 +97,25 @@ class OpenAICompatibleBackend:
         if key is None:
             raise errors.AuthError(f"{self.provider}: {self.key_env} not set")
         digest = hashlib.sha256(key.encode()).hexdigest()  # rebuild when the key rotates
-        if self._client is None or digest != self._client_key_digest:
-            # max_retries=0: the fleet retries (cooldown, next model, next tier); SDK retries on
-            # top would multiply calls against a provider that is already throttling us.
-            self._client = openai.OpenAI(
-                api_key=key,
-                base_url=self.base_url,
-                max_retries=0,
-                timeout=self.model.timeout_s,
-                http_client=openai.DefaultHttpxClient(limits=HTTP_LIMITS),
-            )
-            self._client_key_digest = digest
-        return self._client
+        shard = thread_shard()
+        client = self._clients.get(shard) if digest == self._client_key_digest else None
+        if client is not None:
+            return client
+        with self._clients_lock:
+            if digest != self._client_key_digest:
+                self._clients, self._client_key_digest = {}, digest
+            client = self._clients.get(shard)
+            if client is None:
+                # max_retries=0: the fleet retries (cooldown, next model, next tier); SDK retries
+                # on top would multiply calls against a provider that is already throttling us.
+                client = self._clients[shard] = openai.OpenAI(
+                    api_key=key,
+                    base_url=self.base_url,
+                    max_retries=0,
+                    timeout=self.model.timeout_s,
+                    http_client=openai.DefaultHttpxClient(limits=HTTP_LIMITS),
+                )
+        return client
 
     def _params(self, request: CompletionRequest) -> dict[str, Any]:
         messages = [{"role": "system", "content": request.system}] if request.system else []
