@@ -10,8 +10,8 @@ import uuid
 from collections.abc import Iterator
 from typing import Any
 
-from sqlalchemy import exists, func, select, update
-from sqlalchemy.dialects.postgresql import insert
+from sqlalchemy import String, any_, bindparam, exists, func, select, update
+from sqlalchemy.dialects.postgresql import ARRAY, insert
 
 from schemas.tables import Attempt, Batch, Job
 from tierflow.core.constants import TERMINAL_STATUSES, AttemptStatus, BatchStatus, JobStatus
@@ -112,6 +112,12 @@ def cancel_batch(batch_id: str) -> int:
 
     A job whose attempt holds a live claim finishes and is kept. A cancelled job is terminal,
     so any of its messages still queued is dropped by the first pipeline step.
+
+    The open jobs' rows are locked first, and their attempts read by a second statement: a
+    claim locks its job's row too, so one that was under way when the cancel came has committed
+    its attempt by then, and the second statement's snapshot sees it (one statement alone would
+    judge "no attempt running" on the snapshot taken before the claim committed, and cancel a
+    job whose attempt goes on). A claim that comes after finds its job cancelled.
     """
     running = exists().where(
         Attempt.job_id == Job.id, Attempt.status == AttemptStatus.RUNNING.value
@@ -120,9 +126,22 @@ def cancel_batch(batch_id: str) -> int:
         session.execute(
             update(Batch).where(Batch.id == batch_id).values(status=BatchStatus.CANCELLING.value)
         )
+        open_jobs = list(
+            session.execute(
+                select(Job.id)
+                .where(Job.batch_id == batch_id, Job.status.not_in(TERMINAL_STATUSES))
+                .with_for_update()
+            ).scalars()
+        )
+        if not open_jobs:
+            return 0
         result = session.execute(
             update(Job)
-            .where(Job.batch_id == batch_id, Job.status.not_in(TERMINAL_STATUSES), ~running)
+            .where(
+                Job.id == any_(bindparam("open_jobs", open_jobs, type_=ARRAY(String))),
+                Job.status.not_in(TERMINAL_STATUSES),
+                ~running,
+            )
             .values(
                 status=JobStatus.CANCELLED.value,
                 finished_at=func.now(),
