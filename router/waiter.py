@@ -71,6 +71,11 @@ class EventHub:
         with self._lock:
             return len(self._waiters)
 
+    def registered(self, job_id: str) -> bool:
+        """Whether ``job_id`` has a waiter (a registered inbox) in this process."""
+        with self._lock:
+            return job_id in self._waiters
+
     def _run(self) -> None:
         while True:
             pubsub = self._client.pubsub(ignore_subscribe_messages=True)
