@@ -283,10 +283,14 @@ def _run_browser_checks(dashboard: Dashboard, browser: Any, tmp_path: Path, By: 
     _wait("the switch to cloud", lambda: get_mode() is Mode.CLOUD)
     newest = mode_history(1)[0]
     assert (newest.from_mode, newest.to_mode, newest.source) == ("auto", "cloud", "manual")
-    first = _wait(
-        "the manual history line",
-        lambda: browser.find_elements(By.CSS_SELECTOR, '#history li[data-source="manual"]'),
-    )[0]
+
+    def newest_manual_line() -> Any:
+        # An earlier test's switches are in the history too: wait for this one on top (the
+        # page redraws after the click, or at its next refresh).
+        lines = browser.find_elements(By.CSS_SELECTOR, '#history li[data-source="manual"]')
+        return lines[0] if lines and "auto → cloud" in lines[0].text else None
+
+    first = _wait("the manual history line", newest_manual_line)
     assert "auto → cloud" in first.text and "Manual" in first.text
     assert browser.find_element(By.ID, "mode").get_attribute("data-mode") == "cloud"
 
