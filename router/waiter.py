@@ -77,18 +77,24 @@ class EventHub:
             return job_id in self._waiters
 
     def _run(self) -> None:
+        lost = False  # said once per outage, not at every failed retry
         while True:
             pubsub = self._client.pubsub(ignore_subscribe_messages=True)
             try:
                 pubsub.psubscribe(self._pattern)
                 self._ready.set()
+                if lost:
+                    log.warning("job events: subscribed again")
+                    lost = False
                 while True:
                     message = pubsub.get_message(timeout=1.0)
                     if message is not None:
                         self._deliver(message)
             except (redis.ConnectionError, redis.TimeoutError, OSError):
                 self._ready.clear()
-                log.warning("job events: connection lost; resubscribing in %.0fs", RECONNECT_S)
+                if not lost:
+                    log.warning("job events: connection lost; retrying every %.0fs", RECONNECT_S)
+                    lost = True
                 threading.Event().wait(RECONNECT_S)
             finally:
                 with contextlib.suppress(Exception):  # a broken connection may fail to close

@@ -125,10 +125,8 @@ def session_scope(*, durable: bool = True) -> Iterator[Session]:
     still ends it: psycopg's ``commit()`` and ``rollback()`` send ``COMMIT``/``ROLLBACK``
     whenever the server reports a transaction open, and so does the pool's reset on return.
     """
-    if durable:
-        session = _sessions_for(get_engine())()
-    else:
-        session = _sessions_for(_autocommitting(get_engine()))()
+    engine = get_engine() if durable else _autocommitting(get_engine())
+    session = _sessions_for(engine)()
     try:
         if not durable:
             session.execute(_BEGIN_ASYNC_COMMIT)
