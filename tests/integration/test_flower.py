@@ -72,18 +72,33 @@ def test_flower_names_tasks_by_job_tier_action_and_model(
         assert _get(base + "/api/tasks", auth=None)[0] == 401
         assert _get(base + "/api/tasks", auth="ops:wrong")[0] == 401
 
-        handle = submit_job("Is this a decision or a fact? 'We chose React'", "classify_memory")
-        result = handle.wait(30)
-        assert result.status == "succeeded", result.error
-        job = handle.job_id
-
-        def mine() -> list[dict[str, Any]]:
+        def seen(job: str) -> list[dict[str, Any]]:
             tasks = _get(base + "/api/tasks")[1] or {}
             return [
                 t
                 for t in tasks.values()
                 if f"job={job}" in (t.get("args") or "") and t.get("state") == "SUCCESS"
             ]
+
+        # Flower answers its API before its event receiver is bound: events sent in between
+        # are never seen (once, a route_job showed only its success, without name or args).
+        # A warm-up job whose routing Flower shows in full proves the receiver is live.
+        deadline = time.monotonic() + 30
+        while True:
+            warm = submit_job("Is this a fact? 'Warm-up'", "classify_memory")
+            assert warm.wait(30).status in ("succeeded", "failed")
+            if any("tier=" not in t["args"] for t in seen(warm.job_id)):
+                break
+            assert time.monotonic() < deadline, "Flower never showed a job's routing"
+            time.sleep(0.5)
+
+        handle = submit_job("Is this a decision or a fact? 'We chose React'", "classify_memory")
+        result = handle.wait(30)
+        assert result.status == "succeeded", result.error
+        job = handle.job_id
+
+        def mine() -> list[dict[str, Any]]:
+            return seen(job)
 
         deadline = time.monotonic() + 15
         while len(mine()) < 3:  # route_job, then run_attempt on two tiers
