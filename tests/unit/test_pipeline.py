@@ -9,6 +9,7 @@ from __future__ import annotations
 import itertools
 import os
 from collections.abc import Callable, Iterator
+from dataclasses import replace
 from datetime import timedelta
 from typing import Any
 
@@ -32,7 +33,7 @@ from workers.pipeline import STEPS, AttemptContext, Step, run_attempt_steps
 from workers.pipeline.call import CallModel
 from workers.pipeline.claim import ClaimAttempt
 from workers.pipeline.decide import Decide
-from workers.pipeline.gate import Gate
+from workers.pipeline.gate import Gate, sampler
 from workers.pipeline.notify import Notify
 from workers.pipeline.persist import Persist
 from workers.pipeline.price import Price
@@ -186,6 +187,20 @@ def test_gate_price_persist_store_a_gated_priced_answer(use: Callable) -> None:
     assert ctx.attempt is not None
     assert float(ctx.attempt.cost_usd) == pytest.approx(expected)
     assert ctx.attempt.status in (AttemptStatus.PASSED.value, AttemptStatus.REJECTED.value)
+
+
+def test_consistency_samples_are_charged_at_the_synchronous_price(use: Callable) -> None:
+    # A provider batch's answer is priced at the batch price (its pick carries it), but the
+    # samples that check it are direct calls made now, at the model's own price.
+    use(local_fast=[fake_model("priced", input_cost_per_million=1.0, output_cost_per_million=2.0)])
+    ctx = through(context(planned_job()), CallModel)
+    assert ctx.pick is not None
+    ctx.pick = replace(ctx.pick, model=ctx.pick.model.at_batch_price())
+    assert sampler(ctx)(2)
+    assert ctx.extra_calls and all(c["purpose"] == "consistency" for c in ctx.extra_calls)
+    for call in ctx.extra_calls:
+        full = (call["input_tokens"] * 1.0 + call["output_tokens"] * 2.0) / 1e6
+        assert call["cost_usd"] == pytest.approx(full) and full > 0
 
 
 def test_decide_is_a_function_of_the_stored_row(use: Callable) -> None:

@@ -74,9 +74,13 @@ def local_critic(ctx: AttemptContext) -> Callable[[str, str], str]:
 
 
 def sampler(ctx: AttemptContext) -> Callable[[int], list[str]]:
-    """``k`` more answers of the picked model to the same request, each within the limits."""
+    """``k`` more answers of the picked model to the same request, each within the limits.
+
+    Samples are synchronous calls, priced at the model's own price even when the answer they
+    check came from a provider batch (whose pick carries the batch price)."""
     assert ctx.pick is not None and ctx.request is not None and ctx.limits is not None
     pick, limits = ctx.pick, ctx.limits
+    priced = ctx.config.model(pick.model.name)
     request = replace(
         ctx.request, temperature=max(ctx.request.temperature, CONSISTENCY_TEMPERATURE)
     )
@@ -87,7 +91,7 @@ def sampler(ctx: AttemptContext) -> Callable[[int], list[str]]:
             reservation = limits.reserve(pick.model, estimate_tokens(request.prompt), 0)
             if not reservation.granted:
                 break  # the rate limit has no room: judge on the samples drawn so far
-            texts.append(_priced_call(ctx, pick.backend, pick.model, request, "consistency"))
+            texts.append(_priced_call(ctx, pick.backend, priced, request, "consistency"))
             last = ctx.extra_calls[-1]
             limits.settle(pick.model, reservation, last["input_tokens"], last["output_tokens"])
         return texts
