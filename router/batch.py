@@ -35,6 +35,14 @@ of the moment), stores it routed with its plan in the job's insert and sends it 
 first tier's queue. The router's queue then holds interactive jobs only, so a daemon's job is
 never routed behind the batch's messages a router worker has already reserved (its prefetch);
 on the tier queues the priority puts it ahead of every waiting batch message.
+
+**A window** (``in_flight=N``, ``tierflow batch run --in-flight N``, or
+``TIERFLOW_BATCH_IN_FLIGHT`` when not given; 0: none): the submitter keeps at most N of the
+jobs it sent unfinished, and waits for one to end before it sends the next line. Priorities
+order the queues, but on a small host the batch's jobs that run take the CPU (of the workers,
+PostgreSQL and Redis) a daemon's job needs; a window caps that share, at the cost of the batch's
+own throughput (``tests/bench/bench_batch.py --interactive --in-flight N`` measures both). The
+submitter then runs until its last line is sent; killed, it resumes as ever.
 """
 
 from __future__ import annotations
@@ -72,6 +80,7 @@ from tierflow.core.tokens import estimate_tokens
 
 log = logging.getLogger(__name__)
 COST_CHECK_EVERY = 100  # lines between two reads of the batch's spending
+WINDOW_POLL_S = 0.02  # a full window's pause between two reads of its jobs' states
 SPEC_FIELDS = ("prompt", "action_type", "context", "metadata")
 ESTIMATED_ANSWER_TOKENS = 256  # a dry run's guess of each answer's length, capped by max_tokens
 
@@ -95,6 +104,7 @@ class Submitted:
     lines: int = 0
     sent: int = 0
     existing: int = 0
+    window_waits: int = 0  # pauses taken because the in-flight window was full
     stopped_at_cost: float | None = None
     errors: list[LineError] = field(default_factory=list)
 
@@ -144,16 +154,24 @@ def submit_batch(
     deadline_s: float = 24 * 3600,
     provider_batch: bool | None = None,
     pack: int | None = None,
+    in_flight: int | None = None,
 ) -> Submitted:
     """Store and send a batch's jobs (or resume it); return what was done. See the module.
 
     ``pack``: up to this many small ``label`` jobs per model call (1 to
-    :data:`~tierflow.core.constants.MAX_PACK_SIZE`; None or 1: no packing). Raises
-    :class:`BatchError` for a pack size out of range, or when ``provider_batch`` is asked for
-    with too short a deadline.
+    :data:`~tierflow.core.constants.MAX_PACK_SIZE`; None or 1: no packing). ``in_flight``: at
+    most this many of the jobs sent unfinished at once (None: ``TIERFLOW_BATCH_IN_FLIGHT``; 0:
+    no window). Raises :class:`BatchError` for a pack size or window out of range, or when
+    ``provider_batch`` is asked for with too short a deadline.
     """
     if pack is not None and not 1 <= pack <= MAX_PACK_SIZE:
         raise BatchError(f"pack must be 1 to {MAX_PACK_SIZE}, got {pack}")
+    if in_flight is None:
+        in_flight = get_settings().batch_in_flight
+    if in_flight < 0:
+        raise BatchError(f"in_flight must be 0 (no window) or more, got {in_flight}")
+    if pack is not None and in_flight and pack > in_flight:
+        raise BatchError(f"a pack of {pack} cannot be sent through a window of {in_flight}")
     settings = get_settings().llm.provider_batches
     long_enough = deadline_s >= settings.min_deadline_hours * 3600
     if provider_batch and not long_enough:
@@ -174,6 +192,7 @@ def submit_batch(
     if deadline <= utcnow():
         raise BatchError(f"batch {name} is past its deadline ({deadline:%Y-%m-%d %H:%M} UTC)")
     packer = Packer(pack) if pack is not None and pack > 1 else None
+    window = Window(in_flight, done) if in_flight else None
     for line, spec in enumerate(specs):
         done.lines = line + 1
         if max_cost_usd is not None and line % COST_CHECK_EVERY == 0:
@@ -188,7 +207,11 @@ def submit_batch(
             problems = request.size_problems(limits)
             if problems:
                 raise JobValidationError("; ".join(problems))
-            _submit_line(request, batch.id, line, done, packer)
+            if window is not None:
+                window.wait_for_room(packer)
+            sent = _submit_line(request, batch.id, line, done, packer)
+            if window is not None and sent is not None:
+                window.open.append(sent)
         except JobValidationError as exc:
             done.errors.append(LineError(line + 1, str(exc)))
     if packer is not None:
@@ -198,10 +221,34 @@ def submit_batch(
     return done
 
 
+class Window:
+    """The submitter's in-flight window (see the module): the ids of the jobs it sent that may
+    still be running, at most ``size`` of them."""
+
+    def __init__(self, size: int, done: Submitted) -> None:
+        self.size = size
+        self.done = done
+        self.open: list[str] = []
+
+    def wait_for_room(self, packer: Packer | None) -> None:
+        """Return once fewer than ``size`` of the sent jobs are unfinished. A pending pack is
+        sent first: its jobs are in the window and end only once sent."""
+        if len(self.open) < self.size:
+            return
+        if packer is not None:
+            packer.flush()
+        self.open = store.unfinished(self.open)
+        while len(self.open) >= self.size:
+            self.done.window_waits += 1
+            time.sleep(WINDOW_POLL_S)
+            self.open = store.unfinished(self.open)
+
+
 def _submit_line(
     request: JobRequest, batch_id: str, line: int, done: Submitted, packer: Packer | None = None
-) -> None:
-    """Store one line's job and send it. Packable lines go to the packer; any other line is
+) -> str | None:
+    """Store one line's job and send it; return its id when it was sent now (None: it was
+    already there and is left as it is). Packable lines go to the packer; any other line is
     planned here, by the router's own :func:`~router.plan.plan_job`, stored routed with its plan
     in the same insert and sent straight to its first tier: batch lines never queue on the
     router, so an interactive job's routing never waits behind a batch (a line whose plan is
@@ -223,18 +270,20 @@ def _submit_line(
         status = store.job_status(job_id)
         queued = status == JobStatus.QUEUED.value
         if queued and packer is not None and packer.add(job_id, request, pack_plan):
-            return
+            return job_id
         if status in (JobStatus.QUEUED.value, JobStatus.ROUTED.value):
             enqueue_route(job_id, request.priority)
-        return
+            return job_id
+        return None
     done.sent += 1
     if packer is not None and packer.add(job_id, request, pack_plan):
-        return
+        return job_id
     if plan is None:
         enqueue_route(job_id, request.priority)
     else:
         first = plan.chain[0]
         enqueue_attempt(job_id, first, 0, 0, priority=request.priority, action=request.action_type)
+    return job_id
 
 
 def _plan(request: JobRequest) -> TierPlan | None:

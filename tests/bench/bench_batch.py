@@ -3,6 +3,7 @@ under a running batch, and a batch on the real embedded model.
 
     python tests/bench/bench_batch.py [--jobs 10000]         # throughput (the default)
     python tests/bench/bench_batch.py --interactive [--interactive-jobs 100] [--batch-jobs 5000]
+                                      [--in-flight N]
     python tests/bench/bench_batch.py --real 200 [--real-timeout 720]
     ... [--json] [--redis-db 13] [--raw-concurrency 8]
 
@@ -27,7 +28,8 @@ interactive (``--interactive``): the same fake fleet. ``--interactive-jobs`` seq
     ``submit_job(...).wait()`` round trips on the idle fleet, then the same while a
     ``--batch-jobs`` batch runs (started with ``tierflow batch run``; the loaded phase starts
     once the fleet has finished some of the batch, and every round trip records how many batch
-    jobs were still queued). p50/p95 of both and their ratio; measured, not asserted.
+    jobs were still queued and unfinished). p50/p95 of both and their ratio; measured, not
+    asserted. ``--in-flight N`` runs the batch with the submitter's window of N (0: none).
 real (``--real N``): ``tierflow up`` on the packaged default configuration, the embedded
     llama.cpp engine (Gemma 3 270M) on a free port; vLLM points at a closed port and no API key
     is set, so the local tiers serve. N ``yes_no_decision`` lines (a label answer). Waits up to
@@ -538,6 +540,7 @@ class RoundTrip:
     ms: float  # submit_job → wait() returned
     in_fleet_ms: float  # the job's created_at → finished_at
     queued: int  # fleet messages waiting when it was sent
+    batch_open: int  # the batch's unfinished jobs when it was sent (-1: idle phase)
     job_id: str
     to_attempt_ms: float = 0.0  # created_at → its first attempt's started_at (routing, queues)
     attempt_ms: float = 0.0  # that attempt's started_at → finished_at
@@ -554,8 +557,15 @@ def mode_interactive(args: argparse.Namespace) -> dict[str, Any]:
         client = redis.Redis.from_url(run.redis_url)
         samples: list[RoundTrip] = []
 
-        def one(i: int, phase: str) -> None:
+        def one(i: int, phase: str, bid: str | None = None) -> None:
             queued = run.queued(client)
+            batch_open = -1
+            if bid is not None:
+                open_rows = run.sql(
+                    "SELECT count(*) FROM jobs WHERE batch_id = %s AND NOT status = ANY(%s)",
+                    (bid, list(TERMINAL)),
+                )
+                batch_open = int(open_rows[0][0])
             t0 = time.perf_counter()
             result = submit_job(
                 f"Extract topic from: 'interactive {run.run_id} {phase} {i}: the login bug'", ACTION
@@ -566,7 +576,12 @@ def mode_interactive(args: argparse.Namespace) -> dict[str, Any]:
             if i >= 0:
                 samples.append(
                     RoundTrip(
-                        phase == "loaded", took, result.latency_ms or 0.0, queued, result.job_id
+                        phase == "loaded",
+                        took,
+                        result.latency_ms or 0.0,
+                        queued,
+                        batch_open,
+                        result.job_id,
                     )
                 )
 
@@ -585,7 +600,11 @@ def mode_interactive(args: argparse.Namespace) -> dict[str, Any]:
             started = datetime.now(UTC)
             submitter = _Background(
                 lambda: measured.update(
-                    m=run_measured(batch_run(path, name), env, timeout_s=args.timeout)
+                    m=run_measured(
+                        [*batch_run(path, name), "--in-flight", str(args.in_flight)],
+                        env,
+                        timeout_s=args.timeout,
+                    )
                 )
             )
             bid = _wait_for_batch_start(run, name, args.batch_jobs // 20, args.timeout)
@@ -593,7 +612,7 @@ def mode_interactive(args: argparse.Namespace) -> dict[str, Any]:
             log(f"loaded fleet: {args.interactive_jobs} round trips; batch now {at_start}")
             loaded_began = time.perf_counter()
             for i in range(args.interactive_jobs):
-                one(i, "loaded")
+                one(i, "loaded", bid)
             loaded_s = time.perf_counter() - loaded_began
             at_end = batch_counts(run, bid)
             queued_end = run.queued(client)
@@ -618,11 +637,13 @@ def mode_interactive(args: argparse.Namespace) -> dict[str, Any]:
 
     idle, loaded = stats(False, "ms"), stats(True, "ms")
     loaded_queued = [s.queued for s in samples if s.loaded]
+    loaded_open = [s.batch_open for s in samples if s.loaded]
     return {
         "mode": "interactive",
         "backend": "FAKE (zero latency)",
         "interactive_jobs": args.interactive_jobs,
         "batch_jobs": args.batch_jobs,
+        "in_flight": args.in_flight,
         "idle_ms": idle,
         "loaded_ms": loaded,
         "idle_in_fleet_ms": stats(False, "in_fleet_ms"),
@@ -640,8 +661,10 @@ def mode_interactive(args: argparse.Namespace) -> dict[str, Any]:
             "max": max(loaded_queued),
             "at_end": queued_end,
         },
+        "batch_open_while_loaded": {"min": min(loaded_open), "max": max(loaded_open)},
         "loaded_phase_s": round(loaded_s, 2),
-        "batch_ran_throughout": queued_end > 0 and min(loaded_queued) > 0,
+        "batch_ran_throughout": min(loaded_open) > 0
+        and sum(at_end.get(k, 0) for k in TERMINAL) < args.batch_jobs,
         "batch_jobs_per_s": round(args.batch_jobs / (last_done - started).total_seconds(), 1),
         "batch_drain_jobs_per_s": round(
             args.batch_jobs / (last_done - first_stored).total_seconds(), 1
@@ -733,12 +756,14 @@ def print_interactive(data: dict[str, Any]) -> None:
     print(
         f"batch during the loaded phase ({data['loaded_phase_s']:.1f}s): statuses "
         f"{data['batch_at_loaded_start']} → {data['batch_at_loaded_end']}; batch messages "
-        f"queued before each round trip {q['min']}..{q['max']}, {q['at_end']} at its end"
+        f"queued before each round trip {q['min']}..{q['max']}, {q['at_end']} at its end; "
+        f"unfinished {data['batch_open_while_loaded']['min']}.."
+        f"{data['batch_open_while_loaded']['max']}; window "
+        f"{data['in_flight'] or 'none'}"
         + (
             ""
             if data["batch_ran_throughout"]
-            else "  ** the batch's queues ran empty during the phase: not all round trips were "
-            "under load **"
+            else "  ** the batch ran out during the phase: not all round trips were under load **"
         )
     )
     s = data["submitter"]
@@ -954,6 +979,9 @@ def main() -> int:
     parser.add_argument("--interactive-jobs", type=int, default=100)
     parser.add_argument("--batch-jobs", type=int, default=5000, help="--interactive's batch")
     parser.add_argument("--warmup", type=int, default=10, help="--interactive's warm-up")
+    parser.add_argument(
+        "--in-flight", type=int, default=0, help="--interactive: the batch's window (0: none)"
+    )
     parser.add_argument("--real", type=int, default=0, metavar="N", help="N jobs, real model")
     parser.add_argument("--real-timeout", type=float, default=720.0)
     parser.add_argument("--raw-concurrency", type=int, default=8)

@@ -158,6 +158,19 @@ def test_cancel_stops_every_queued_job_and_keeps_those_in_flight(fleet) -> None:
     assert max(started) <= cancelled_at + 0.5, "an attempt started after the cancel"
 
 
+def test_a_window_keeps_at_most_n_jobs_of_the_batch_unfinished(fleet) -> None:
+    # Eight worker threads could run eight of these at once; the window lets three be open.
+    fleet(fleet_config(local_fast=[fake_model("slow", latency_ms=150)]), workers=1, concurrency=8)
+    done = submit_batch(iter(specs(24, "windowed")), name="windowed", in_flight=3)
+    assert (done.sent, done.errors) == (24, []) and done.window_waits > 0
+    final = BatchHandle(done.batch_id).wait(timeout=60)
+    assert final["statuses"] == {"succeeded": 24}
+    jobs = jobs_of(done.batch_id)
+    # Unfinished at each job's creation, itself included, from the rows' own timestamps.
+    open_at = [sum(1 for k in jobs if k.created_at <= j.created_at < k.finished_at) for j in jobs]
+    assert max(open_at) == 3, open_at
+
+
 def test_max_cost_stops_sending_at_the_ceiling_and_a_rerun_resumes(fleet) -> None:
     priced = fake_model("priced", input_cost_per_million=50_000.0, output_cost_per_million=0.0)
     fleet(fleet_config(local_fast=[priced]), workers=1, concurrency=4)

@@ -76,6 +76,12 @@ def run(
         help="Pack up to N consecutive small label jobs of one action into one local model "
         "call (each still gated alone; 0 or 1: off).",
     ),
+    in_flight: int = typer.Option(
+        -1,
+        "--in-flight",
+        help="Keep at most N of the batch's jobs unfinished at once, leaving the fleet's CPU "
+        "to daemons' jobs (0: no window; default: TIERFLOW_BATCH_IN_FLIGHT).",
+    ),
 ) -> None:
     """Send every line of FILE (JSONL: prompt, action_type, context, metadata) as one batch;
     running the same file (same name) again resumes it."""
@@ -102,6 +108,7 @@ def run(
         deadline_s=deadline_hours * 3600,
         provider_batch=provider_batch,
         pack=pack or None,
+        in_flight=None if in_flight == -1 else in_flight,
     )
     console.print(
         f"batch {done.name} ({done.batch_id}): {done.lines} lines, {done.sent} sent, "

@@ -30,6 +30,7 @@ from tierflow.store.batches import (
     note_submitted,
     open_batch,
     settle_batch,
+    unfinished,
 )
 from tierflow.store.dead_letters import record_dead_letter, storable_text
 from tierflow.store.jobs import (
@@ -95,4 +96,5 @@ __all__ = [
     "storable_text",
     "superseded_calls_of",
     "touch_jobs",
+    "unfinished",
 ]

@@ -107,6 +107,24 @@ def batch_progress(batch_id: str) -> dict[str, Any]:
     }
 
 
+def unfinished(job_ids: list[str]) -> list[str]:
+    """Those of ``job_ids`` whose job has not ended yet (in the order given): one indexed
+    read, bounded by the list's length."""
+    if not job_ids:
+        return []
+    with session_scope() as session:
+        open_ids = set(
+            session.execute(
+                select(Job.id).where(
+                    Job.id == any_(bindparam("ids", type_=ARRAY(String))),
+                    Job.status.not_in(TERMINAL_STATUSES),
+                ),
+                {"ids": job_ids},
+            ).scalars()
+        )
+    return [job_id for job_id in job_ids if job_id in open_ids]
+
+
 def cancel_batch(batch_id: str) -> int:
     """Cancel every job of the batch that no attempt is running for; return how many.
 
