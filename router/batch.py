@@ -36,13 +36,16 @@ first tier's queue. The router's queue then holds interactive jobs only, so a da
 never routed behind the batch's messages a router worker has already reserved (its prefetch);
 on the tier queues the priority puts it ahead of every waiting batch message.
 
-**A window** (``in_flight=N``, ``tierflow batch run --in-flight N``, or
-``TIERFLOW_BATCH_IN_FLIGHT`` when not given; 0: none): the submitter keeps at most N of the
-jobs it sent unfinished, and waits for one to end before it sends the next line. Priorities
-order the queues, but on a small host the batch's jobs that run take the CPU (of the workers,
-PostgreSQL and Redis) a daemon's job needs; a window caps that share, at the cost of the batch's
-own throughput (``tests/bench/bench_batch.py --interactive --in-flight N`` measures both). The
-submitter then runs until its last line is sent; killed, it resumes as ever.
+**A window that yields** (``in_flight=N``, ``tierflow batch run --in-flight N``, else
+``TIERFLOW_BATCH_IN_FLIGHT``, 64; 0: none): the submitter keeps at most N of the jobs it sent
+unfinished, and waits for one to end before it sends the next line; while daemons' jobs are
+being routed (:mod:`router.interactive`) it keeps to ``TIERFLOW_BATCH_YIELD_IN_FLIGHT`` (1).
+Priorities order the queues, but on a small host the batch's running jobs take the CPU (of the
+workers, PostgreSQL and Redis) that a daemon's job needs, whatever its priority; the window
+caps that share while daemons work, and the batch runs at full speed when they are quiet
+(``tests/bench/bench_batch.py --interactive`` measures both). The submitter runs until its last
+line is sent; killed, it resumes as ever. A batch that may use provider batches has no window:
+its deferred jobs wait hours for the provider without taking any CPU.
 """
 
 from __future__ import annotations
@@ -58,6 +61,7 @@ from typing import Any
 
 from pydantic import ValidationError
 
+from router import interactive
 from router.dispatch import enqueue_attempt, enqueue_pack, enqueue_route
 from router.gate import kind_of
 from router.mode import get_mode
@@ -168,6 +172,8 @@ def submit_batch(
         raise BatchError(f"pack must be 1 to {MAX_PACK_SIZE}, got {pack}")
     if in_flight is None:
         in_flight = get_settings().batch_in_flight
+    # a pack is one call: while yielding, the window still lets one whole pack through
+    yield_to = min(max(get_settings().batch_yield_in_flight, pack or 1), in_flight)
     if in_flight < 0:
         raise BatchError(f"in_flight must be 0 (no window) or more, got {in_flight}")
     if pack is not None and in_flight and pack > in_flight:
@@ -184,6 +190,7 @@ def submit_batch(
         raise BatchError(f"batch {name} was cancelled; use a new name")
     if (settings.default if provider_batch is None else provider_batch) and long_enough:
         store.allow_provider_batch(batch.id)  # before any line is sent: every attempt sees it
+        in_flight = 0  # deferred jobs would fill the window for hours (see the module)
     done = Submitted(batch.id, batch.name)
     limits = get_settings().llm.inputs
     # From the batch's creation, so a resumed line asks for the same deadline as before (the
@@ -192,7 +199,7 @@ def submit_batch(
     if deadline <= utcnow():
         raise BatchError(f"batch {name} is past its deadline ({deadline:%Y-%m-%d %H:%M} UTC)")
     packer = Packer(pack) if pack is not None and pack > 1 else None
-    window = Window(in_flight, done) if in_flight else None
+    window = Window(in_flight, yield_to, done) if in_flight else None
     for line, spec in enumerate(specs):
         done.lines = line + 1
         if max_cost_usd is not None and line % COST_CHECK_EVERY == 0:
@@ -223,22 +230,26 @@ def submit_batch(
 
 class Window:
     """The submitter's in-flight window (see the module): the ids of the jobs it sent that may
-    still be running, at most ``size`` of them."""
+    still be running, at most ``size`` of them, or ``yield_size`` while daemons' jobs come in."""
 
-    def __init__(self, size: int, done: Submitted) -> None:
+    def __init__(self, size: int, yield_size: int, done: Submitted) -> None:
         self.size = size
+        self.yield_size = yield_size
         self.done = done
         self.open: list[str] = []
 
+    def limit(self) -> int:
+        return self.yield_size if interactive.seen() else self.size
+
     def wait_for_room(self, packer: Packer | None) -> None:
-        """Return once fewer than ``size`` of the sent jobs are unfinished. A pending pack is
+        """Return once fewer than the limit of the sent jobs are unfinished. A pending pack is
         sent first: its jobs are in the window and end only once sent."""
-        if len(self.open) < self.size:
+        if len(self.open) < self.yield_size or len(self.open) < self.limit():
             return
         if packer is not None:
             packer.flush()
         self.open = store.unfinished(self.open)
-        while len(self.open) >= self.size:
+        while len(self.open) >= self.limit():
             self.done.window_waits += 1
             time.sleep(WINDOW_POLL_S)
             self.open = store.unfinished(self.open)

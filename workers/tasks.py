@@ -27,6 +27,7 @@ from celery import Task
 from celery.exceptions import Retry
 
 import workers.automode  # noqa: F401 - registers check_auto_mode (automatic mode) on the app
+from router import interactive
 from router.dispatch import enqueue_attempt
 from router.mode import get_mode
 from router.plan import plan_job
@@ -34,6 +35,7 @@ from schemas.jobs import utcnow
 from tierflow import store
 from tierflow.core.celery_app import app
 from tierflow.core.constants import (
+    BATCH_PRIORITY,
     MAX_PACK_SIZE,
     PROVIDER_BATCH_INTERVAL_S,
     SWEEP_INTERVAL_S,
@@ -157,6 +159,8 @@ def _route(job_id: str) -> str | None:
             return job.status
         else:
             resend = False
+            if job.priority > BATCH_PRIORITY:
+                interactive.mark()  # batches make room while daemons' jobs come in
             plan = plan_job(job.action_type, job.prompt, job.context or {}, config, get_mode())
             saved = save(plan.complexity.value, plan.to_json())
     if resend:

@@ -29,7 +29,8 @@ interactive (``--interactive``): the same fake fleet. ``--interactive-jobs`` seq
     ``--batch-jobs`` batch runs (started with ``tierflow batch run``; the loaded phase starts
     once the fleet has finished some of the batch, and every round trip records how many batch
     jobs were still queued and unfinished). p50/p95 of both and their ratio; measured, not
-    asserted. ``--in-flight N`` runs the batch with the submitter's window of N (0: none).
+    asserted. ``--in-flight N`` runs the batch with the submitter's window of N (0: none);
+    without it, the default window, which yields to daemons' jobs (``router/batch.py``).
 real (``--real N``): ``tierflow up`` on the packaged default configuration, the embedded
     llama.cpp engine (Gemma 3 270M) on a free port; vLLM points at a closed port and no API key
     is set, so the local tiers serve. N ``yes_no_decision`` lines (a label answer). Waits up to
@@ -601,7 +602,8 @@ def mode_interactive(args: argparse.Namespace) -> dict[str, Any]:
             submitter = _Background(
                 lambda: measured.update(
                     m=run_measured(
-                        [*batch_run(path, name), "--in-flight", str(args.in_flight)],
+                        [*batch_run(path, name)]
+                        + ([] if args.in_flight is None else ["--in-flight", str(args.in_flight)]),
                         env,
                         timeout_s=args.timeout,
                     )
@@ -663,6 +665,11 @@ def mode_interactive(args: argparse.Namespace) -> dict[str, Any]:
         },
         "batch_open_while_loaded": {"min": min(loaded_open), "max": max(loaded_open)},
         "loaded_phase_s": round(loaded_s, 2),
+        "batch_jobs_per_s_while_loaded": round(
+            (sum(at_end.get(k, 0) for k in TERMINAL) - sum(at_start.get(k, 0) for k in TERMINAL))
+            / loaded_s,
+            1,
+        ),
         "batch_ran_throughout": min(loaded_open) > 0
         and sum(at_end.get(k, 0) for k in TERMINAL) < args.batch_jobs,
         "batch_jobs_per_s": round(args.batch_jobs / (last_done - started).total_seconds(), 1),
@@ -759,7 +766,7 @@ def print_interactive(data: dict[str, Any]) -> None:
         f"queued before each round trip {q['min']}..{q['max']}, {q['at_end']} at its end; "
         f"unfinished {data['batch_open_while_loaded']['min']}.."
         f"{data['batch_open_while_loaded']['max']}; window "
-        f"{data['in_flight'] or 'none'}"
+        f"{'default' if data['in_flight'] is None else data['in_flight'] or 'none'}"
         + (
             ""
             if data["batch_ran_throughout"]
@@ -768,7 +775,8 @@ def print_interactive(data: dict[str, Any]) -> None:
     )
     s = data["submitter"]
     print(
-        f"batch: {data['batch_jobs_per_s']:.0f} jobs/s end to end, drained "
+        f"batch: {data['batch_jobs_per_s_while_loaded']:.0f} jobs/s during the loaded phase, "
+        f"{data['batch_jobs_per_s']:.0f} jobs/s end to end, drained "
         f"{data['batch_drain_jobs_per_s']:.0f} jobs/s; submitter {s['wall_s']:.1f}s, peak RSS "
         f"{s['peak_rss_mib']:.0f} MiB"
     )
@@ -980,7 +988,10 @@ def main() -> int:
     parser.add_argument("--batch-jobs", type=int, default=5000, help="--interactive's batch")
     parser.add_argument("--warmup", type=int, default=10, help="--interactive's warm-up")
     parser.add_argument(
-        "--in-flight", type=int, default=0, help="--interactive: the batch's window (0: none)"
+        "--in-flight",
+        type=int,
+        default=None,
+        help="--interactive: the batch's window (0: none; default: the fleet's, which yields)",
     )
     parser.add_argument("--real", type=int, default=0, metavar="N", help="N jobs, real model")
     parser.add_argument("--real-timeout", type=float, default=720.0)

@@ -8,18 +8,20 @@ import os
 import signal
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
 import pytest
 
-from router import submit_job
+from router import interactive, submit_job
 from router.batch import BatchHandle, estimate_batch, read_jsonl, submit_batch
 from schemas.tables import Attempt, Job
 from tests.support.services import REPO, fake_model, fleet_config
 from tierflow import store
 from tierflow.core.constants import BATCH_PRIORITY
 from tierflow.core.db import session_scope
+from tierflow.core.redis_client import get_keys, get_redis
 from tierflow.core.settings import get_settings
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
@@ -161,6 +163,8 @@ def test_cancel_stops_every_queued_job_and_keeps_those_in_flight(fleet) -> None:
 def test_a_window_keeps_at_most_n_jobs_of_the_batch_unfinished(fleet) -> None:
     # Eight worker threads could run eight of these at once; the window lets three be open.
     fleet(fleet_config(local_fast=[fake_model("slow", latency_ms=150)]), workers=1, concurrency=8)
+    get_redis().delete(get_keys().interactive_seen)  # no daemon at work: the full window
+    interactive.forget()
     done = submit_batch(iter(specs(24, "windowed")), name="windowed", in_flight=3)
     assert (done.sent, done.errors) == (24, []) and done.window_waits > 0
     final = BatchHandle(done.batch_id).wait(timeout=60)
@@ -169,6 +173,34 @@ def test_a_window_keeps_at_most_n_jobs_of_the_batch_unfinished(fleet) -> None:
     # Unfinished at each job's creation, itself included, from the rows' own timestamps.
     open_at = [sum(1 for k in jobs if k.created_at <= j.created_at < k.finished_at) for j in jobs]
     assert max(open_at) == 3, open_at
+
+
+def test_the_window_yields_while_daemons_jobs_are_routed(fleet) -> None:
+    fleet(fleet_config(local_fast=[fake_model("slow", latency_ms=100)]), workers=1, concurrency=8)
+    # A daemon's job goes through the router, which marks daemons' work as going on.
+    get_redis().delete(get_keys().interactive_seen)
+    interactive.forget()
+    assert submit_job("Extract topic from: 'the login bug'", "extract_topic").wait(30).ok
+    assert get_redis().exists(get_keys().interactive_seen)
+    # While daemons keep coming (marked as the router marks them), the window of 6 keeps to 1.
+    stop = threading.Event()
+
+    def daemons() -> None:
+        while not stop.is_set():
+            interactive.mark()
+            time.sleep(0.1)
+
+    marker = threading.Thread(target=daemons, daemon=True)
+    marker.start()
+    try:
+        done = submit_batch(iter(specs(12, "yielding")), name="yielding", in_flight=6)
+    finally:
+        stop.set()
+        marker.join()
+    BatchHandle(done.batch_id).wait(timeout=60)
+    jobs = jobs_of(done.batch_id)
+    open_at = [sum(1 for k in jobs if k.created_at <= j.created_at < k.finished_at) for j in jobs]
+    assert max(open_at) == 1, open_at
 
 
 def test_max_cost_stops_sending_at_the_ceiling_and_a_rerun_resumes(fleet) -> None:

@@ -74,6 +74,7 @@ class BatchStatus(StrEnum):
 
 
 BATCH_PRIORITY = 1  # below a daemon's default 5: interactive work first
+INTERACTIVE_SEEN_S = 2.0  # a daemon's job routed within this long: batches keep to their yield
 
 
 class AttemptStatus(StrEnum):
@@ -191,6 +192,11 @@ class Keys:
     @property
     def fallback_history(self) -> str:
         return f"{self.prefix}:fallbacks"
+
+    @property
+    def interactive_seen(self) -> str:
+        """Set (with a short TTL) while daemons' jobs are being routed: batches yield to them."""
+        return f"{self.prefix}:interactive:seen"
 
     @property
     def sweep_lock(self) -> str:

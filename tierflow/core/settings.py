@@ -62,10 +62,12 @@ class Settings(BaseSettings):
     # Flower enables the workers' events itself when it starts.
     task_events: bool = False
     job_deadline_s: int = Field(default=1800, gt=0)
-    # A batch submitter keeps at most this many of its jobs unfinished at once (0: no window):
-    # a batch then takes no more of a small host's CPU than that many jobs need, leaving room
-    # for daemons' jobs. `tierflow batch run --in-flight N` overrides it per run.
-    batch_in_flight: int = Field(default=0, ge=0)
+    # A batch submitter keeps at most this many of its jobs unfinished at once (0: no window;
+    # `tierflow batch run --in-flight N` overrides it per run), and only batch_yield_in_flight
+    # while daemons' jobs are being routed: on a small host a batch's running jobs take the CPU
+    # (workers, PostgreSQL, Redis) a daemon's job needs. See router/batch.py.
+    batch_in_flight: int = Field(default=64, ge=0)
+    batch_yield_in_flight: int = Field(default=1, ge=1)
     availability_ttl_s: float = Field(default=5.0, ge=0)
 
     @model_validator(mode="after")
