@@ -172,12 +172,12 @@ def submit_batch(
         raise BatchError(f"pack must be 1 to {MAX_PACK_SIZE}, got {pack}")
     if in_flight is None:
         in_flight = get_settings().batch_in_flight
-    # a pack is one call: while yielding, the window still lets one whole pack through
-    yield_to = min(max(get_settings().batch_yield_in_flight, pack or 1), in_flight)
     if in_flight < 0:
         raise BatchError(f"in_flight must be 0 (no window) or more, got {in_flight}")
     if pack is not None and in_flight and pack > in_flight:
         raise BatchError(f"a pack of {pack} cannot be sent through a window of {in_flight}")
+    # a pack is one call: while yielding, the window still lets one whole pack through
+    yield_to = min(max(get_settings().batch_yield_in_flight, pack or 1), in_flight)
     settings = get_settings().llm.provider_batches
     long_enough = deadline_s >= settings.min_deadline_hours * 3600
     if provider_batch and not long_enough:
@@ -244,7 +244,9 @@ class Window:
     def wait_for_room(self, packer: Packer | None) -> None:
         """Return once fewer than the limit of the sent jobs are unfinished. A pending pack is
         sent first: its jobs are in the window and end only once sent."""
-        if len(self.open) < self.yield_size or len(self.open) < self.limit():
+        if len(self.open) < self.yield_size:
+            return  # room even while yielding: no need to ask whether daemons are at work
+        if len(self.open) < self.limit():
             return
         if packer is not None:
             packer.flush()
