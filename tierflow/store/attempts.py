@@ -16,19 +16,21 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
-from datetime import timedelta
+from datetime import datetime, timedelta
 from enum import StrEnum
+from functools import cache
 from typing import Any
 
-from sqlalchemy import ColumnElement, delete, func, select, tuple_, update
+from sqlalchemy import ColumnElement, TextClause, delete, func, inspect, select, tuple_, update
 from sqlalchemy.dialects.postgresql import insert
 from sqlalchemy.orm.attributes import set_committed_value
 
-from schemas.jobs import JobResult
+from schemas.jobs import JobResult, utcnow
 from schemas.tables import Attempt, Job, SupersededCall
 from tierflow.core.constants import TERMINAL_STATUSES, AttemptStatus, JobStatus
 from tierflow.core.db import session_scope
-from tierflow.store.jobs import finalize_in
+from tierflow.store import rows
+from tierflow.store.jobs import finalize_in, result_of
 
 HeldLease = tuple[str, int, str]  # (job_id, attempt_no, worker)
 
@@ -163,6 +165,87 @@ def claim_attempt(
         return ClaimResult(Claim.BUSY, row, max(float(left or 0.0), 0.0), job)
 
 
+# The claim of a routed job's attempt in one statement (see claim_routed_attempt): the job's row
+# locked, the admission checked against its plan, the attempt inserted or taken over, the job
+# started, the job read back; the commit non-durable (as claim_attempt's).
+_CLAIM_SQL = rows.typed(
+    f"""
+WITH locked AS (
+    SELECT * FROM jobs WHERE id = :job_id FOR UPDATE
+), admitted AS (
+    SELECT locked.plan -> 'chain' ->> :step AS tier FROM locked
+    WHERE locked.status NOT IN {rows.TERMINAL_SQL}
+      AND locked.plan IS NOT NULL
+      AND jsonb_typeof(locked.plan -> 'chain') = 'array'
+      AND jsonb_array_length(locked.plan -> 'chain') > :step
+      AND (locked.deadline IS NULL OR locked.deadline > :now)
+), claimed AS (
+    INSERT INTO attempts AS a (job_id, attempt_no, step, tier, status, worker, delivery_retry,
+                               lease_until, started_at, input_tokens, output_tokens, cost_usd,
+                               fake)
+    SELECT :job_id, :attempt_no, :step, admitted.tier, '{AttemptStatus.RUNNING}', :worker,
+           :retry, now() + make_interval(secs => :lease_s), now(), 0, 0, 0, false
+    FROM admitted
+    ON CONFLICT ON CONSTRAINT uq_attempts_job_attempt DO UPDATE
+    SET worker = EXCLUDED.worker, delivery_retry = EXCLUDED.delivery_retry,
+        lease_until = EXCLUDED.lease_until, started_at = now()
+    WHERE a.status = '{AttemptStatus.RUNNING}'
+      AND (a.lease_until < now()
+           OR (a.worker LIKE :same_task ESCAPE '/' AND a.delivery_retry < :retry))
+    RETURNING a.id
+), started AS (
+    UPDATE jobs SET status = '{JobStatus.RUNNING}', updated_at = now() FROM claimed
+    WHERE jobs.id = :job_id AND jobs.status = '{JobStatus.ROUTED}'
+)
+SELECT {rows.columns_of("locked", rows.JOB_COLUMNS)}, (SELECT id FROM claimed) AS claimed,
+       {rows.ASYNC_COMMIT}
+FROM locked
+"""
+)
+
+
+def claim_routed_attempt(
+    job_id: str,
+    attempt_no: int,
+    step: int,
+    worker: str,
+    lease_s: float,
+    retry: int,
+    now: datetime,
+) -> ClaimResult | None:
+    """:func:`claim_attempt` of a routed job's attempt on its plan's tier, in one round trip:
+    the claim of every ordinary delivery. ``OWNED`` with the job when the attempt is this
+    delivery's now; None when this statement did not claim it (the job is unknown, finished,
+    unrouted, past its deadline at ``now``, the step past its chain, or another delivery holds
+    or finished the attempt): then :func:`claim_attempt` says which, in its own transaction.
+
+    The same rules as :func:`claim_attempt`'s, in SQL: the job's row lock orders the claim with
+    a cancel or an expiry; the takeover condition is the same; the commit is not durable.
+    ``now`` is the caller's clock for the deadline, so its own admission check agrees.
+    """
+    delivery = worker.rsplit(":", 1)[-1]
+    escaped = delivery.replace("/", "//").replace("%", "/%").replace("_", "/_")
+    found = rows.run_one(
+        _CLAIM_SQL,
+        {
+            "job_id": job_id,
+            "attempt_no": attempt_no,
+            "step": step,
+            "worker": worker,
+            "retry": retry,
+            "lease_s": float(lease_s),
+            "same_task": f"%:{escaped}",
+            "now": now,
+        },
+    )
+    if found is None or found.claimed is None:
+        return None
+    job = rows.build(Job, rows.JOB_COLUMNS, found[: len(rows.JOB_COLUMNS)])
+    if job.status == JobStatus.ROUTED.value:
+        job.status = JobStatus.RUNNING.value  # the statement started it
+    return ClaimResult(Claim.OWNED, job=job)
+
+
 def held_by(job_id: str, attempt_no: int, worker: str) -> tuple[ColumnElement[bool], ...]:
     """The fence every holder's write goes through: the attempt is still running and ``worker``
     (the delivery that claimed it, ``host/run:task_id``) still holds it."""
@@ -206,7 +289,13 @@ Ending = Callable[[Attempt], tuple[JobStatus, dict[str, Any]] | None]
 
 
 def finish_attempt(
-    job_id: str, attempt_no: int, *, worker: str, ending: Ending | None = None, **fields: Any
+    job_id: str,
+    attempt_no: int,
+    *,
+    worker: str,
+    ending: Ending | None = None,
+    tier: str | None = None,
+    **fields: Any,
 ) -> Finished:
     """Store an attempt's outcome, fenced by the claim: the write lands only while the attempt
     is still running *and held by* ``worker`` (the ``host:task_id`` this delivery claimed it
@@ -216,7 +305,16 @@ def finish_attempt(
     ``ending``, when the write lands, decides from the stored row whether the job ends with it;
     if so the job is finalized in the same transaction (:func:`~tierflow.store.jobs.finalize_in`),
     so an attempt that ends its job costs one commit, and the two can never disagree.
+
+    With ``tier`` (the tier the attempt was claimed on) the row as it will be stored is known
+    before the write: every field ``ending`` may read is either written here or fixed since the
+    claim (its number, its tier). Then ``ending`` decides first and the outcome, with the job's
+    end when it ends it, is one statement: one round trip (see :func:`_finish_statement`).
     """
+    if tier is not None:
+        done = _finish_in_one(job_id, attempt_no, worker, ending, tier, fields)
+        if done is not None:
+            return done
     with session_scope() as session:
         landed = session.execute(
             update(Attempt)
@@ -238,6 +336,85 @@ def finish_attempt(
             select(Attempt).where(Attempt.job_id == job_id, Attempt.attempt_no == attempt_no)
         ).scalar_one_or_none()
         return Finished(False, row)
+
+
+# What a running attempt's columns hold from its claim until its outcome is written.
+_CLAIMED_ROW: dict[str, Any] = {"input_tokens": 0, "output_tokens": 0, "cost_usd": 0, "fake": False}
+
+
+def _finish_in_one(
+    job_id: str,
+    attempt_no: int,
+    worker: str,
+    ending: Ending | None,
+    tier: str,
+    fields: dict[str, Any],
+) -> Finished | None:
+    """:func:`finish_attempt` as one statement; None when it did not land (fenced out: the
+    caller reads the holder's row)."""
+    stored = {**_CLAIMED_ROW, **fields}
+    row = Attempt(job_id=job_id, attempt_no=attempt_no, tier=tier, **stored)
+    end = ending(row) if ending is not None else None
+    params: dict[str, Any] = {"job_id": job_id, "attempt_no": attempt_no, "worker": worker}
+    params.update({f"a_{key}": value for key, value in fields.items()})
+    final: dict[str, Any] = {}
+    if end is not None:
+        status, final = end
+        params.update({f"j_{key}": value for key, value in final.items()})
+        params.update(j_status=status.value, j_finished_at=utcnow())
+    found = rows.run_one(_finish_statement(tuple(fields), tuple(final)), params)
+    if found is None:
+        return None
+    width = len(rows.ATTEMPT_COLUMNS)
+    landed = rows.build(Attempt, rows.ATTEMPT_COLUMNS, found[:width])
+    if end is None:
+        return Finished(True, landed)
+    if not found.ended:
+        return Finished(True, landed, True, None)  # the job had ended already
+    job = rows.build(Job, rows.JOB_COLUMNS, found[width : width + len(rows.JOB_COLUMNS)])
+    # attempt numbers start at 0: the first attempt is the job's only one
+    attempts = [landed] if attempt_no == 0 else attempts_of(job_id)
+    return Finished(True, landed, True, result_of(job, attempts))
+
+
+@cache
+def _finish_statement(attempt_fields: tuple[str, ...], job_fields: tuple[str, ...]) -> TextClause:
+    """The outcome's ``UPDATE``, fenced as :func:`held_by` fences it, and with ``job_fields``
+    the job's end in a CTE over the row it returned: what :func:`finalize_in` writes (the job
+    open, its cost the sum of its attempts' added to what superseded calls put there)."""
+    a_table, j_table = Attempt.__table__, Job.__table__
+    sets = {"lease_until": "NULL", "finished_at": "now()"}
+    sets.update({key: f":a_{key}" for key in attempt_fields})
+    bound = [(f"a_{key}", a_table.c[key]) for key in attempt_fields]
+    sql = f"""
+WITH landed AS (
+    UPDATE attempts SET {", ".join(f"{a_table.c[k].name} = {v}" for k, v in sets.items())}
+    WHERE job_id = :job_id AND attempt_no = :attempt_no
+      AND status = '{AttemptStatus.RUNNING}' AND worker = :worker
+    RETURNING {rows.columns_of("attempts", rows.ATTEMPT_COLUMNS)}
+)"""
+    if not job_fields:
+        return rows.typed(f"{sql}\nSELECT * FROM landed", bound)
+    job_columns = {key: _job_column(key) for key in job_fields}
+    bound += [(f"j_{key}", job_columns[key]) for key in job_fields]
+    bound.append(("j_finished_at", j_table.c.finished_at))
+    job_sets = "".join(f", {job_columns[key].name} = :j_{key}" for key in job_fields)
+    sql += f""", ended AS (
+    UPDATE jobs SET status = :j_status, finished_at = :j_finished_at, updated_at = now(),
+        cost_usd = jobs.cost_usd + landed.cost_usd + (
+            SELECT coalesce(sum(o.cost_usd), 0) FROM attempts o
+            WHERE o.job_id = :job_id AND o.attempt_no <> :attempt_no){job_sets}
+    FROM landed
+    WHERE jobs.id = :job_id AND jobs.status NOT IN {rows.TERMINAL_SQL}
+    RETURNING {rows.columns_of("jobs", rows.JOB_COLUMNS)}
+)
+SELECT landed.*, ended.*, ended.id IS NOT NULL AS ended FROM landed LEFT JOIN ended ON true"""
+    return rows.typed(sql, bound)
+
+
+def _job_column(key: str) -> Any:
+    """The jobs column behind the ORM attribute ``key`` (``job_metadata`` is ``metadata``)."""
+    return inspect(Job).attrs[key].columns[0]
 
 
 def renew_leases(held: list[HeldLease], lease_s: float) -> set[HeldLease]:

@@ -23,6 +23,7 @@ from schemas.tables import Attempt, Job
 from tierflow.core.constants import TERMINAL_STATUSES, JobStatus
 from tierflow.core.db import autocommit_scope, session_scope
 from tierflow.core.errors import IdempotencyConflict
+from tierflow.store import rows
 
 
 def _same_request(key: str, job_id: str, stored: str | None, fingerprint: str) -> str:
@@ -147,28 +148,36 @@ def load_job(job_id: str) -> Job | None:
         return session.get(Job, job_id)
 
 
+_LOAD_JOB_SQL = rows.typed(
+    f"SELECT {rows.columns_of('jobs', rows.JOB_COLUMNS)} FROM jobs WHERE id = :id"
+)
+_SAVE_PLAN_SQL = rows.typed(
+    f"""UPDATE jobs SET status = '{JobStatus.ROUTED}', complexity = :complexity, plan = :plan,
+    updated_at = now()
+WHERE id = :id AND status = '{JobStatus.QUEUED}'
+RETURNING id, {rows.ASYNC_COMMIT}""",
+    [("plan", Job.__table__.c.plan)],
+)
+
+
 @contextmanager
 def routing(job_id: str) -> Iterator[tuple[Job | None, Callable[[str, dict[str, Any]], bool]]]:
-    """The job and a ``save(complexity, plan)`` for it, in one transaction (one connection, one
-    commit): what the routing task reads and writes. ``save`` is :func:`save_plan`'s rule (only
-    a queued job gets a plan) and says whether it did; the commit is at the block's end.
+    """The job and a ``save(complexity, plan)`` for it: what the routing task reads and writes,
+    one round trip each. ``save`` is :func:`save_plan`'s rule (only a queued job gets a plan),
+    in its one conditional statement, and says whether it did: a job cancelled or routed by
+    another delivery since the read is left alone, as it would be inside one transaction.
 
-    The commit does not wait for the disk (``durable=False``): a plan lost to a PostgreSQL
-    crash leaves the job ``queued``, the sweeper sends it to the router again, and an attempt
-    message sent meanwhile is refused as unrouted (its job is not lost, only routed again)."""
-    with session_scope(durable=False) as session:
-        job = session.get(Job, job_id)
+    The plan's commit does not wait for the disk: a plan lost to a PostgreSQL crash leaves the
+    job ``queued``, the sweeper sends it to the router again, and an attempt message sent
+    meanwhile is refused as unrouted (its job is not lost, only routed again)."""
+    found = rows.run_one(_LOAD_JOB_SQL, {"id": job_id})
+    job = rows.build(Job, rows.JOB_COLUMNS, found) if found is not None else None
 
-        def save(complexity: str, plan: dict[str, Any]) -> bool:
-            result = session.execute(
-                update(Job)
-                .where(Job.id == job_id, Job.status == JobStatus.QUEUED.value)
-                .values(status=JobStatus.ROUTED.value, complexity=complexity, plan=plan)
-                .execution_options(synchronize_session=False)
-            )
-            return result.rowcount == 1  # type: ignore[attr-defined]
+    def save(complexity: str, plan: dict[str, Any]) -> bool:
+        saved = rows.run_one(_SAVE_PLAN_SQL, {"id": job_id, "complexity": complexity, "plan": plan})
+        return saved is not None
 
-        yield job, save
+    yield job, save
 
 
 def save_plan(job_id: str, complexity: str, plan: dict[str, Any]) -> bool:

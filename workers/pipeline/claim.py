@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from datetime import datetime
+
 from router.plan import TierPlan
 from schemas.jobs import utcnow
 from schemas.tables import Job
@@ -26,6 +28,23 @@ class ClaimAttempt(Step):
         return ctx.job is None and not ctx.stopped
 
     def run(self, ctx: AttemptContext) -> None:
+        now = utcnow()
+        fast = store.claim_routed_attempt(
+            ctx.job_id,
+            ctx.attempt_no,
+            ctx.step,
+            ctx.worker,
+            lease_seconds(),
+            ctx.delivery_retry,
+            now,
+        )
+        if fast is not None:  # the ordinary delivery: claimed in one round trip
+            assert fast.job is not None
+            admitted = admit(ctx, fast.job, now)
+            assert admitted, "the claim's statement and admit() disagree"
+            ctx.job = fast.job
+            return None
+
         def tier_of(job: Job) -> str | None:
             return ctx.tier.value if admit(ctx, job) and ctx.tier is not None else None
 
@@ -85,10 +104,13 @@ class LoadJob(Step):
         return None
 
 
-def admit(ctx: AttemptContext, job: Job) -> bool:
-    """Whether an open job can run this attempt: routed, within its deadline, the step in its
-    chain (then the plan and the tier go on the context). Pure: it runs under the row lock."""
-    if not job.plan or (job.deadline is not None and job.deadline <= utcnow()):
+def admit(ctx: AttemptContext, job: Job, now: datetime | None = None) -> bool:
+    """Whether an open job can run this attempt at ``now`` (default: the current time): routed,
+    within its deadline, the step in its chain (then the plan and the tier go on the context).
+    Pure: it runs under the row lock. The same rule as the claim's statement
+    (:func:`tierflow.store.claim_routed_attempt`)."""
+    now = now or utcnow()
+    if not job.plan or (job.deadline is not None and job.deadline <= now):
         return False
     plan = TierPlan.from_json(job.plan)
     if ctx.step >= len(plan.chain):

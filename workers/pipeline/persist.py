@@ -29,7 +29,12 @@ class Persist(Step):
     def run(self, ctx: AttemptContext) -> None:
         assert ctx.outcome is not None and ctx.tier is not None
         finished = store.finish_attempt(
-            ctx.job_id, ctx.attempt_no, worker=ctx.worker, ending=self._ending(ctx), **ctx.outcome
+            ctx.job_id,
+            ctx.attempt_no,
+            worker=ctx.worker,
+            ending=self._ending(ctx),
+            tier=ctx.tier.value,
+            **ctx.outcome,
         )
         if finished.landed:
             ctx.attempt = finished.attempt
