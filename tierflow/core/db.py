@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from alembic.config import Config
-from sqlalchemy import Connection, Engine, create_engine, event, text
+from sqlalchemy import Engine, create_engine, event, text
 from sqlalchemy.exc import DisconnectionError
 from sqlalchemy.orm import Session, sessionmaker
 
@@ -93,14 +93,6 @@ def autocommit_scope() -> Iterator[Session]:
         yield session
     finally:
         session.close()
-
-
-@contextmanager
-def autocommit_connection() -> Iterator[Connection]:
-    """A pooled Core connection whose every statement is its own transaction: the hot path's
-    one-statement writes (:mod:`tierflow.store.rows`), with no session's bookkeeping."""
-    with _autocommitting(get_engine()).connect() as conn:
-        yield conn
 
 
 @lru_cache(maxsize=4)

@@ -21,7 +21,7 @@ from enum import StrEnum
 from functools import cache
 from typing import Any
 
-from sqlalchemy import ColumnElement, TextClause, delete, func, inspect, select, tuple_, update
+from sqlalchemy import JSON, ColumnElement, delete, func, inspect, select, tuple_, update
 from sqlalchemy.dialects.postgresql import insert
 from sqlalchemy.orm.attributes import set_committed_value
 
@@ -31,6 +31,7 @@ from tierflow.core.constants import TERMINAL_STATUSES, AttemptStatus, JobStatus
 from tierflow.core.db import session_scope
 from tierflow.store import rows
 from tierflow.store.jobs import finalize_in, result_of
+from tierflow.store.rows import Statement
 
 HeldLease = tuple[str, int, str]  # (job_id, attempt_no, worker)
 
@@ -168,7 +169,7 @@ def claim_attempt(
 # The claim of a routed job's attempt in one statement (see claim_routed_attempt): the job's row
 # locked, the admission checked against its plan, the attempt inserted or taken over, the job
 # started, the job read back; the commit non-durable (as claim_attempt's).
-_CLAIM_SQL = rows.typed(
+_CLAIM_SQL = rows.statement(
     f"""
 WITH locked AS (
     SELECT * FROM jobs WHERE id = :job_id FOR UPDATE
@@ -238,9 +239,10 @@ def claim_routed_attempt(
             "now": now,
         },
     )
-    if found is None or found.claimed is None:
+    width = len(rows.JOB_COLUMNS)
+    if found is None or found[width] is None:  # the next column is the claimed attempt's id
         return None
-    job = rows.build(Job, rows.JOB_COLUMNS, found[: len(rows.JOB_COLUMNS)])
+    job = rows.build(Job, rows.JOB_COLUMNS, found[:width])
     if job.status == JobStatus.ROUTED.value:
         job.status = JobStatus.RUNNING.value  # the statement started it
     return ClaimResult(Claim.OWNED, job=job)
@@ -369,7 +371,7 @@ def _finish_in_one(
     landed = rows.build(Attempt, rows.ATTEMPT_COLUMNS, found[:width])
     if end is None:
         return Finished(True, landed)
-    if not found.ended:
+    if not found[-1]:  # the last column says whether the job ended with it
         return Finished(True, landed, True, None)  # the job had ended already
     job = rows.build(Job, rows.JOB_COLUMNS, found[width : width + len(rows.JOB_COLUMNS)])
     # attempt numbers start at 0: the first attempt is the job's only one
@@ -378,14 +380,14 @@ def _finish_in_one(
 
 
 @cache
-def _finish_statement(attempt_fields: tuple[str, ...], job_fields: tuple[str, ...]) -> TextClause:
+def _finish_statement(attempt_fields: tuple[str, ...], job_fields: tuple[str, ...]) -> Statement:
     """The outcome's ``UPDATE``, fenced as :func:`held_by` fences it, and with ``job_fields``
     the job's end in a CTE over the row it returned: what :func:`finalize_in` writes (the job
     open, its cost the sum of its attempts' added to what superseded calls put there)."""
-    a_table, j_table = Attempt.__table__, Job.__table__
+    a_table = Attempt.__table__
     sets = {"lease_until": "NULL", "finished_at": "now()"}
     sets.update({key: f":a_{key}" for key in attempt_fields})
-    bound = [(f"a_{key}", a_table.c[key]) for key in attempt_fields]
+    json = [f"a_{key}" for key in attempt_fields if isinstance(a_table.c[key].type, JSON)]
     sql = f"""
 WITH landed AS (
     UPDATE attempts SET {", ".join(f"{a_table.c[k].name} = {v}" for k, v in sets.items())}
@@ -394,10 +396,9 @@ WITH landed AS (
     RETURNING {rows.columns_of("attempts", rows.ATTEMPT_COLUMNS)}
 )"""
     if not job_fields:
-        return rows.typed(f"{sql}\nSELECT * FROM landed", bound)
+        return rows.statement(f"{sql}\nSELECT * FROM landed", json)
     job_columns = {key: _job_column(key) for key in job_fields}
-    bound += [(f"j_{key}", job_columns[key]) for key in job_fields]
-    bound.append(("j_finished_at", j_table.c.finished_at))
+    json += [f"j_{key}" for key in job_fields if isinstance(job_columns[key].type, JSON)]
     job_sets = "".join(f", {job_columns[key].name} = :j_{key}" for key in job_fields)
     sql += f""", ended AS (
     UPDATE jobs SET status = :j_status, finished_at = :j_finished_at, updated_at = now(),
@@ -409,7 +410,7 @@ WITH landed AS (
     RETURNING {rows.columns_of("jobs", rows.JOB_COLUMNS)}
 )
 SELECT landed.*, ended.*, ended.id IS NOT NULL AS ended FROM landed LEFT JOIN ended ON true"""
-    return rows.typed(sql, bound)
+    return rows.statement(sql, json)
 
 
 def _job_column(key: str) -> Any:

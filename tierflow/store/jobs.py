@@ -15,13 +15,12 @@ from datetime import datetime, timedelta
 from typing import Any
 
 from sqlalchemy import func, select, update
-from sqlalchemy.dialects.postgresql import insert
 from sqlalchemy.orm import Session
 
 from schemas.jobs import AttemptSummary, JobRequest, JobResult, utcnow
 from schemas.tables import Attempt, Job
 from tierflow.core.constants import TERMINAL_STATUSES, JobStatus
-from tierflow.core.db import autocommit_scope, session_scope
+from tierflow.core.db import session_scope
 from tierflow.core.errors import IdempotencyConflict
 from tierflow.store import rows
 
@@ -55,6 +54,25 @@ def job_for_key(request: JobRequest) -> str | None:
     return _same_request(
         request.idempotency_key, found.id, found.request_fingerprint, request.fingerprint()
     )
+
+
+# A new job, or nothing when its idempotency key is taken (a NULL key never conflicts).
+_INSERT_FIELDS = (
+    "id", "idempotency_key", "request_fingerprint", "status", "action_type", "prompt", "context",
+    "metadata", "priority", "stream", "allow_degraded", "deadline", "batch_id", "batch_line",
+    "complexity", "plan",
+)  # fmt: skip
+_INSERT_JOB_SQL = rows.statement(
+    f"""INSERT INTO jobs ({", ".join(_INSERT_FIELDS)}, cost_usd, api_baseline_cost_usd, degraded,
+    fake, created_at, updated_at)
+VALUES ({", ".join(f":{name}" for name in _INSERT_FIELDS)}, 0, 0, false, false, now(), now())
+ON CONFLICT (idempotency_key) DO NOTHING
+RETURNING id""",
+    json=["context", "metadata", "plan"],
+)
+_JOB_FOR_KEY_SQL = rows.statement(
+    "SELECT id, request_fingerprint FROM jobs WHERE idempotency_key = :key"
+)
 
 
 def create_job(
@@ -99,22 +117,15 @@ def create_job(
     }
     if plan is not None:
         values.update(status=JobStatus.ROUTED.value, complexity=plan[0], plan=plan[1])
-    stmt = insert(Job.__table__).values(**values)  # type: ignore[arg-type]
-    if request.idempotency_key is not None:
-        stmt = stmt.on_conflict_do_nothing(index_elements=["idempotency_key"])
-    with autocommit_scope() as session:  # one statement, its own transaction: no BEGIN/COMMIT
-        inserted = session.execute(stmt.returning(Job.__table__.c.id)).scalar_one_or_none()
-        if inserted is not None:
-            return inserted, True
-        assert request.idempotency_key is not None  # without a key every insert goes in
-        found = session.execute(
-            select(Job.id, Job.request_fingerprint).where(
-                Job.idempotency_key == request.idempotency_key
-            )
-        ).one()
-    existing = _same_request(
-        request.idempotency_key, found.id, found.request_fingerprint, fingerprint
-    )
+    else:
+        values.update(complexity=None, plan=None)
+    inserted = rows.run_one(_INSERT_JOB_SQL, values)  # one statement, its own transaction
+    if inserted is not None:
+        return str(inserted[0]), True
+    assert request.idempotency_key is not None  # without a key every insert goes in
+    found = rows.run_one(_JOB_FOR_KEY_SQL, {"key": request.idempotency_key})
+    assert found is not None  # the row the insert conflicted with
+    existing = _same_request(request.idempotency_key, found[0], found[1], fingerprint)
     return existing, False
 
 
@@ -148,15 +159,15 @@ def load_job(job_id: str) -> Job | None:
         return session.get(Job, job_id)
 
 
-_LOAD_JOB_SQL = rows.typed(
+_LOAD_JOB_SQL = rows.statement(
     f"SELECT {rows.columns_of('jobs', rows.JOB_COLUMNS)} FROM jobs WHERE id = :id"
 )
-_SAVE_PLAN_SQL = rows.typed(
+_SAVE_PLAN_SQL = rows.statement(
     f"""UPDATE jobs SET status = '{JobStatus.ROUTED}', complexity = :complexity, plan = :plan,
     updated_at = now()
 WHERE id = :id AND status = '{JobStatus.QUEUED}'
 RETURNING id, {rows.ASYNC_COMMIT}""",
-    [("plan", Job.__table__.c.plan)],
+    json=["plan"],
 )
 
 
