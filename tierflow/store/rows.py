@@ -33,6 +33,7 @@ import psycopg
 from psycopg.types.json import Jsonb
 from sqlalchemy import Column, inspect
 from sqlalchemy.exc import DBAPIError
+from sqlalchemy.orm.attributes import manager_of_class
 
 from schemas.tables import Attempt, Base, Job
 from tierflow.core.constants import TERMINAL_STATUSES
@@ -83,7 +84,10 @@ def build(model: type[ModelT], columns: Sequence[Column[Any]], values: Sequence[
     """An instance of ``model`` from ``values`` read in ``columns``' order (attached to no
     session: every column is loaded, no relationship is)."""
     keys = _keys(model, tuple(c.name for c in columns))
-    return model(**dict(zip(keys, values, strict=True)))
+    instance: ModelT = manager_of_class(model).new_instance()
+    # loaded values, as a session's load sets them: no change events, nothing to flush
+    instance.__dict__.update(zip(keys, values, strict=True))
+    return instance
 
 
 def run_one(stmt: Statement, params: Mapping[str, Any]) -> tuple[Any, ...] | None:
