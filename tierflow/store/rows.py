@@ -33,6 +33,7 @@ import psycopg
 from psycopg.types.json import Jsonb
 from sqlalchemy import Column, inspect
 from sqlalchemy.exc import DBAPIError
+from sqlalchemy.orm import configure_mappers
 from sqlalchemy.orm.attributes import manager_of_class
 
 from schemas.tables import Attempt, Base, Job
@@ -75,6 +76,7 @@ def columns_of(alias: str, columns: Sequence[Column[Any]]) -> str:
 
 @cache
 def _keys(model: type[Base], names: tuple[str, ...]) -> tuple[str, ...]:
+    configure_mappers()  # an instance made without its constructor needs configured mappers
     mapper = inspect(model)
     table = model.__table__
     return tuple(mapper.get_property_by_column(table.c[name]).key for name in names)
