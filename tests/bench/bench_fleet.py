@@ -367,6 +367,10 @@ def print_table(results: dict[str, Measured], data: dict[str, Any], args: argpar
             ratio(rc[2], rc[1]),
         )
     )
+    for key, label in (("worker_cpu_ms_per_job", "CPU ms/job, workers"),
+                       ("client_cpu_ms_per_job", "CPU ms/job, client")):  # fmt: skip
+        cpu = [data[s].get(key) for s in SYSTEMS]
+        rows.append((label, *(num(c) for c in cpu), ratio(cpu[2], cpu[1])))
     rss = [sum(data[s]["rss_mb"].values()) for s in SYSTEMS]
     rows.append(("RSS MB (all workers)", num(rss[0], ".0f"), num(rss[1], ".0f"), num(rss[2], ".0f"),
                  ratio(rss[2], rss[1])))  # fmt: skip
@@ -561,7 +565,16 @@ def main() -> int:
             ("tierflow", bench_tierflow),
         ):
             t0 = time.perf_counter()
+            pids = [w.proc.proc.pid for w in workers if w.system == system]
+            worker_cpu, client_cpu = sum(map(counters.cpu_s, pids)), time.process_time()
             results[system] = bench(args, ctx)
+            # CPU per job over the whole measurement (warm-up, round trips, burst); the idle
+            # waits of the counts cost next to nothing
+            n = args.warmup + args.jobs + args.throughput_jobs
+            worker_cpu = sum(map(counters.cpu_s, pids)) - worker_cpu
+            client_cpu = time.process_time() - client_cpu
+            results[system].extra["worker_cpu_ms_per_job"] = worker_cpu / n * 1000
+            results[system].extra["client_cpu_ms_per_job"] = client_cpu / n * 1000
             log(f"{system} measured in {time.perf_counter() - t0:.1f}s")
         rss: dict[str, dict[str, float]] = {s: {} for s in SYSTEMS}
         for w in workers:

@@ -142,6 +142,16 @@ def counted_phase(
 
 
 # -- RSS -----------------------------------------------------------------------------------------
+def cpu_s(pid: int) -> float:
+    """User + system CPU seconds used so far by ``pid`` and its children (a worker's pool)."""
+    proc = psutil.Process(pid)
+    total = sum(proc.cpu_times()[:2])
+    for child in proc.children(recursive=True):
+        with contextlib.suppress(psutil.Error):
+            total += sum(child.cpu_times()[:2])
+    return total
+
+
 def rss_mb(pid: int) -> float:
     proc = psutil.Process(pid)
     total = proc.memory_info().rss

@@ -30,6 +30,7 @@ from functools import cache
 from typing import Any, TypeVar
 
 import psycopg
+from psycopg.pq import ExecStatus
 from psycopg.types.json import Jsonb
 from sqlalchemy import Column, inspect
 from sqlalchemy.exc import DBAPIError
@@ -112,7 +113,8 @@ def _run(stmt: Statement, params: Mapping[str, Any], *, every: bool) -> list[tup
         try:
             with conn.cursor() as cursor:
                 cursor.execute(stmt.sql, bound)
-                if cursor.description is None:
+                result = cursor.pgresult  # not ``description``: that builds ~50 column objects
+                if result is None or result.status != ExecStatus.TUPLES_OK:
                     return []
                 return list(cursor.fetchall()) if every else list(cursor.fetchmany(1))
         finally:
