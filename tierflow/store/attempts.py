@@ -21,7 +21,7 @@ from enum import StrEnum
 from functools import cache
 from typing import Any
 
-from sqlalchemy import JSON, ColumnElement, delete, func, inspect, select, tuple_, update
+from sqlalchemy import JSON, Column, ColumnElement, delete, func, inspect, select, tuple_, update
 from sqlalchemy.dialects.postgresql import insert
 from sqlalchemy.orm.attributes import set_committed_value
 
@@ -340,6 +340,16 @@ def finish_attempt(
         return Finished(False, row)
 
 
+# The job's columns a JobResult is made of (result_of): the ended job comes back with these
+# alone, not with its prompt, context and plan, which nobody reads from it.
+_RESULT_COLUMNS: tuple[Column[Any], ...] = tuple(
+    Job.__table__.c[name]  # type: ignore[misc]
+    for name in (
+        "id", "status", "text", "tier", "model", "provider", "cost_usd",
+        "api_baseline_cost_usd", "quality", "error", "degraded", "fake", "created_at",
+        "finished_at",
+    )
+)  # fmt: skip
 # What a running attempt's columns hold from its claim until its outcome is written.
 _CLAIMED_ROW: dict[str, Any] = {"input_tokens": 0, "output_tokens": 0, "cost_usd": 0, "fake": False}
 
@@ -373,7 +383,7 @@ def _finish_in_one(
         return Finished(True, landed)
     if not found[-1]:  # the last column says whether the job ended with it
         return Finished(True, landed, True, None)  # the job had ended already
-    job = rows.build(Job, rows.JOB_COLUMNS, found[width : width + len(rows.JOB_COLUMNS)])
+    job = rows.build(Job, _RESULT_COLUMNS, found[width : width + len(_RESULT_COLUMNS)])
     # attempt numbers start at 0: the first attempt is the job's only one
     attempts = [landed] if attempt_no == 0 else attempts_of(job_id)
     return Finished(True, landed, True, result_of(job, attempts))
@@ -407,7 +417,7 @@ WITH landed AS (
             WHERE o.job_id = :job_id AND o.attempt_no <> :attempt_no){job_sets}
     FROM landed
     WHERE jobs.id = :job_id AND jobs.status NOT IN {rows.TERMINAL_SQL}
-    RETURNING {rows.columns_of("jobs", rows.JOB_COLUMNS)}
+    RETURNING {rows.columns_of("jobs", _RESULT_COLUMNS)}
 )
 SELECT landed.*, ended.*, ended.id IS NOT NULL AS ended FROM landed LEFT JOIN ended ON true"""
     return rows.statement(sql, json)
