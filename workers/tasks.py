@@ -149,7 +149,7 @@ def route_job(self: Task, job_id: Any) -> str | None:
 
 def _route(job_id: str) -> str | None:
     config = get_settings().llm
-    with store.routing(job_id) as (job, save):  # one transaction: read, plan, write
+    with store.routing(job_id) as (job, save):  # one statement to read, one to save the plan
         if job is None:
             store.record_dead_letter(f"unknown job {job_id}", task=TASK_ROUTE_JOB)
             return None

@@ -1,8 +1,8 @@
 """The attempt as a pipeline: one delivery of ``run_attempt`` runs :data:`STEPS` in order.
 
-    ClaimAttempt read the job and own (job, attempt_no), one commit; unknown, claim.py
-                 finished, unrouted, expired: stop; finished before: replay;
-                 held: wait
+    ClaimAttempt read the job and own (job, attempt_no), one statement;      claim.py
+                 unknown, finished, unrouted, expired: stop; finished
+                 before: replay; held: wait
     HeldByProviderBatch  a deferred attempt waits for its provider batch    defer.py
     CacheLookup  first attempt: the cached answer (exact, or a paraphrase's)   cache.py
     ModeGate     the fleet's mode allows the tier?                          select.py

@@ -1,4 +1,4 @@
-"""Load the job and claim the attempt, in one transaction: the step every delivery starts with."""
+"""Load the job and claim the attempt, in one statement: the step every delivery starts with."""
 
 from __future__ import annotations
 
@@ -15,8 +15,10 @@ from workers.pipeline.context import AttemptContext, Step
 
 
 class ClaimAttempt(Step):
-    """Read the job under its row lock and take (job, attempt_no) for this delivery (see
-    :func:`tierflow.store.claim_attempt`): one commit for both.
+    """Read the job under its row lock and take (job, attempt_no) for this delivery: one
+    statement (:func:`tierflow.store.claim_routed_attempt`) for an ordinary delivery; whatever
+    it did not claim goes through :func:`tierflow.store.claim_attempt`'s transaction, which
+    says why (the same rules, so the same answer).
 
     A message for a job that is unknown, finished or unrouted ends here (the odd ones are
     recorded as dead letters), a job past its deadline ends ``expired`` and a step past the end
