@@ -39,3 +39,45 @@ def test_four_hundred_concurrent_waits_share_one_subscription(fleet) -> None:
     assert peak - before <= 1, f"{peak - before} new subscribed connections for 400 waiters"
     assert not any(hub.registered(h.job_id) for h in handles)  # every waiter unregistered
     assert hub.waiting <= already
+
+
+def test_ten_thousand_waiters_in_one_process_open_no_connection_of_their_own(
+    services_ready: None,
+) -> None:
+    """The issue's scale: 10,000 jobs waited on by one process share the one subscription,
+    and each waiter gets its own job's event and no other's."""
+    import json
+    import uuid
+
+    import psutil
+
+    from tierflow.core.redis_client import get_keys
+
+    def own_redis_connections() -> int:
+        """This process's TCP connections to Redis (other processes share that Redis)."""
+        return sum(
+            1 for c in psutil.Process().net_connections("tcp") if c.raddr and c.raddr.port == 6379
+        )
+
+    hub = event_hub()
+    before_subscribed, before_own = pubsub_clients(), own_redis_connections()
+    jobs = [str(uuid.uuid4()) for _ in range(10_000)]
+    inboxes = {job: hub.register(job) for job in jobs}
+    try:
+        assert hub.live
+        keys, client = get_keys(), get_redis()
+        for start in range(0, len(jobs), 1000):
+            pipe = client.pipeline(transaction=False)
+            for job in jobs[start : start + 1000]:
+                pipe.publish(keys.job_channel(job), json.dumps({"type": "done", "job": job}))
+            pipe.execute()
+        for job, inbox in inboxes.items():
+            event = inbox.get(timeout=30)
+            assert event["job"] == job
+            assert inbox.empty()
+        assert pubsub_clients() - before_subscribed <= 1  # the hub's own, if it is new
+        assert own_redis_connections() - before_own <= 2  # that and one pooled
+    finally:
+        for job, inbox in inboxes.items():
+            hub.unregister(job, inbox)
+    assert not any(hub.registered(job) for job in jobs)
