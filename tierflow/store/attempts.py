@@ -315,8 +315,8 @@ def finish_attempt(
     """
     if tier is not None:
         done = _finish_in_one(job_id, attempt_no, worker, ending, tier, fields)
-        if done is not None:
-            return done
+        # None: fenced out by the claim; the row is the holder's, read it as it stands
+        return done if done is not None else Finished(False, load_attempt(job_id, attempt_no))
     with session_scope() as session:
         landed = session.execute(
             update(Attempt)
@@ -362,8 +362,7 @@ def _finish_in_one(
     tier: str,
     fields: dict[str, Any],
 ) -> Finished | None:
-    """:func:`finish_attempt` as one statement; None when it did not land (fenced out: the
-    caller reads the holder's row)."""
+    """:func:`finish_attempt` as one statement; None when it did not land (fenced out)."""
     stored = {**_CLAIMED_ROW, **fields}
     row = Attempt(job_id=job_id, attempt_no=attempt_no, tier=tier, **stored)
     end = ending(row) if ending is not None else None

@@ -154,52 +154,53 @@ def job_progress(job_id: str) -> tuple[str, str | None] | None:
     return status, last
 
 
-def load_job(job_id: str) -> Job | None:
-    with session_scope() as session:
-        return session.get(Job, job_id)
-
-
 _LOAD_JOB_SQL = rows.statement(
     f"SELECT {rows.columns_of('jobs', rows.JOB_COLUMNS)} FROM jobs WHERE id = :id"
 )
-_SAVE_PLAN_SQL = rows.statement(
-    f"""UPDATE jobs SET status = '{JobStatus.ROUTED}', complexity = :complexity, plan = :plan,
+
+
+def load_job(job_id: str) -> Job | None:
+    """The job's row (one statement; the object is attached to no session), or None."""
+    found = rows.run_one(_LOAD_JOB_SQL, {"id": job_id})
+    return rows.build(Job, rows.JOB_COLUMNS, found) if found is not None else None
+
+
+def _save_plan_sql(durable: bool) -> rows.Statement:
+    returning = "id" if durable else f"id, {rows.ASYNC_COMMIT}"
+    return rows.statement(
+        f"""UPDATE jobs SET status = '{JobStatus.ROUTED}', complexity = :complexity, plan = :plan,
     updated_at = now()
 WHERE id = :id AND status = '{JobStatus.QUEUED}'
-RETURNING id, {rows.ASYNC_COMMIT}""",
-    json=["plan"],
-)
+RETURNING {returning}""",
+        json=["plan"],
+    )
+
+
+_SAVE_PLAN_SQL = {durable: _save_plan_sql(durable) for durable in (True, False)}
 
 
 @contextmanager
 def routing(job_id: str) -> Iterator[tuple[Job | None, Callable[[str, dict[str, Any]], bool]]]:
     """The job and a ``save(complexity, plan)`` for it: what the routing task reads and writes,
-    one round trip each. ``save`` is :func:`save_plan`'s rule (only a queued job gets a plan),
-    in its one conditional statement, and says whether it did: a job cancelled or routed by
-    another delivery since the read is left alone, as it would be inside one transaction.
+    one round trip each. ``save`` is :func:`save_plan`, not durable: only a queued job gets a
+    plan, in one conditional statement, so a job cancelled or routed by another delivery since
+    the read is left alone, as it would be inside one transaction.
 
     The plan's commit does not wait for the disk: a plan lost to a PostgreSQL crash leaves the
     job ``queued``, the sweeper sends it to the router again, and an attempt message sent
     meanwhile is refused as unrouted (its job is not lost, only routed again)."""
-    found = rows.run_one(_LOAD_JOB_SQL, {"id": job_id})
-    job = rows.build(Job, rows.JOB_COLUMNS, found) if found is not None else None
 
     def save(complexity: str, plan: dict[str, Any]) -> bool:
-        saved = rows.run_one(_SAVE_PLAN_SQL, {"id": job_id, "complexity": complexity, "plan": plan})
-        return saved is not None
+        return save_plan(job_id, complexity, plan, durable=False)
 
-    yield job, save
+    yield load_job(job_id), save
 
 
-def save_plan(job_id: str, complexity: str, plan: dict[str, Any]) -> bool:
-    """Record the routing plan once; False when the job already had one or is finished."""
-    with session_scope() as session:
-        result = session.execute(
-            update(Job)
-            .where(Job.id == job_id, Job.status == JobStatus.QUEUED.value)
-            .values(status=JobStatus.ROUTED.value, complexity=complexity, plan=plan)
-        )
-        return result.rowcount == 1  # type: ignore[attr-defined]
+def save_plan(job_id: str, complexity: str, plan: dict[str, Any], *, durable: bool = True) -> bool:
+    """Record the routing plan once; False when the job already had one or is finished.
+    ``durable=False``: the commit does not wait for the disk (see :func:`routing`)."""
+    params = {"id": job_id, "complexity": complexity, "plan": plan}
+    return rows.run_one(_SAVE_PLAN_SQL[durable], params) is not None
 
 
 def finalize_job(job_id: str, status: JobStatus, **fields: Any) -> JobResult | None:

@@ -33,7 +33,7 @@ import psycopg
 from psycopg.pq import ExecStatus
 from psycopg.types.json import Jsonb
 from sqlalchemy import Column, inspect
-from sqlalchemy.exc import DBAPIError
+from sqlalchemy.exc import DBAPIError, OperationalError
 from sqlalchemy.orm import configure_mappers
 from sqlalchemy.orm.attributes import manager_of_class
 
@@ -95,36 +95,35 @@ def build(model: type[ModelT], columns: Sequence[Column[Any]], values: Sequence[
 
 def run_one(stmt: Statement, params: Mapping[str, Any]) -> tuple[Any, ...] | None:
     """Run one statement as its own transaction (one round trip); its first row, or None."""
-    rows = _run(stmt, params, every=False)
-    return rows[0] if rows else None
-
-
-def run_all(stmt: Statement, params: Mapping[str, Any]) -> list[tuple[Any, ...]]:
-    """Run one statement as its own transaction (one round trip); every row."""
-    return _run(stmt, params, every=True)
-
-
-def _run(stmt: Statement, params: Mapping[str, Any], *, every: bool) -> list[tuple[Any, ...]]:
     fairy = get_engine().raw_connection()
     conn: psycopg.Connection[Any] = fairy.dbapi_connection  # type: ignore[assignment]
     bound = stmt.bind(params)
     try:
         conn.autocommit = True
-        try:
-            with conn.cursor() as cursor:
-                cursor.execute(stmt.sql, bound)
-                result = cursor.pgresult  # not ``description``: that builds ~50 column objects
-                if result is None or result.status != ExecStatus.TUPLES_OK:
-                    return []
-                return list(cursor.fetchall()) if every else list(cursor.fetchmany(1))
-        finally:
-            conn.autocommit = False  # the pool's other users open their own transactions
+        with conn.cursor() as cursor:
+            cursor.execute(stmt.sql, bound)
+            result = cursor.pgresult  # not ``description``: that builds ~50 column objects
+            if result is None or result.status != ExecStatus.TUPLES_OK:
+                return None
+            return cursor.fetchone()
     except psycopg.Error as exc:
+        # a broken connection can surface as another class (psycopg refuses to change the
+        # autocommit of a connection in a bad state): it is still a lost connection
         lost = isinstance(exc, psycopg.OperationalError | psycopg.InterfaceError) or conn.closed
         if lost:
             fairy.invalidate(exc)
-        raise DBAPIError.instance(
-            stmt.sql, bound, exc, psycopg.Error, connection_invalidated=lost
-        ) from exc
+            raise OperationalError(stmt.sql, bound, exc, connection_invalidated=True) from exc
+        raise DBAPIError.instance(stmt.sql, bound, exc, psycopg.Error) from exc
     finally:
-        fairy.close()
+        _give_back(fairy, conn)
+
+
+def _give_back(fairy: Any, conn: psycopg.Connection[Any]) -> None:
+    """Return the connection to the pool as the pool's other users expect it (not in
+    autocommit: they open their own transactions), or drop it when that cannot be done."""
+    try:
+        if not conn.closed:
+            conn.autocommit = False
+    except psycopg.Error as exc:
+        fairy.invalidate(exc)
+    fairy.close()
