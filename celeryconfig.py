@@ -39,8 +39,9 @@ _settings = get_settings()
 
 broker_url = _settings.broker_url
 # kombu's Redis transport, except that a malformed queue item is dropped and recorded instead of
-# ending the worker (see workers.poison). Used for redis:// and rediss:// alike.
-broker_transport = "workers.poison:SafeRedisTransport"
+# ending the worker (see workers.poison), and kombu's own commands share one Redis client per
+# channel (see workers.transport). Used for redis:// and rediss:// alike.
+broker_transport = "workers.transport:FleetRedisTransport"
 broker_connection_retry_on_startup = True
 broker_transport_options = {
     "visibility_timeout": _settings.visibility_timeout,

@@ -1,8 +1,11 @@
 """The fleet mode (second seed): ``auto``, ``local`` or ``cloud``, switchable at runtime.
 
-The current mode lives in Redis (read by every worker at each attempt: one GET) and each switch
-is appended to PostgreSQL's ``mode_switches`` (time, from, to, manual or automatic), which also
-restores the mode if Redis lost it.
+Each switch is appended to PostgreSQL's ``mode_switches`` (time, from, to, manual or automatic),
+and the current mode is the newest switch's (never switched: the configuration's
+``default_mode``). The routing task and every attempt's claim read it inside the statement they
+run anyway (:data:`tierflow.store.modes.CURRENT_MODE_SQL`): no round trip of its own, and no
+second store that could disagree with the history. Each switch is also published on Redis
+(``mode_channel``) for whoever watches.
 
 - ``auto``: route by policy (:mod:`router.plan`);
 - ``local``: never call an API model; jobs routed to the API run on the strongest local tier;
@@ -59,14 +62,13 @@ def _parse(mode: str | Mode) -> Mode:
 
 
 def get_mode() -> Mode:
-    """The fleet's mode now."""
-    raw = get_redis().get(get_keys().mode)
-    if raw:
-        return _parse(str(raw))
-    last = last_switched_to()
-    mode = _parse(last) if last else get_settings().llm.routing.default_mode
-    get_redis().set(get_keys().mode, mode.value, nx=True)
-    return mode
+    """The fleet's mode now (one statement)."""
+    return mode_of(last_switched_to())
+
+
+def mode_of(last: str | None) -> Mode:
+    """The mode, given the newest switch's (None: never switched, the configured default)."""
+    return _parse(last) if last else get_settings().llm.routing.default_mode
 
 
 def _check_servable(mode: Mode) -> None:
@@ -92,11 +94,7 @@ def set_mode(mode: str | Mode, *, source: str = "manual", reason: str | None = N
     _check_servable(new)
     keys = get_keys()
     row = record_switch(
-        new.value,
-        SOURCES[source],
-        reason,
-        current=lambda: get_mode().value,
-        apply=lambda to: get_redis().set(keys.mode, to),
+        new.value, SOURCES[source], reason, current=lambda last: mode_of(last).value
     )
     change = ModeChange(row.at, row.from_mode, row.to_mode, row.source, reason)
     get_redis().publish(keys.mode_channel, json.dumps(change.as_dict()))

@@ -8,10 +8,7 @@ without importing the fleet.
 
 from __future__ import annotations
 
-from celery import signals
-
 from tierflow.core.celery_app import app
-from tierflow.core.db import ping_only_idle_connections
 from tierflow.core.settings import get_settings
 from workers import tasks
 from workers.backends import registry
@@ -21,10 +18,3 @@ from workers.backends import registry
 registry.check(get_settings().llm)
 
 __all__ = ["app", "tasks"]
-
-
-@signals.worker_init.connect
-def _cheaper_pings(**_: object) -> None:
-    """In a worker process only (before its first task opens an engine): the tasks retry a
-    broken connection, so pooled connections are pinged only after being idle."""
-    ping_only_idle_connections()

@@ -23,8 +23,10 @@ from __future__ import annotations
 
 import uuid
 from dataclasses import dataclass
+from functools import lru_cache
 
 import redis
+from redis.commands.core import Script
 
 from tierflow.core.config import ModelConfig
 from tierflow.core.constants import Keys
@@ -134,6 +136,13 @@ class Reservation:
         return self.wait_s == 0 and not self.impossible
 
 
+@lru_cache(maxsize=64)
+def _script(client: redis.Redis, source: str) -> Script:
+    """``client``'s registered script for ``source``, made once per client (a new object
+    hashes its source again; an attempt builds a :class:`FleetLimits` each time)."""
+    return client.register_script(source)
+
+
 class FleetLimits:
     """Limits shared by the whole fleet through one Redis."""
 
@@ -153,11 +162,11 @@ class FleetLimits:
         self.open_for_s = open_for_s
         self.slot_ttl_s = slot_ttl_s
         self.window_ms = max(int(window_s * 1000), 1)
-        self._acquire = client.register_script(_ACQUIRE)
-        self._settle = client.register_script(_SETTLE)
-        self._cool = client.register_script(_COOL)
-        self._release_probe = client.register_script(_RELEASE_PROBE)
-        self._slot = client.register_script(_SLOT)
+        self._acquire = _script(client, _ACQUIRE)
+        self._settle = _script(client, _SETTLE)
+        self._cool = _script(client, _COOL)
+        self._release_probe = _script(client, _RELEASE_PROBE)
+        self._slot = _script(client, _SLOT)
         # Probe tokens this object was granted by ``blocked`` (model name -> token).
         self._probes: dict[str, str] = {}
         self._clean: set[str] = set()  # models whose circuit blocked() found with no state

@@ -8,9 +8,9 @@ by the ``task_failure`` handler below.
 
 One level lower, kombu's Redis transport ends the whole worker ("Unrecoverable error") on a queue
 item that is not a kombu envelope (not JSON, or JSON without ``properties``): anyone able to
-write to the Redis list could stop one worker per item. :class:`SafeRedisTransport` (the
-fleet's ``broker_transport``) drops such an item instead, and records it. It is already off the
-list (``BRPOP`` took it), so it cannot come back.
+write to the Redis list could stop one worker per item. :class:`SafeRedisTransport` (which the
+fleet's ``broker_transport``, :mod:`workers.transport`, extends) drops such an item instead,
+and records it. It is already off the list (``BRPOP`` took it), so it cannot come back.
 """
 
 from __future__ import annotations

@@ -29,7 +29,7 @@ from celery.exceptions import Retry
 import workers.automode  # noqa: F401 - registers check_auto_mode (automatic mode) on the app
 from router import interactive
 from router.dispatch import enqueue_attempt
-from router.mode import get_mode
+from router.mode import mode_of
 from router.plan import plan_job
 from schemas.jobs import utcnow
 from tierflow import store
@@ -149,7 +149,8 @@ def route_job(self: Task, job_id: Any) -> str | None:
 
 def _route(job_id: str) -> str | None:
     config = get_settings().llm
-    with store.routing(job_id) as (job, save):  # one statement to read, one to save the plan
+    # one statement to read the job and the mode, one to save the plan
+    with store.routing(job_id) as (job, mode, save):
         if job is None:
             store.record_dead_letter(f"unknown job {job_id}", task=TASK_ROUTE_JOB)
             return None
@@ -161,7 +162,7 @@ def _route(job_id: str) -> str | None:
             resend = False
             if job.priority > BATCH_PRIORITY:
                 interactive.mark()  # batches make room while daemons' jobs come in
-            plan = plan_job(job.action_type, job.prompt, job.context or {}, config, get_mode())
+            plan = plan_job(job.action_type, job.prompt, job.context or {}, config, mode_of(mode))
             saved = save(plan.complexity.value, plan.to_json())
     if resend:
         # A redelivery after the plan was stored: the first attempt may not have been sent

@@ -50,7 +50,7 @@ def new_job(*, routed: bool = True, deadline_s: float | None = None) -> str:
             )
     if routed:
         config = get_settings().llm
-        with routing(job_id) as (job, save):
+        with routing(job_id) as (job, _mode, save):
             assert job is not None and job.status == JobStatus.QUEUED.value
             plan = plan_job(job.action_type, job.prompt, job.context, config, get_mode())
             assert save(plan.complexity.value, plan.to_json())
@@ -236,12 +236,12 @@ def test_an_outcome_for_a_job_that_ended_meanwhile_lands_but_ends_nothing(job_id
 def test_the_plan_is_saved_once_and_never_over_a_cancel(database: str) -> None:
     job_id = new_job(routed=False)
     config = get_settings().llm
-    with routing(job_id) as (job, save):
+    with routing(job_id) as (job, _mode, save):
         assert job is not None
         plan = plan_job(job.action_type, job.prompt, job.context, config, get_mode())
         store.finalize_job(job_id, JobStatus.CANCELLED, error="cancelled between read and save")
         assert not save(plan.complexity.value, plan.to_json())
-    with routing(job_id) as (job, _):
+    with routing(job_id) as (job, _mode, _save):
         assert job is not None and job.status == JobStatus.CANCELLED.value and job.plan is None
 
 

@@ -13,6 +13,7 @@ from tierflow import store
 from tierflow.core.constants import Mode
 from tierflow.core.errors import ModeError
 from tierflow.core.redis_client import get_keys, get_redis
+from tierflow.store.modes import last_switched_to
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
@@ -62,9 +63,10 @@ def test_switch_from_python_reaches_the_next_job_and_is_recorded(modes) -> None:
     assert history[1].at == to_cloud.at and history[0].at == to_local.at
     assert history[0].at >= history[1].at
 
-    # Persisted: a Redis that lost the key gets the mode back from PostgreSQL.
-    get_redis().delete(get_keys().mode)
-    assert get_mode() is Mode.LOCAL
+    # Persisted: the mode is the newest switch in PostgreSQL, and no Redis key holds a copy
+    # that could disagree with it (or be lost).
+    assert last_switched_to() == "local" and get_mode() is Mode.LOCAL
+    assert not get_redis().exists(f"{get_keys().prefix}:mode")
 
     automatic = set_mode("auto", source="automatic", reason="local engine healthy again")
     assert (automatic.from_mode, automatic.to_mode, automatic.source) == ("local", "auto", "auto")

@@ -16,6 +16,7 @@ from typing import Any
 import pytest
 from sqlalchemy import func, select, update
 
+from router.mode import set_mode
 from router.plan import plan_job
 from schemas.jobs import JobRequest
 from schemas.tables import Attempt, DeadLetter
@@ -141,8 +142,11 @@ def test_claim_owns_then_replays_then_waits_for_a_live_holder(use: Callable) -> 
 
 def test_mode_gate_skips_a_tier_the_mode_forbids(use: Callable) -> None:
     job_id = planned_job()
-    get_redis().set(get_keys().mode, Mode.CLOUD.value)
-    ctx = through(context(job_id), ModeGate)
+    set_mode(Mode.CLOUD, reason="test")
+    try:
+        ctx = through(context(job_id), ModeGate)
+    finally:
+        set_mode(Mode.AUTO, reason="test teardown")
     assert ctx.outcome is not None and ctx.outcome["error_kind"] == "mode"
     assert ctx.pick is None
 

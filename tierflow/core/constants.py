@@ -178,10 +178,6 @@ class Keys:
         return f"{self.prefix}:job:{job_id}"
 
     @property
-    def mode(self) -> str:
-        return f"{self.prefix}:mode"
-
-    @property
     def mode_channel(self) -> str:
         return f"{self.prefix}:events:mode"
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import select
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -22,41 +23,28 @@ from tierflow.core.settings import get_settings
 MIGRATIONS_DIR = Path(str(files("tierflow.migrations")))
 
 
-IDLE_PING_S = 1.0  # in the fleet's workers, a connection idle longer than this is pinged
-_ping_only_idle = False
-
-
-def ping_only_idle_connections() -> None:
-    """Used by the fleet's worker processes at start (before any engine exists): ping a pooled
-    connection only when it was idle for more than :data:`IDLE_PING_S`, not at every checkout.
-
-    Every other process (the client, the CLI, the gateway) keeps ``pool_pre_ping``: a database
-    restart costs its callers no error. A worker's tasks retry infrastructure errors instead,
-    so there a connection broken while in steady use costs one retry, and the ping's round
-    trip on every checkout (ten per job) is saved.
-    """
-    global _ping_only_idle
-    _ping_only_idle = True
+IDLE_PING_S = 1.0  # a pooled connection idle longer than this is pinged before it is used
 
 
 @lru_cache(maxsize=4)
 def engine_for(url: str) -> Engine:
-    """One pooled engine per URL per process, surviving a database restart (see
-    :func:`ping_only_idle_connections` for the workers' cheaper variant).
+    """One pooled engine per URL per process, surviving a database restart.
+
+    A pooled connection is checked before it is handed out, without a round trip in steady
+    use (see :func:`_check_on_checkout`): a restarted or killed server, or a connection it
+    ended, costs the caller no error, the pool connects again.
 
     Every statement is bounded (60 s) and so is connecting (10 s): the threads pool that the
     tiers run does not enforce Celery's time limits, so each blocking call carries its own.
     """
     engine = create_engine(
         url,
-        pool_pre_ping=not _ping_only_idle,
         pool_size=10,
         max_overflow=20,
         connect_args={"connect_timeout": 10, "options": "-c statement_timeout=60000"},
     )
-    if _ping_only_idle:
-        event.listen(engine, "checkout", _ping_if_idle)
-        event.listen(engine, "checkin", _stamp_checkin)
+    event.listen(engine, "checkout", _check_on_checkout)
+    event.listen(engine, "checkin", _stamp_checkin)
     return engine
 
 
@@ -64,9 +52,19 @@ def _stamp_checkin(dbapi_connection: Any, record: Any) -> None:
     record.info["checked_in_at"] = time.monotonic()
 
 
-def _ping_if_idle(dbapi_connection: Any, record: Any, proxy: Any) -> None:
+def _check_on_checkout(dbapi_connection: Any, record: Any, proxy: Any) -> None:
+    """Ping a pooled connection only when it may be dead: its socket is readable (an idle
+    connection is sent nothing unless its server ends it: the goodbye of a shutdown or a
+    terminated backend, or the end of the stream when the server died) or it was idle for
+    more than :data:`IDLE_PING_S`. Otherwise it is handed out as it is: SQLAlchemy's
+    ``pool_pre_ping`` would cost a round trip at every checkout, several per job.
+
+    A dead connection raises ``DisconnectionError``: the pool discards it and checks out
+    another (SQLAlchemy's contract). A readable connection that answers the ping is kept."""
     last = record.info.get("checked_in_at")
-    if last is None or time.monotonic() - last <= IDLE_PING_S:
+    if last is None:  # connected for this checkout
+        return
+    if time.monotonic() - last <= IDLE_PING_S and not _readable(dbapi_connection):
         return
     try:
         cursor = dbapi_connection.cursor()
@@ -74,8 +72,17 @@ def _ping_if_idle(dbapi_connection: Any, record: Any, proxy: Any) -> None:
         cursor.close()
         dbapi_connection.rollback()  # leave no transaction open behind the ping
     except Exception as exc:
-        # The pool discards this connection and checks out another (SQLAlchemy's contract).
         raise DisconnectionError(str(exc)) from exc
+
+
+def _readable(dbapi_connection: Any) -> bool:
+    """Whether the server sent this idle connection anything (or closed it): no wait."""
+    try:
+        poller = select.poll()
+        poller.register(dbapi_connection.fileno(), select.POLLIN | select.POLLERR)
+        return bool(poller.poll(0))
+    except Exception:  # no socket any more (closed): certainly not usable
+        return True
 
 
 # Opens the transaction and makes its commit non-durable in one round trip: a statement without

@@ -31,6 +31,7 @@ from tierflow.core.constants import TERMINAL_STATUSES, AttemptStatus, JobStatus
 from tierflow.core.db import session_scope
 from tierflow.store import rows
 from tierflow.store.jobs import finalize_in, result_of
+from tierflow.store.modes import CURRENT_MODE_SQL
 from tierflow.store.rows import Statement
 
 HeldLease = tuple[str, int, str]  # (job_id, attempt_no, worker)
@@ -51,6 +52,8 @@ class ClaimResult:
     attempt: Attempt | None = None
     lease_left_s: float = 0.0
     job: Job | None = None  # the job as the claim read it (under its row lock)
+    # the newest mode switch's mode as the same statement read it (claim_routed_attempt only)
+    mode: str | None = None
 
 
 # Given the job row read under its lock: the tier to claim the attempt on, or None to refuse.
@@ -199,7 +202,7 @@ WITH locked AS (
     WHERE jobs.id = :job_id AND jobs.status = '{JobStatus.ROUTED}'
 )
 SELECT {rows.columns_of("locked", rows.JOB_COLUMNS)}, (SELECT id FROM claimed) AS claimed,
-       {rows.ASYNC_COMMIT}
+       {CURRENT_MODE_SQL} AS mode, {rows.ASYNC_COMMIT}
 FROM locked
 """
 )
@@ -215,10 +218,11 @@ def claim_routed_attempt(
     now: datetime,
 ) -> ClaimResult | None:
     """:func:`claim_attempt` of a routed job's attempt on its plan's tier, in one round trip:
-    the claim of every ordinary delivery. ``OWNED`` with the job when the attempt is this
-    delivery's now; None when this statement did not claim it (the job is unknown, finished,
-    unrouted, past its deadline at ``now``, the step past its chain, or another delivery holds
-    or finished the attempt): then :func:`claim_attempt` says which, in its own transaction.
+    the claim of every ordinary delivery. ``OWNED`` with the job and the fleet's mode (the
+    newest switch's, read by the same statement) when the attempt is this delivery's now; None
+    when this statement did not claim it (the job is unknown, finished, unrouted, past its
+    deadline at ``now``, the step past its chain, or another delivery holds or finished the
+    attempt): then :func:`claim_attempt` says which, in its own transaction.
 
     The same rules as :func:`claim_attempt`'s, in SQL: the job's row lock orders the claim with
     a cancel or an expiry; the takeover condition is the same; the commit is not durable.
@@ -245,7 +249,7 @@ def claim_routed_attempt(
     job = rows.build(Job, rows.JOB_COLUMNS, found[:width])
     if job.status == JobStatus.ROUTED.value:
         job.status = JobStatus.RUNNING.value  # the statement started it
-    return ClaimResult(Claim.OWNED, job=job)
+    return ClaimResult(Claim.OWNED, job=job, mode=found[width + 1])
 
 
 def held_by(job_id: str, attempt_no: int, worker: str) -> tuple[ColumnElement[bool], ...]:

@@ -23,6 +23,7 @@ from tierflow.core.constants import TERMINAL_STATUSES, JobStatus
 from tierflow.core.db import session_scope
 from tierflow.core.errors import IdempotencyConflict
 from tierflow.store import rows
+from tierflow.store.modes import CURRENT_MODE_SQL
 
 
 def _same_request(key: str, job_id: str, stored: str | None, fingerprint: str) -> str:
@@ -179,12 +180,21 @@ RETURNING {returning}""",
 _SAVE_PLAN_SQL = {durable: _save_plan_sql(durable) for durable in (True, False)}
 
 
+_ROUTING_SQL = rows.statement(
+    f"SELECT {rows.columns_of('jobs', rows.JOB_COLUMNS)}, {CURRENT_MODE_SQL} FROM jobs"
+    " WHERE id = :id"
+)
+Save = Callable[[str, dict[str, Any]], bool]
+
+
 @contextmanager
-def routing(job_id: str) -> Iterator[tuple[Job | None, Callable[[str, dict[str, Any]], bool]]]:
-    """The job and a ``save(complexity, plan)`` for it: what the routing task reads and writes,
-    one round trip each. ``save`` is :func:`save_plan`, not durable: only a queued job gets a
-    plan, in one conditional statement, so a job cancelled or routed by another delivery since
-    the read is left alone, as it would be inside one transaction.
+def routing(job_id: str) -> Iterator[tuple[Job | None, str | None, Save]]:
+    """The job, the fleet's mode as the newest switch names it (None: never switched; see
+    :mod:`tierflow.store.modes`) and a ``save(complexity, plan)`` for the job: what the routing
+    task reads and writes, one round trip each (the mode comes with the job). ``save`` is
+    :func:`save_plan`, not durable: only a queued job gets a plan, in one conditional
+    statement, so a job cancelled or routed by another delivery since the read is left alone,
+    as it would be inside one transaction.
 
     The plan's commit does not wait for the disk: a plan lost to a PostgreSQL crash leaves the
     job ``queued``, the sweeper sends it to the router again, and an attempt message sent
@@ -193,7 +203,12 @@ def routing(job_id: str) -> Iterator[tuple[Job | None, Callable[[str, dict[str, 
     def save(complexity: str, plan: dict[str, Any]) -> bool:
         return save_plan(job_id, complexity, plan, durable=False)
 
-    yield load_job(job_id), save
+    found = rows.run_one(_ROUTING_SQL, {"id": job_id})
+    if found is None:
+        yield None, None, save
+        return
+    width = len(rows.JOB_COLUMNS)
+    yield rows.build(Job, rows.JOB_COLUMNS, found[:width]), found[width], save
 
 
 def save_plan(job_id: str, complexity: str, plan: dict[str, Any], *, durable: bool = True) -> bool:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from datetime import datetime
 
+from router.mode import mode_of
 from router.plan import TierPlan
 from schemas.jobs import utcnow
 from schemas.tables import Job
@@ -45,6 +46,7 @@ class ClaimAttempt(Step):
             admitted = admit(ctx, fast.job, now)
             assert admitted, "the claim's statement and admit() disagree"
             ctx.job = fast.job
+            ctx.mode = mode_of(fast.mode)  # read with the claim: ModeGate needs no read of its own
             return None
 
         def tier_of(job: Job) -> str | None:

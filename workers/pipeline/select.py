@@ -33,11 +33,13 @@ def fleet_limits() -> FleetLimits:
 
 
 class ModeGate(Step):
-    """The fleet's mode, read at every attempt: a tier it does not allow is skipped."""
+    """The fleet's mode, read at every attempt (by the claim's own statement, or here when the
+    claim took its other path): a tier it does not allow is skipped."""
 
     def run(self, ctx: AttemptContext) -> None:
         assert ctx.tier is not None
-        ctx.mode = get_mode()
+        if ctx.mode is None:
+            ctx.mode = get_mode()
         if not ctx.mode.allows(ctx.tier):
             reason = f"mode {ctx.mode.value} does not allow tier {ctx.tier.value}"
             ctx.outcome = skipped(reason, "mode")
