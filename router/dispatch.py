@@ -3,6 +3,11 @@
 Messages carry ids and counters only (the job lives in PostgreSQL). Priorities are tierflow's
 0-9 with 9 the most urgent, sent as Redis' 0-9 with 0 the most urgent.
 
+Every send passes ``declare=[]``: a tier queue is a Redis list (one per priority step) that
+needs no declaring, and Celery sends to it by name through the anonymous exchange, so the
+declaration Celery would otherwise repeat at every send (``maybe_declare``: a copy of the
+queue entity and a lookup in the connection's cache, about 50 µs) does nothing.
+
 Each message is labelled for people, at no cost (no read; the caller passes the job's action
 when it has it): Celery's ``shadow`` name, which the worker's log and Flower show as the task's
 name (``run_attempt job=<id> tier=local_fast action=classify_memory``), and an ``argsrepr``, which
@@ -42,6 +47,7 @@ def enqueue_route(job_id: str, priority: int = 5, action: str | None = None) -> 
     label = describe(job_id, action=action)
     app.send_task(
         TASK_ROUTE_JOB,
+        declare=[],
         args=[job_id],
         queue=ROUTER_QUEUE,
         priority=9 - priority,
@@ -73,6 +79,7 @@ def enqueue_attempt(
         args.append(waits)
     app.send_task(
         TASK_RUN_ATTEMPT,
+        declare=[],
         args=args,
         queue=tier_queue(tier),
         countdown=countdown or None,
@@ -87,6 +94,7 @@ def enqueue_audit(job_id: str, attempt_no: int, tier: Tier) -> None:
     label = describe(job_id, tier)
     app.send_task(
         TASK_AUDIT,
+        declare=[],
         args=[job_id, attempt_no],
         queue=tier_queue(tier),
         priority=9,
@@ -113,6 +121,7 @@ def enqueue_pack(
         args.append(waits)
     app.send_task(
         TASK_RUN_PACK,
+        declare=[],
         args=args,
         queue=tier_queue(tier),
         countdown=countdown or None,

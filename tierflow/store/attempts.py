@@ -367,8 +367,10 @@ def _finish_in_one(
     fields: dict[str, Any],
 ) -> Finished | None:
     """:func:`finish_attempt` as one statement; None when it did not land (fenced out)."""
-    stored = {**_CLAIMED_ROW, **fields}
-    row = Attempt(job_id=job_id, attempt_no=attempt_no, tier=tier, **stored)
+    row = rows.detached(
+        Attempt,
+        {**_CLAIMED_ROW, **fields, "job_id": job_id, "attempt_no": attempt_no, "tier": tier},
+    )
     end = ending(row) if ending is not None else None
     params: dict[str, Any] = {"job_id": job_id, "attempt_no": attempt_no, "worker": worker}
     params.update({f"a_{key}": value for key, value in fields.items()})
