@@ -1,5 +1,8 @@
 """A process's pooled PostgreSQL connections, ended by the server or dropped on the way, cost its
 next statements no error: the pool finds them dead when it hands them out and connects again.
+Both pools: the engine's (sessions) and the statement pool (one-statement transactions,
+:mod:`tierflow.core.connections`), which is also bounded, and keeps a connection an ordinary
+statement error left healthy.
 
 The check costs no round trip in steady use (no ``pool_pre_ping``): a connection is pinged only
 when its socket says the server sent something (an idle connection is sent nothing unless it is
@@ -14,6 +17,7 @@ import os
 import time
 import uuid
 from collections.abc import Iterator
+from contextlib import ExitStack
 
 import pytest
 import sqlalchemy.exc
@@ -22,8 +26,10 @@ from tests.faults.helpers import execute
 from tests.support.services import PG_HOST, PG_PORT
 from tests.support.tcp_proxy import TcpProxy
 from tierflow import store
-from tierflow.core import db
-from tierflow.core.settings import reset_settings
+from tierflow.core import connections, db
+from tierflow.core.connections import statement_pool
+from tierflow.core.settings import get_settings, reset_settings
+from tierflow.store import rows
 
 pytestmark = [pytest.mark.integration]
 
@@ -55,11 +61,12 @@ def direct_pool(database: str) -> Iterator[None]:
     db.reset_engines()
 
 
-def _fill_pool() -> list[int]:
-    """Check out POOLED connections at once and give them back: the pool keeps them idle.
-    Returns their backends' pids."""
-    fairies = [db.get_engine().raw_connection() for _ in range(POOLED)]
+def _fill_pools() -> list[int]:
+    """Check out POOLED connections at once from each of the process's pools (the engine's, for
+    sessions, and the statement pool, for one-statement transactions) and give them back: the
+    pools keep them idle. Returns their backends' pids."""
     pids = []
+    fairies = [db.get_engine().raw_connection() for _ in range(POOLED)]
     for fairy in fairies:
         cursor = fairy.cursor()
         cursor.execute("SELECT pg_backend_pid()")
@@ -67,6 +74,12 @@ def _fill_pool() -> list[int]:
         cursor.close()
         fairy.commit()
         fairy.close()
+    pool = statement_pool(get_settings().sqlalchemy_url)
+    with ExitStack() as stack:
+        for _ in range(POOLED):
+            conn = stack.enter_context(pool.connection())
+            pids.append(int(conn.execute("SELECT pg_backend_pid()").fetchone()[0]))
+    assert len(set(pids)) == 2 * POOLED
     return pids
 
 
@@ -79,22 +92,22 @@ def _statements(count: int = 2 * POOLED) -> None:
 
 
 def test_connections_dropped_on_the_way_are_replaced_without_an_error(proxied) -> None:
-    _fill_pool()
-    assert proxied.cut() >= POOLED
+    _fill_pools()
+    assert proxied.cut() >= 2 * POOLED
     proxied.restore()
     time.sleep(0.05)  # the drop has reached this process's sockets
     _statements()
-    assert proxied.cut_connections >= POOLED
+    assert proxied.cut_connections >= 2 * POOLED
 
 
 def test_connections_the_server_ended_are_replaced_without_an_error(database, direct_pool) -> None:
-    pids = _fill_pool()
+    pids = _fill_pools()
     ended = execute(
         database,
         "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE pid = ANY(:pids)",
         pids=pids,
     )
-    assert ended == POOLED
+    assert ended == 2 * POOLED
     time.sleep(0.05)
     _statements()
 
@@ -102,8 +115,8 @@ def test_connections_the_server_ended_are_replaced_without_an_error(database, di
 def test_control_without_the_socket_check_the_first_statement_fails(
     database, direct_pool, monkeypatch
 ) -> None:
-    monkeypatch.setattr(db, "_readable", lambda dbapi_connection: False)
-    pids = _fill_pool()
+    monkeypatch.setattr(connections, "readable", lambda dbapi_connection: False)
+    pids = _fill_pools()
     execute(
         database,
         "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE pid = ANY(:pids)",
@@ -112,3 +125,32 @@ def test_control_without_the_socket_check_the_first_statement_fails(
     time.sleep(0.05)
     with pytest.raises(sqlalchemy.exc.OperationalError):
         store.load_job(str(uuid.uuid4()))
+
+
+def test_the_statement_pool_is_bounded_and_a_caller_waits_then_hears_why(
+    database, monkeypatch
+) -> None:
+    monkeypatch.setattr(connections, "CHECKOUT_TIMEOUT_S", 0.3)
+    pool = connections.StatementPool(database, max_size=2)
+    try:
+        with pool.connection(), pool.connection():
+            began = time.monotonic()
+            with (
+                pytest.raises(sqlalchemy.exc.TimeoutError, match="all 2 statement connections"),
+                pool.connection(),
+            ):
+                pass
+            assert time.monotonic() - began >= 0.3
+        with pool.connection() as conn:  # given back: usable again
+            assert conn.execute("SELECT 1").fetchone() == (1,)
+    finally:
+        pool.close()
+
+
+def test_an_ordinary_statement_error_keeps_the_connection(database, direct_pool) -> None:
+    bad = rows.statement("SELECT 1 / (:zero)::int")
+    pid = rows.statement("SELECT pg_backend_pid()")
+    before = rows.run_one(pid, {})
+    with pytest.raises(sqlalchemy.exc.DataError):
+        rows.run_one(bad, {"zero": 0})
+    assert rows.run_one(pid, {}) == before  # the same backend: not discarded, not broken

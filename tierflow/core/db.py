@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import select
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -16,14 +15,12 @@ from sqlalchemy import Engine, create_engine, event, text
 from sqlalchemy.exc import DisconnectionError
 from sqlalchemy.orm import Session, sessionmaker
 
+from tierflow.core.connections import CONNECT_ARGS, may_be_dead, ping, reset_statement_pools
 from tierflow.core.settings import get_settings
 
 # The packaged migrations (tierflow/migrations/), wherever the package is installed: the source
 # tree, a site-packages, a wheel. Alembic wants a directory on disk, which every installer gives.
 MIGRATIONS_DIR = Path(str(files("tierflow.migrations")))
-
-
-IDLE_PING_S = 1.0  # a pooled connection idle longer than this is pinged before it is used
 
 
 @lru_cache(maxsize=4)
@@ -32,17 +29,13 @@ def engine_for(url: str) -> Engine:
 
     A pooled connection is checked before it is handed out, without a round trip in steady
     use (see :func:`_check_on_checkout`): a restarted or killed server, or a connection it
-    ended, costs the caller no error, the pool connects again.
+    ended, costs the caller no error, the pool connects again. One-statement transactions
+    have a leaner pool of their own (:mod:`tierflow.core.connections`), checked the same way.
 
     Every statement is bounded (60 s) and so is connecting (10 s): the threads pool that the
     tiers run does not enforce Celery's time limits, so each blocking call carries its own.
     """
-    engine = create_engine(
-        url,
-        pool_size=10,
-        max_overflow=20,
-        connect_args={"connect_timeout": 10, "options": "-c statement_timeout=60000"},
-    )
+    engine = create_engine(url, pool_size=10, max_overflow=20, connect_args=CONNECT_ARGS)
     event.listen(engine, "checkout", _check_on_checkout)
     event.listen(engine, "checkin", _stamp_checkin)
     return engine
@@ -53,36 +46,16 @@ def _stamp_checkin(dbapi_connection: Any, record: Any) -> None:
 
 
 def _check_on_checkout(dbapi_connection: Any, record: Any, proxy: Any) -> None:
-    """Ping a pooled connection only when it may be dead: its socket is readable (an idle
-    connection is sent nothing unless its server ends it: the goodbye of a shutdown or a
-    terminated backend, or the end of the stream when the server died) or it was idle for
-    more than :data:`IDLE_PING_S`. Otherwise it is handed out as it is: SQLAlchemy's
-    ``pool_pre_ping`` would cost a round trip at every checkout, several per job.
+    """Ping a pooled connection only when it may be dead (:func:`connections.may_be_dead`: its
+    socket is readable, or it idled past ``IDLE_PING_S``); otherwise hand it out as it is:
+    SQLAlchemy's ``pool_pre_ping`` would cost a round trip at every checkout, several per job.
 
     A dead connection raises ``DisconnectionError``: the pool discards it and checks out
     another (SQLAlchemy's contract). A readable connection that answers the ping is kept."""
-    last = record.info.get("checked_in_at")
-    if last is None:  # connected for this checkout
-        return
-    if time.monotonic() - last <= IDLE_PING_S and not _readable(dbapi_connection):
-        return
-    try:
-        cursor = dbapi_connection.cursor()
-        cursor.execute("SELECT 1")
-        cursor.close()
-        dbapi_connection.rollback()  # leave no transaction open behind the ping
-    except Exception as exc:
-        raise DisconnectionError(str(exc)) from exc
-
-
-def _readable(dbapi_connection: Any) -> bool:
-    """Whether the server sent this idle connection anything (or closed it): no wait."""
-    try:
-        poller = select.poll()
-        poller.register(dbapi_connection.fileno(), select.POLLIN | select.POLLERR)
-        return bool(poller.poll(0))
-    except Exception:  # no socket any more (closed): certainly not usable
-        return True
+    if may_be_dead(dbapi_connection, record.info.get("checked_in_at")) and not ping(
+        dbapi_connection
+    ):
+        raise DisconnectionError("pooled connection found dead at checkout")
 
 
 # Opens the transaction and makes its commit non-durable in one round trip: a statement without
@@ -162,5 +135,7 @@ def upgrade_database(url: str | None = None) -> None:
 
 
 def reset_engines() -> None:
-    """Forget pooled engines (after a fork, or when tests point at another database)."""
+    """Forget pooled engines and statement pools (after a fork, or when tests point at another
+    database)."""
     engine_for.cache_clear()
+    reset_statement_pools()
