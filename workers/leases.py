@@ -103,6 +103,7 @@ class LeaseKeeper:
         self._wake = threading.Event()
         self._thread: threading.Thread | None = None
         self._pid = 0
+        self._sleeps_until = 0.0  # monotonic time the thread wakes by itself (0: not asleep)
 
     @contextmanager
     def hold(
@@ -113,7 +114,11 @@ class LeaseKeeper:
         with self._lock:
             self._held[held.key] = held
             self._start()
-        self._wake.set()  # its first renewal may be due before the thread's next tick
+            # its first renewal may be due before the thread's next tick: wake it only then
+            # (most holds are due after one already held, a thread switch saved per call)
+            early = held.due_at < self._sleeps_until
+        if early:
+            self._wake.set()
         try:
             yield held
         finally:
@@ -134,8 +139,12 @@ class LeaseKeeper:
 
     def _run(self) -> None:
         while True:
-            due_in = min((h.due_at for h in self.held()), default=time.monotonic() + 60)
-            due_in -= time.monotonic()
+            with self._lock:
+                wake_at = min((h.due_at for h in self._held.values()), default=0.0)
+                if not wake_at:
+                    wake_at = time.monotonic() + 60
+                self._sleeps_until = wake_at
+            due_in = wake_at - time.monotonic()
             if due_in > 0:
                 self._wake.wait(due_in)
                 self._wake.clear()

@@ -24,6 +24,7 @@ import re
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from functools import cached_property
+from itertools import islice
 from typing import Any
 
 from router.gate.kinds import Extracted, extract, kind_of
@@ -148,7 +149,10 @@ def features(answer: Answer, verdicts: list[Verdict]) -> dict[str, float]:
     found["prompt_chars_log"] = math.log1p(len(answer.prompt))
     found["answer_chars_log"] = math.log1p(len(answer.text))
     found["truncated"] = 1.0 if answer.finish_reason == "length" else 0.0
-    found["prompt_digits"] = min(1.0, sum(c.isdigit() for c in answer.prompt) / 20)
+    # digits counted up to the 20 that saturate the feature (a long prompt is not walked in
+    # Python one character at a time)
+    digits = len(list(islice(filter(str.isdigit, answer.prompt), 20)))
+    found["prompt_digits"] = min(1.0, digits / 20)
     return found
 
 
