@@ -108,6 +108,20 @@ end
 return 0
 """
 
+_STATE = """
+-- a model's cooldown and circuit, read at once; in the half-open state (nothing cooling, not
+-- open) the one probe is granted to this caller if no one holds it
+local cooling = redis.call('PTTL', KEYS[1])
+local open_ttl = redis.call('PTTL', KEYS[2])
+local half = redis.call('EXISTS', KEYS[3])
+local fails = redis.call('EXISTS', KEYS[4])
+local probe = 0
+if cooling <= 0 and open_ttl <= 0 and half == 1 then
+  if redis.call('SET', KEYS[5], ARGV[1], 'NX', 'PX', ARGV[2]) then probe = 1 end
+end
+return {cooling, open_ttl, half, fails, probe}
+"""
+
 _SLOT = """
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
@@ -167,6 +181,7 @@ class FleetLimits:
         self._cool = _script(client, _COOL)
         self._release_probe = _script(client, _RELEASE_PROBE)
         self._slot = _script(client, _SLOT)
+        self._state = _script(client, _STATE)
         # Probe tokens this object was granted by ``blocked`` (model name -> token).
         self._probes: dict[str, str] = {}
         self._clean: set[str] = set()  # models whose circuit blocked() found with no state
@@ -234,12 +249,18 @@ class FleetLimits:
         or is given back (``release_probe``) or expires after ``open_for_s``.
         """
         circuit = self.keys.circuit(model.name)
-        pipe = self.redis.pipeline(transaction=False)  # one round trip for the four reads
-        pipe.pttl(self.keys.cooldown(model.name))
-        pipe.pttl(circuit + ":open")
-        pipe.exists(circuit + ":half")
-        pipe.exists(circuit + ":fails")
-        cooling, open_ttl, half, fails = (int(v) for v in pipe.execute())
+        token = uuid.uuid4().hex
+        state = self._state(  # one command: the four reads, and the probe when half-open
+            keys=[
+                self.keys.cooldown(model.name),
+                circuit + ":open",
+                circuit + ":half",
+                circuit + ":fails",
+                circuit + ":probe",
+            ],
+            args=[token, self._open_ms],
+        )
+        cooling, open_ttl, half, fails, probe = (int(v) for v in state)
         if not (half or fails):
             self._clean.add(model.name)  # a success then has nothing to reset
         if cooling > 0:
@@ -247,8 +268,7 @@ class FleetLimits:
         if open_ttl > 0:
             return f"circuit open for {open_ttl / 1000:.1f}s", open_ttl / 1000.0
         if half:
-            token = uuid.uuid4().hex
-            if self.redis.set(circuit + ":probe", token, nx=True, px=self._open_ms):
+            if probe:
                 self._probes[model.name] = token
                 return None
             return "circuit half-open: a probe is in flight", 1.0

@@ -21,20 +21,27 @@ RESULT_IN_EVENT_MAX = 64 * 1024  # characters; every waiting process receives ev
 
 def publish_job_event(job_id: str, event: dict[str, Any]) -> None:
     """Publish one event (``type``: ``chunk``, ``reset`` or ``done``) on the job's channel."""
+    _publish(job_id, str(event.get("type")), json.dumps(event))
+
+
+def _publish(job_id: str, kind: str, payload: str) -> None:
     try:
-        get_redis().publish(get_keys().job_channel(job_id), json.dumps(event))
+        get_redis().publish(get_keys().job_channel(job_id), payload)
     except Exception:  # a lost wake-up only delays the waiter; PostgreSQL holds the truth
-        log.warning("could not publish %s event for job %s", event.get("type"), job_id)
+        log.warning("could not publish %s event for job %s", kind, job_id)
 
 
 def publish_done(result: JobResult) -> None:
     """The ``done`` event of a job that just ended, with its :class:`JobResult` (a waiter needs
     no read); one whose answer is over :data:`RESULT_IN_EVENT_MAX` characters is left out (the
-    waiter reads the row)."""
-    event: dict[str, Any] = {"type": "done", "status": result.status}
+    waiter reads the row). The result is serialised by pydantic straight to JSON (the event is
+    ``{"type": "done", "status": .., "result": {..}}``, as ``json.dumps`` would write it)."""
+    head = f'{{"type": "done", "status": {json.dumps(result.status)}'
     if len(result.text or "") + len(result.error or "") <= RESULT_IN_EVENT_MAX:
-        event["result"] = result.model_dump(mode="json")
-    publish_job_event(result.job_id, event)
+        payload = f'{head}, "result": {result.model_dump_json()}}}'
+    else:
+        payload = head + "}"
+    _publish(result.job_id, "done", payload)
 
 
 def publish_fallback(
