@@ -4,7 +4,8 @@ the gateway's API keys (hashed), and the provider batches with their deferred re
 Idempotency lives here: ``jobs.idempotency_key`` and ``attempts (job_id, attempt_no)`` are unique,
 so a redelivered message can never create a second result or charge a cost twice; a superseded
 call is recorded once per delivery (``superseded_calls (job_id, attempt_no, worker)``).
-``jobs.request_fingerprint`` binds a key to the request it was first used with.
+``jobs.request_fingerprint`` binds a key to the request it was first used with (a job without
+a key has none).
 ``jobs.status`` is a plain string (no CHECK constraint, no enum type): the values are
 :class:`tierflow.core.constants.JobStatus`.
 """

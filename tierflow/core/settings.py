@@ -3,7 +3,7 @@
 Environment (all optional):
 
 - ``TIERFLOW_BROKER_URL``    Celery broker, e.g. ``redis://:pw@host:6379/0`` or ``rediss://...``
-- ``TIERFLOW_REDIS_URL``     Redis for notifications, limits and mode (default: the broker URL)
+- ``TIERFLOW_REDIS_URL``     Redis for notifications and limits (default: the broker URL)
 - ``TIERFLOW_DATABASE_URL``  PostgreSQL, e.g. ``postgresql+psycopg://user:pw@host/db``
 - ``TIERFLOW_CONFIG``        path to ``llm_config.yaml`` (default: the packaged one)
 - ``TIERFLOW_STATE_DIR``     embedded Redis/PostgreSQL data (default: the user's data dir)

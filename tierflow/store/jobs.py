@@ -98,7 +98,9 @@ def create_job(
     ``JobRequest`` has already refused what PostgreSQL cannot store (NUL, lone surrogates).
     """
     job_id = str(uuid.uuid4())
-    fingerprint = request.fingerprint()
+    # the fingerprint binds a key to its request: a job without a key stores none (computing it
+    # walks the whole request as JSON three times)
+    fingerprint = request.fingerprint() if request.idempotency_key is not None else None
     deadline = request.deadline or utcnow() + timedelta(seconds=default_deadline_s)
     values = {
         "id": job_id,
@@ -123,7 +125,8 @@ def create_job(
     inserted = rows.run_one(_INSERT_JOB_SQL, values)  # one statement, its own transaction
     if inserted is not None:
         return str(inserted[0]), True
-    assert request.idempotency_key is not None  # without a key every insert goes in
+    # without a key every insert goes in
+    assert request.idempotency_key is not None and fingerprint is not None
     found = rows.run_one(_JOB_FOR_KEY_SQL, {"key": request.idempotency_key})
     assert found is not None  # the row the insert conflicted with
     existing = _same_request(request.idempotency_key, found[0], found[1], fingerprint)

@@ -1,11 +1,12 @@
 """The attempt as a pipeline: one delivery of ``run_attempt`` runs :data:`STEPS` in order.
 
-    ClaimAttempt read the job and own (job, attempt_no), one statement;      claim.py
+    ClaimAttempt read the job and the mode, own (job, attempt_no): one       claim.py
+                 statement;
                  unknown, finished, unrouted, expired: stop; finished
                  before: replay; held: wait
     HeldByProviderBatch  a deferred attempt waits for its provider batch    defer.py
     CacheLookup  first attempt: the cached answer (exact, or a paraphrase's)   cache.py
-    ModeGate     the fleet's mode allows the tier?                          select.py
+    ModeGate     the fleet's mode (as the claim read it) allows the tier?   select.py
     PickModel    first servable model: availability, limits, cooldowns,     select.py
                  circuit, capacity (none: wait, or skip with reasons)
     BudgetGate   a paid model within the daemon's budget? (reserve, or skip) budget.py
