@@ -154,3 +154,29 @@ def test_an_ordinary_statement_error_keeps_the_connection(database, direct_pool)
     with pytest.raises(sqlalchemy.exc.DataError):
         rows.run_one(bad, {"zero": 0})
     assert rows.run_one(pid, {}) == before  # the same backend: not discarded, not broken
+
+
+def test_a_forked_child_opens_its_own_and_leaves_the_parents_alone(database) -> None:
+    pool = connections.StatementPool(database, max_size=2)
+    try:
+        with pool.connection() as conn:
+            parent_pid = conn.execute("SELECT pg_backend_pid()").fetchone()[0]
+        child = os.fork()
+        if child == 0:  # the child: a statement of its own, then gone (collecting everything)
+            code = 1
+            try:
+                with pool.connection() as conn:
+                    mine = conn.execute("SELECT pg_backend_pid()").fetchone()[0]
+                code = 0 if mine != parent_pid else 2
+                pool.close()
+                import gc
+
+                gc.collect()
+            finally:
+                os._exit(code)
+        _, status = os.waitpid(child, 0)
+        assert os.waitstatus_to_exitcode(status) == 0
+        with pool.connection() as conn:  # the parent's session was not ended by the child
+            assert conn.execute("SELECT pg_backend_pid()").fetchone()[0] == parent_pid
+    finally:
+        pool.close()

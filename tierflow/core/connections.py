@@ -15,7 +15,8 @@ Promises, the same as the engine's:
 - a pooled connection is checked before it is handed out (:func:`may_be_dead`): one the server
   ended, or dropped on the way, is replaced without an error;
 - a connection whose statement failed on the connection itself is discarded, never reused;
-- after a fork the child opens its own (the parent's are left to the parent).
+- after a fork the child opens its own and never touches the parent's (closing one would end
+  the parent's session: they share the socket).
 """
 
 from __future__ import annotations
@@ -160,6 +161,8 @@ class StatementPool:
             self._freed.notify()
 
     def _after_fork(self) -> None:
+        # The parent's connections are forgotten, not closed: they share their sockets with the
+        # parent, and psycopg ends a connection only in the process that opened it.
         with self._lock:
             self._idle, self._open, self._pid = [], 0, os.getpid()
 
