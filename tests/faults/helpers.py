@@ -67,14 +67,17 @@ class Figures:
     faults: dict[str, int] = field(default_factory=dict)
     violations: int = 0
     notes: dict[str, Any] = field(default_factory=dict)
+    errors: dict[str, str] = field(default_factory=dict)  # a failed job's id -> its error
 
     def line(self) -> str:
         faults = ", ".join(f"{k}={v}" for k, v in self.faults.items()) or "-"
         notes = "".join(f", {k}={v}" for k, v in self.notes.items())
+        errors = "".join(f"\n  failed {job}: {error}" for job, error in self.errors.items())
         return (
             f"[{self.name}] jobs={self.jobs} succeeded={self.succeeded} failed={self.failed} "
             f"faults({faults}) lost={self.lost} duplicates={self.duplicates} "
             f"cost_mismatches={self.cost_mismatches} limit_violations={self.violations}{notes}"
+            f"{errors}"
         )
 
     def report(self) -> Figures:
@@ -99,7 +102,7 @@ def audit(url: str, name: str, job_ids: Iterable[str], timeout: float) -> Figure
     per_job = rows(
         url,
         """
-        SELECT j.id, j.status, j.cost_usd,
+        SELECT j.id, j.status, j.error, j.cost_usd,
                COALESCE(SUM(a.cost_usd), 0)
                  + COALESCE((SELECT SUM(s.cost_usd) FROM superseded_calls s
                              WHERE s.job_id = j.id), 0) AS attempts_cost,
@@ -110,6 +113,8 @@ def audit(url: str, name: str, job_ids: Iterable[str], timeout: float) -> Figure
         ids=ids,
     )
     for r in per_job:
+        if r["status"] in ("failed", "expired"):
+            fig.errors[r["id"]] = f"{r['status']}: {(r['error'] or '')[:300]}"
         if (r["status"] == "succeeded" and r["passed"] != 1) or r["passed"] > 1:
             fig.duplicates += 1
         if r["status"] in FINISHED and Decimal(r["cost_usd"]) != Decimal(r["attempts_cost"]):

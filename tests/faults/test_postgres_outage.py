@@ -81,7 +81,7 @@ def test_postgres_cut_twice_mid_run_loses_nothing(fleet, database, monkeypatch) 
     fig.report()
     assert fig.lost == 0, describe_unfinished(database, jobs, worker_logs)
     fig.assert_clean()
-    assert fig.succeeded == len(jobs)
+    assert fig.succeeded == len(jobs), fig.line()
     assert proxy.cut_connections + proxy.refused > 0
     assert all(a["status"] == "passed" for a in story)  # no attempt was lost half-written
     assert len(story) == len(jobs)
