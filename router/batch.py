@@ -300,7 +300,7 @@ def _submit_line(
 
 
 def _plan(request: JobRequest) -> TierPlan | None:
-    """The line's plan under the fleet's mode now (one Redis read), or None when it is an
+    """The line's plan under the fleet's mode now (one statement), or None when it is an
     error (the router then fails the job with it)."""
     config = get_settings().llm
     plan = plan_job(request.action_type, request.prompt, request.context, config, get_mode())

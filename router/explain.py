@@ -19,7 +19,7 @@ from tierflow.core.settings import get_settings
 
 
 def _current_mode(config: LLMConfig, notes: list[str]) -> Mode:
-    """The fleet's mode from Redis/PostgreSQL; the configured default when they cannot be read."""
+    """The fleet's mode from PostgreSQL; the configured default when it cannot be read."""
     try:
         return fleet_mode.get_mode()
     except Exception as exc:  # a dry run must work without the services

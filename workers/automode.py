@@ -6,15 +6,15 @@ run per interval fleet-wide (like the sweeper's). Each switch goes through
 :func:`router.mode.set_mode` with ``source="auto"`` and its reason, so it is in the history that
 ``tierflow mode``, ``tierflow status`` and the dashboard show.
 
-**Which cloud is automatic.** The stored mode after an automatic switch is plain ``cloud`` (every
-worker reads one key, as for a manual switch). That it was automatic is read from PostgreSQL's
-history, not from a second flag: the fleet is in *automatic cloud* exactly when the mode is
-``cloud`` and the newest switch is an ``auto`` switch to ``cloud``. Only then does the check
-switch back. A person's later switch (even ``cloud`` → ``cloud``) is the newest row and ends the
-automatic state: the fleet stays where the person put it. Nothing can disagree with the history
-(a lost Redis restores the mode from it too), so a flag could only drift. The one piece of
-state in Redis is when the local models were first seen down (``local-down-since``); losing it
-only restarts the wait.
+**Which cloud is automatic.** The stored mode after an automatic switch is plain ``cloud``
+(every worker reads the newest switch, as for a manual switch). That it was automatic is read
+from PostgreSQL's history, not from a second flag: the fleet is in *automatic cloud* exactly
+when the mode is ``cloud`` and the newest switch is an ``auto`` switch to ``cloud``. Only then
+does the check switch back. A person's later switch (even ``cloud`` → ``cloud``) is the newest
+row and ends the automatic state: the fleet stays where the person put it. Nothing can disagree
+with the history (the mode is read from it), so a flag could only drift. The one piece of state
+in Redis is when the local models were first seen down (``local-down-since``); losing it only
+restarts the wait.
 """
 
 from __future__ import annotations

@@ -158,9 +158,8 @@ def job_progress(job_id: str) -> tuple[str, str | None] | None:
     return status, last
 
 
-_LOAD_JOB_SQL = rows.statement(
-    f"SELECT {rows.columns_of('jobs', rows.JOB_COLUMNS)} FROM jobs WHERE id = :id"
-)
+_JOB_SELECT = f"SELECT {rows.columns_of('jobs', rows.JOB_COLUMNS)}"
+_LOAD_JOB_SQL = rows.statement(f"{_JOB_SELECT} FROM jobs WHERE id = :id")
 
 
 def load_job(job_id: str) -> Job | None:
@@ -183,10 +182,7 @@ RETURNING {returning}""",
 _SAVE_PLAN_SQL = {durable: _save_plan_sql(durable) for durable in (True, False)}
 
 
-_ROUTING_SQL = rows.statement(
-    f"SELECT {rows.columns_of('jobs', rows.JOB_COLUMNS)}, {CURRENT_MODE_SQL} FROM jobs"
-    " WHERE id = :id"
-)
+_ROUTING_SQL = rows.statement(f"{_JOB_SELECT}, {CURRENT_MODE_SQL} FROM jobs WHERE id = :id")
 Save = Callable[[str, dict[str, Any]], bool]
 
 

@@ -38,9 +38,7 @@ def record_switch(
     reader of the mode reads this table."""
     with session_scope() as session:
         session.execute(text("SELECT pg_advisory_xact_lock(:id)"), {"id": _SWITCH_LOCK})
-        last = session.execute(
-            select(ModeSwitch.to_mode).order_by(ModeSwitch.id.desc()).limit(1)
-        ).scalar_one_or_none()
+        last = session.execute(text(f"SELECT {CURRENT_MODE_SQL}")).scalar_one()
         row = ModeSwitch(from_mode=current(last), to_mode=to_mode, source=source, reason=reason)
         session.add(row)
         session.flush()

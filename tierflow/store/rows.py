@@ -89,10 +89,8 @@ def build(model: type[ModelT], columns: Sequence[Column[Any]], values: Sequence[
     """An instance of ``model`` from ``values`` read in ``columns``' order (attached to no
     session: every column is loaded, no relationship is)."""
     keys = _keys(model, tuple(c.name for c in columns))
-    instance: ModelT = manager_of_class(model).new_instance()
     # loaded values, as a session's load sets them: no change events, nothing to flush
-    instance.__dict__.update(zip(keys, values, strict=True))
-    return instance
+    return detached(model, dict(zip(keys, values, strict=True)))
 
 
 def detached(model: type[ModelT], values: Mapping[str, Any]) -> ModelT:
