@@ -14,6 +14,13 @@
   error, or the probe not being sent after all) frees the probe for the next caller.
 - **Concurrency caps**: at most ``max_concurrency`` calls in flight per model; a slot held by a
   worker that died expires after ``slot_ttl_s``.
+- **A healthy model is read once per** :data:`HEALTH_FRESH_S` **per process**: when the read of a
+  model's cooldown and circuit found nothing at all (no cooldown, closed, no failure counted),
+  the process takes that answer for the next 0.1 s instead of asking Redis before every call.
+  Anything this process records (a failure, a cooldown) forgets it at once, and any state found
+  is never cached, so a half-open probe is still granted by Redis alone; a cooldown or an open
+  circuit set by *another* process is seen here within 0.1 s. The rate limits and the
+  concurrency caps are never cached: they are taken atomically in Redis for every call.
 
 Nothing here sleeps: a caller that is refused gets the wait in seconds and re-enqueues the job
 with that countdown, so a worker slot is never held while waiting.
@@ -21,6 +28,8 @@ with that countdown, so a worker slot is never held while waiting.
 
 from __future__ import annotations
 
+import threading
+import time
 import uuid
 from dataclasses import dataclass
 from functools import lru_cache
@@ -32,6 +41,7 @@ from tierflow.core.config import ModelConfig
 from tierflow.core.constants import Keys
 
 WINDOW_MS = 60_000  # the per-minute limits' window; FleetLimits(window_s=...) for tests
+HEALTH_FRESH_S = 0.1  # how long a read that found a model healthy is taken as true (see above)
 
 _ACQUIRE = """
 local t = redis.call('TIME')
@@ -150,6 +160,42 @@ class Reservation:
         return self.wait_s == 0 and not self.impossible
 
 
+class _HealthView:
+    """This process's recent "nothing at all" reads: (client, cooldown key) -> the monotonic
+    time until which the model is taken as healthy. Shared by every :class:`FleetLimits` of the
+    process (an attempt builds one each time). A read stores its answer only if nothing was
+    recorded for the model while it was in flight (the key's generation did not move)."""
+
+    def __init__(self) -> None:
+        self._until: dict[tuple[int, str], float] = {}
+        self._generation: dict[tuple[int, str], int] = {}
+        self._lock = threading.Lock()
+
+    def fresh(self, key: tuple[int, str]) -> bool:
+        until = self._until.get(key)
+        return until is not None and time.monotonic() < until
+
+    def generation(self, key: tuple[int, str]) -> int:
+        return self._generation.get(key, 0)
+
+    def healthy(self, key: tuple[int, str], for_s: float, generation: int) -> None:
+        with self._lock:
+            if self._generation.get(key, 0) != generation:
+                return  # a failure or cooldown was recorded meanwhile: the read is stale
+            if len(self._until) > 4096:  # many prefixes (tests): forget the oldest half
+                for old in sorted(self._until, key=self._until.__getitem__)[:2048]:
+                    del self._until[old]
+            self._until[key] = time.monotonic() + for_s
+
+    def forget(self, key: tuple[int, str]) -> None:
+        with self._lock:
+            self._until.pop(key, None)
+            self._generation[key] = self._generation.get(key, 0) + 1  # one int per model
+
+
+_HEALTH = _HealthView()
+
+
 @lru_cache(maxsize=64)
 def _script(client: redis.Redis, source: str) -> Script:
     """``client``'s registered script for ``source``, made once per client (a new object
@@ -169,6 +215,7 @@ class FleetLimits:
         open_for_s: float = 30.0,
         slot_ttl_s: float = 600.0,
         window_s: float = WINDOW_MS / 1000,
+        health_fresh_s: float = HEALTH_FRESH_S,
     ) -> None:
         self.redis = client
         self.keys = keys
@@ -176,6 +223,7 @@ class FleetLimits:
         self.open_for_s = open_for_s
         self.slot_ttl_s = slot_ttl_s
         self.window_ms = max(int(window_s * 1000), 1)
+        self.health_fresh_s = health_fresh_s
         self._acquire = _script(client, _ACQUIRE)
         self._settle = _script(client, _SETTLE)
         self._cool = _script(client, _COOL)
@@ -239,7 +287,11 @@ class FleetLimits:
     def cool_down(self, model: ModelConfig, seconds: float) -> None:
         """Keep every worker off ``model`` for ``seconds`` (at least 1 ms); never shortens a
         longer cooldown already in place."""
+        _HEALTH.forget(self._health_key(model))
         self._cool(keys=[self.keys.cooldown(model.name)], args=[max(int(seconds * 1000), 1)])
+
+    def _health_key(self, model: ModelConfig) -> tuple[int, str]:
+        return (id(self.redis), self.keys.cooldown(model.name))
 
     def blocked(self, model: ModelConfig) -> tuple[str, float] | None:
         """``(reason, seconds)`` when the model is cooled down or its circuit is open, else None.
@@ -247,7 +299,15 @@ class FleetLimits:
         In the half-open state the first caller is granted the one probe (None) and every other
         caller is refused until the probe reports back (``record_success``/``record_failure``)
         or is given back (``release_probe``) or expires after ``open_for_s``.
+
+        No Redis call when this process found the model healthy less than ``health_fresh_s``
+        ago (see the module: another process's cooldown or opened circuit is seen that late).
         """
+        health = self._health_key(model)
+        if self.health_fresh_s > 0 and _HEALTH.fresh(health):
+            self._clean.add(model.name)
+            return None
+        generation = _HEALTH.generation(health)
         circuit = self.keys.circuit(model.name)
         token = uuid.uuid4().hex
         state = self._state(  # one command: the four reads, and the probe when half-open
@@ -263,6 +323,10 @@ class FleetLimits:
         cooling, open_ttl, half, fails, probe = (int(v) for v in state)
         if not (half or fails):
             self._clean.add(model.name)  # a success then has nothing to reset
+        if cooling <= 0 and open_ttl <= 0 and not (half or fails) and self.health_fresh_s > 0:
+            _HEALTH.healthy(health, self.health_fresh_s, generation)
+        else:
+            _HEALTH.forget(health)
         if cooling > 0:
             return f"cooling down for {cooling / 1000:.1f}s", cooling / 1000.0
         if open_ttl > 0:
@@ -299,6 +363,7 @@ class FleetLimits:
     def record_failure(self, model: ModelConfig) -> bool:
         """Count a retryable failure; True when this one opened the circuit."""
         self._probes.pop(model.name, None)
+        _HEALTH.forget(self._health_key(model))
         circuit = self.keys.circuit(model.name)
         pipe = self.redis.pipeline()
         pipe.incr(circuit + ":fails")

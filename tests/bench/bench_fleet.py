@@ -1,7 +1,7 @@
 """Benchmark the fleet beside raw Celery and beside its design's floor, in one run.
 
     python tests/bench/bench_fleet.py [--jobs 200] [--throughput-jobs 500] [--warmup 20]
-        [--concurrency 8] [--pool threads] [--layout one|split] [--json]
+        [--concurrency 8] [--pool threads] [--layout one|split] [--rounds 3] [--json]
         [--sql-trace 3] [--profile DIR [--profile-jobs 100]] [--no-counts]
 
 Needs PostgreSQL on 127.0.0.1:5432 (trust, user ``postgres``) and Redis on 127.0.0.1:6379. The
@@ -30,13 +30,18 @@ one worker with ``--concurrency``.
 
 Measured, per system: (a) sequential round trips, p50/p99 over ``--jobs`` after ``--warmup``;
 (b) throughput: send ``--throughput-jobs`` as fast as one client can, then wait for all of them.
-Counted over the sequential phase (see ``tests/bench/counters.py``): PostgreSQL commits per job
-(``pg_stat_get_db_xact_commit`` delta; each reading waits ~10 s for PostgreSQL's stats flush,
-``--no-counts`` skips the waits and the commit counts), Redis commands per job (``INFO
-commandstats`` delta, less the background rate of a quiet window just before), RSS of every worker
-process after the run. ``--sql-trace N`` (after the timed phases, default 3): every SQL statement of
-N tierflow jobs, in order, by process, from the PostgreSQL server log. ``--profile DIR``: py-spy
-on every tierflow worker and on this client over ``--profile-jobs`` extra sequential jobs.
+``--rounds R`` (default 3) measures (a) and (b) of the three systems R times, in turn, each round
+starting with another system: the systems' figures are the medians over the rounds, and
+``tierflow / floor`` is the median of each round's own ratio (the two measured minutes apart,
+not a whole run apart: on a shared machine one run's floor alone moved between 4.6 and 17 ms).
+Counted over the first round's sequential phase (see ``tests/bench/counters.py``): PostgreSQL
+commits per job (``pg_stat_get_db_xact_commit`` delta; each reading waits ~10 s for PostgreSQL's
+stats flush, ``--no-counts`` skips the waits and the commit counts), Redis commands per job
+(``INFO commandstats`` delta, less the background rate of a quiet window just before), RSS of
+every worker process after the run. ``--sql-trace N`` (after the timed phases, default 3): every
+SQL statement of N tierflow jobs, in order, by process, from the PostgreSQL server log.
+``--profile DIR``: py-spy on every tierflow worker and on this client over ``--profile-jobs``
+extra sequential jobs.
 
 Not collected by pytest (``tests/bench`` is ignored).
 """
@@ -99,18 +104,59 @@ class Measured:
     total_s: float  # first send → last result
     extra: dict[str, float] = field(default_factory=dict)
     window: counters.Window | None = None
+    rounds: list[Measured] = field(default_factory=list)  # combined: the medians of these
+
+    def _median(self, of: Callable[[Measured], float]) -> float:
+        return statistics.median(of(r) for r in self.rounds)
 
     @property
     def p50(self) -> float:
+        if self.rounds:
+            return self._median(lambda r: r.p50)
         return percentile(self.latencies_ms, 0.50)
 
     @property
     def p99(self) -> float:
+        if self.rounds:
+            return self._median(lambda r: r.p99)
         return percentile(self.latencies_ms, 0.99)
 
     @property
     def jobs_per_s(self) -> float:
+        if self.rounds:
+            return self._median(lambda r: r.jobs_per_s)
         return self.throughput_jobs / self.total_s
+
+
+def combined(rounds: list[Measured]) -> Measured:
+    """One system over every round: each figure the median of the rounds' own (the counted
+    window is the first round's)."""
+    if len(rounds) == 1:
+        return rounds[0]
+    keys = set.intersection(*(set(r.extra) for r in rounds))
+    return Measured(
+        [ms for r in rounds for ms in r.latencies_ms],
+        rounds[0].throughput_jobs,
+        statistics.median(r.send_s for r in rounds),
+        statistics.median(r.total_s for r in rounds),
+        {k: statistics.median(r.extra[k] for r in rounds) for k in sorted(keys)},
+        rounds[0].window,
+        list(rounds),
+    )
+
+
+RATIOS = (("p50_ms", "p50"), ("p99_ms", "p99"), ("jobs_per_s", "jobs_per_s"))
+
+
+def round_ratios(rounds: list[dict[str, Measured]]) -> dict[str, dict[str, Any]]:
+    """tierflow / floor per round, and their median: the figure the targets are read on (a
+    round measures the two back to back, so a machine's slow minute touches both)."""
+    out: dict[str, dict[str, Any]] = {}
+    for key, attr in RATIOS:
+        each = [getattr(rd["tierflow"], attr) / getattr(rd["floor"], attr) for rd in rounds]
+        out[key] = {"median": round(statistics.median(each), 3),
+                    "rounds": [round(x, 3) for x in each]}  # fmt: skip
+    return out
 
 
 def percentile(values: list[float], q: float) -> float:
@@ -345,14 +391,17 @@ def print_table(results: dict[str, Measured], data: dict[str, Any], args: argpar
     def ratio(a: float | None, b: float | None) -> str:
         return f"{a / b:.2f}x" if a is not None and b else "-"
 
+    def paired(key: str) -> str:  # the median of the rounds' own ratios
+        return f"{data['ratios'][key]['median']:.2f}x"
+
     def num(v: float | None, fmt: str = ".2f") -> str:
         return "-" if v is None else format(v, fmt)
 
     rows: list[tuple[str, ...]] = [
-        ("p50 ms", num(r.p50), num(f.p50), num(t.p50), ratio(t.p50, f.p50)),
-        ("p99 ms", num(r.p99), num(f.p99), num(t.p99), ratio(t.p99, f.p99)),
+        ("p50 ms", num(r.p50), num(f.p50), num(t.p50), paired("p50_ms")),
+        ("p99 ms", num(r.p99), num(f.p99), num(t.p99), paired("p99_ms")),
         ("jobs/s", num(r.jobs_per_s, ".0f"), num(f.jobs_per_s, ".0f"), num(t.jobs_per_s, ".0f"),
-         ratio(t.jobs_per_s, f.jobs_per_s)),
+         paired("jobs_per_s")),
     ]  # fmt: skip
     pgc = [data[s].get("pg_commits_per_job") for s in SYSTEMS]
     rc = [data[s].get("redis_commands_per_job") for s in SYSTEMS]
@@ -388,9 +437,13 @@ def print_table(results: dict[str, Measured], data: dict[str, Any], args: argpar
         )
     print()
     print(
-        f"layout {args.layout}; sequential n={args.jobs} after {args.warmup} warm-up, "
-        f"burst m={args.throughput_jobs}"
+        f"layout {args.layout}; {args.rounds} round(s), each: sequential n={args.jobs} after "
+        f"{args.warmup} warm-up, burst m={args.throughput_jobs}; the systems' columns are "
+        "medians over the rounds, the ratios the median of each round's own ratio:"
     )
+    for key, label in (("p50_ms", "p50"), ("p99_ms", "p99"), ("jobs_per_s", "jobs/s")):
+        each = " ".join(f"{x:.2f}x" for x in data["ratios"][key]["rounds"])
+        print(f"  tierflow / floor, {label} by round: {each}")
     for w in workers:
         print(f"  {w.system:<8} {w.describe}  RSS {data[w.system]['rss_mb'][w.name]:.0f} MB")
     for s in SYSTEMS:
@@ -424,9 +477,9 @@ def print_table(results: dict[str, Measured], data: dict[str, Any], args: argpar
     load = os.getloadavg()
     print(
         f"machine: {os.cpu_count()} CPUs, load average {load[0]:.2f}/{load[1]:.2f}/{load[2]:.2f}, "
-        f"Python {platform.python_version()}. Shared, noisy machine, one run: compare the "
-        "ratios. Redis is shared too: its counts are deltas over a quiet window less the "
-        "background rate."
+        f"Python {platform.python_version()}. Shared, noisy machine: compare the ratios. "
+        "Redis is shared too: its counts (first round) are deltas over a quiet window less "
+        "the background rate."
     )
 
 
@@ -474,6 +527,12 @@ def main() -> int:
     parser.add_argument("--pool", default="threads", help="celery worker pool (layout one, raw)")
     parser.add_argument("--layout", choices=("one", "split"), default="one")
     parser.add_argument(
+        "--rounds",
+        type=int,
+        default=3,
+        help="measure the three systems this many times, in turn (the ratios: their median)",
+    )
+    parser.add_argument(
         "--json", action="store_true", help="print one JSON object instead of the table"
     )
     parser.add_argument(
@@ -494,8 +553,10 @@ def main() -> int:
     )
     parser.add_argument("--profile-jobs", type=int, default=100)
     args = parser.parse_args()
-    if args.jobs < 1 or args.throughput_jobs < 1 or args.warmup < 0:
-        parser.error("--jobs and --throughput-jobs must be at least 1, --warmup at least 0")
+    if args.jobs < 1 or args.throughput_jobs < 1 or args.warmup < 0 or args.rounds < 1:
+        parser.error(
+            "--jobs, --throughput-jobs and --rounds must be at least 1, --warmup at least 0"
+        )
 
     missing = services_up()
     if missing:
@@ -558,29 +619,45 @@ def main() -> int:
         for w in workers:
             log(f"  {w.system}: {w.describe}")
 
-        results: dict[str, Measured] = {}
-        for system, bench in (
-            ("raw", bench_raw),
-            ("floor", bench_floor),
-            ("tierflow", bench_tierflow),
-        ):
-            t0 = time.perf_counter()
-            pids = [w.proc.proc.pid for w in workers if w.system == system]
-            worker_cpu, client_cpu = sum(map(counters.cpu_s, pids)), time.process_time()
-            results[system] = bench(args, ctx)
-            # CPU per job over the whole measurement (warm-up, round trips, burst); the idle
+        benches = {"raw": bench_raw, "floor": bench_floor, "tierflow": bench_tierflow}
+        rounds: list[dict[str, Measured]] = []
+        cpu = {s: [0.0, 0.0] for s in SYSTEMS}  # worker, client CPU seconds over every round
+        for r in range(args.rounds):
+            # each round measures the three back to back, starting with a different one, so a
+            # machine that slows down mid-run slows every system alike
+            order = SYSTEMS[r % 3 :] + SYSTEMS[: r % 3]
+            this: dict[str, Measured] = {}
+            for system in order:
+                t0 = time.perf_counter()
+                pids = [w.proc.proc.pid for w in workers if w.system == system]
+                worker_cpu, client_cpu = sum(map(counters.cpu_s, pids)), time.process_time()
+                # the commits and Redis commands are counted in the first round only (each
+                # count waits ~10 s for PostgreSQL's statistics)
+                round_args = argparse.Namespace(**{**vars(args), "counts": args.counts and r == 0})
+                this[system] = benches[system](round_args, ctx)
+                cpu[system][0] += sum(map(counters.cpu_s, pids)) - worker_cpu
+                cpu[system][1] += time.process_time() - client_cpu
+                log(f"round {r + 1}/{args.rounds}: {system} measured in "
+                    f"{time.perf_counter() - t0:.1f}s")  # fmt: skip
+            rounds.append(this)
+        results = {s: combined([rd[s] for rd in rounds]) for s in SYSTEMS}
+        for system in SYSTEMS:
+            # CPU per job over every measurement (warm-ups, round trips, bursts); the idle
             # waits of the counts cost next to nothing
-            n = args.warmup + args.jobs + args.throughput_jobs
-            worker_cpu = sum(map(counters.cpu_s, pids)) - worker_cpu
-            client_cpu = time.process_time() - client_cpu
-            results[system].extra["worker_cpu_ms_per_job"] = worker_cpu / n * 1000
-            results[system].extra["client_cpu_ms_per_job"] = client_cpu / n * 1000
-            log(f"{system} measured in {time.perf_counter() - t0:.1f}s")
+            n = (args.warmup + args.jobs + args.throughput_jobs) * args.rounds
+            results[system].extra["worker_cpu_ms_per_job"] = cpu[system][0] / n * 1000
+            results[system].extra["client_cpu_ms_per_job"] = cpu[system][1] / n * 1000
         rss: dict[str, dict[str, float]] = {s: {} for s in SYSTEMS}
         for w in workers:
             rss[w.system][w.name] = counters.rss_mb(w.proc.proc.pid)
         data: dict[str, Any] = {s: summary(results[s], rss[s]) for s in SYSTEMS}
         data["layout"] = args.layout
+        data["ratios"] = round_ratios(rounds)
+        data["rounds"] = [
+            {s: {"p50_ms": round(rd[s].p50, 3), "p99_ms": round(rd[s].p99, 3),
+                 "jobs_per_s": round(rd[s].jobs_per_s, 1)} for s in SYSTEMS}
+            for rd in rounds
+        ]  # fmt: skip
         data["workers"] = [w.describe for w in workers]
         data["run"] = {"jobs": args.jobs, "throughput_jobs": args.throughput_jobs,
                        "warmup": args.warmup, "loadavg": os.getloadavg()}  # fmt: skip

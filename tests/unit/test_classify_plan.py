@@ -241,3 +241,24 @@ def test_explain_reads_the_fleet_mode_and_survives_without_services(
     info = explain("extract_topic", "x", config=config_with())
     assert info["mode"] == "auto" and info["tier"] == "local_fast"
     assert "fleet mode unreadable" in info["reasons"][-1]
+
+
+def test_plan_json_holds_every_field_and_reads_back_as_the_same_plan() -> None:
+    import dataclasses
+    import json
+
+    plan = TierPlan(
+        complexity=Complexity.MODERATE,
+        tier=LQ,
+        chain=[LQ, API],
+        mode=Mode.AUTO,
+        quality_critical=True,
+        reasons=["moderate action"],
+        error=None,
+    )
+    data = plan.to_json()
+    assert set(data) == {f.name for f in dataclasses.fields(TierPlan)}  # a new field is written
+    assert json.loads(json.dumps(data)) == data  # plain JSON: enums as their values
+    assert TierPlan.from_json(data) == plan
+    data["reasons"].append("changed")
+    assert plan.reasons == ["moderate action"]  # the JSON is a copy, not the plan's own list

@@ -211,6 +211,34 @@ def test_many_workers_racing_for_the_half_open_probe_get_exactly_one(
     assert sum(allowed) == 1
 
 
+def test_a_healthy_read_is_taken_for_a_while_and_forgotten_when_this_process_records(
+    client: redis.Redis, prefix: str
+) -> None:
+    """A process takes "healthy" for ``health_fresh_s`` (no Redis read per call); a circuit
+    another process opened is seen once that ends, one this process opened at once."""
+    other_process = redis.Redis.from_url(services.REDIS_URL)  # its own client: its own view
+    try:
+        here = make(client, prefix, failure_threshold=1, open_for_s=5.0, health_fresh_s=1.0)
+        there = make(other_process, prefix, failure_threshold=1, open_for_s=5.0)
+        m, mine, uncached = model(), model(), model()
+        assert here.blocked(m) is None  # read: healthy, taken for 1 s
+        assert there.record_failure(m) is True  # another process opens the circuit
+        assert here.blocked(m) is None  # not read again yet: the documented staleness
+        time.sleep(1.05)
+        assert (here.blocked(m) or ("",))[0].startswith("circuit open")
+
+        assert here.blocked(mine) is None
+        assert here.record_failure(mine) is True  # recorded here: forgotten at once
+        assert (here.blocked(mine) or ("",))[0].startswith("circuit open")
+
+        never = make(client, prefix, failure_threshold=1, open_for_s=5.0, health_fresh_s=0)
+        assert never.blocked(uncached) is None
+        assert there.record_failure(uncached) is True
+        assert (never.blocked(uncached) or ("",))[0].startswith("circuit open")
+    finally:
+        other_process.close()
+
+
 # -- concurrency caps ------------------------------------------------------------------------
 
 

@@ -97,8 +97,10 @@ def detached(model: type[ModelT], values: Mapping[str, Any]) -> ModelT:
     """An instance of ``model`` holding ``values`` (attribute names), attached to no session,
     made as :func:`build` makes one: without the constructor's change events (an attribute not
     given reads None, as on a new instance)."""
-    configure_mappers()
-    instance: ModelT = manager_of_class(model).new_instance()
+    manager = manager_of_class(model)
+    if not manager.mapper.configured:
+        configure_mappers()  # once: an instance made without its constructor needs them
+    instance: ModelT = manager.new_instance()
     instance.__dict__.update(values)
     return instance
 
