@@ -85,12 +85,21 @@ def _keys(model: type[Base], names: tuple[str, ...]) -> tuple[str, ...]:
     return tuple(mapper.get_property_by_column(table.c[name]).key for name in names)
 
 
+# (model, id of a column list) -> (the list, its attribute names): the lists are the modules'
+# constants, looked up by identity (naming 30 columns again for every row cost more than
+# building the row)
+_KEYS_BY_LIST: dict[tuple[type[Base], int], tuple[Sequence[Column[Any]], tuple[str, ...]]] = {}
+
+
 def build(model: type[ModelT], columns: Sequence[Column[Any]], values: Sequence[Any]) -> ModelT:
     """An instance of ``model`` from ``values`` read in ``columns``' order (attached to no
     session: every column is loaded, no relationship is)."""
-    keys = _keys(model, tuple(c.name for c in columns))
+    known = _KEYS_BY_LIST.get((model, id(columns)))
+    if known is None or known[0] is not columns:
+        known = (columns, _keys(model, tuple(c.name for c in columns)))
+        _KEYS_BY_LIST[(model, id(columns))] = known
     # loaded values, as a session's load sets them: no change events, nothing to flush
-    return detached(model, dict(zip(keys, values, strict=True)))
+    return detached(model, dict(zip(known[1], values, strict=True)))
 
 
 def detached(model: type[ModelT], values: Mapping[str, Any]) -> ModelT:
