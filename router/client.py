@@ -12,7 +12,7 @@ from typing import Any
 
 from pydantic import ValidationError
 
-from router.dispatch import enqueue_route
+from router.dispatch import enqueue_route, route_facts
 from router.feedback import record_feedback
 from router.mode import get_mode
 from router.plan import plan_job
@@ -238,7 +238,10 @@ def submit_job(
     if created:
         handle._listen()
         try:
-            enqueue_route(job_id, request.priority, request.action_type)
+            facts = route_facts(
+                request.action_type, request.prompt, request.context, request.priority
+            )
+            enqueue_route(job_id, request.priority, request.action_type, facts)
         except Exception:
             # The job is accepted and durable: it stays queued in PostgreSQL and the sweeper
             # sends it to the router once the broker is back.

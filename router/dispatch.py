@@ -1,7 +1,12 @@
 """Sending a job's next step to the broker, by task name: the one place that knows the messages.
 
-Messages carry ids and counters only (the job lives in PostgreSQL). Priorities are tierflow's
-0-9 with 9 the most urgent, sent as Redis' 0-9 with 0 the most urgent.
+Messages carry ids and counters (the job lives in PostgreSQL), and one copy: a new job's message
+to the router carries its **routing facts** (:func:`route_facts`: action, prompt, context,
+priority, the fields the plan is made of, which never change once stored) when they are small,
+so the routing task can plan without reading the job back; the plan is stored only if the job
+is still queued and the fleet's mode is the one it was made for, else the router reads the job
+(see ``workers.tasks.route_job``). Priorities are tierflow's 0-9 with 9 the most urgent, sent
+as Redis' 0-9 with 0 the most urgent.
 
 Every send passes ``declare=[]``: a tier queue is a Redis list (one per priority step) that
 needs no declaring, and Celery sends to it by name through the anonymous exchange, so the
@@ -19,6 +24,9 @@ whichever of the sender's ``task-sent`` event (the real task name) and the worke
 """
 
 from __future__ import annotations
+
+import json
+from typing import Any
 
 from tierflow.core.celery_app import app
 from tierflow.core.constants import (
@@ -42,17 +50,46 @@ def describe(job_id: str, tier: Tier | None = None, action: str | None = None) -
     return " ".join(parts)
 
 
-def enqueue_route(job_id: str, priority: int = 5, action: str | None = None) -> None:
-    """Send a stored job to the routing task; ``action`` (the job's) only labels the message."""
+# A job whose prompt and context take more than this many characters (as JSON) is sent without
+# its facts: the router reads it, and the broker never holds a large prompt twice.
+FACTS_MAX_CHARS = 4096
+
+
+def route_facts(
+    action: str, prompt: str, context: dict[str, Any] | None, priority: int
+) -> dict[str, Any] | None:
+    """The routing facts of a job just stored with these fields, for its message to the
+    router; None when they are over :data:`FACTS_MAX_CHARS` (or its context is not JSON)."""
+    if len(prompt) > FACTS_MAX_CHARS:
+        return None
+    try:
+        size = len(prompt) + (len(json.dumps(context)) if context else 0)
+    except (TypeError, ValueError):
+        return None
+    if size > FACTS_MAX_CHARS:
+        return None
+    return {"action": action, "prompt": prompt, "context": context or {}, "priority": priority}
+
+
+def enqueue_route(
+    job_id: str,
+    priority: int = 5,
+    action: str | None = None,
+    facts: dict[str, Any] | None = None,
+) -> None:
+    """Send a stored job to the routing task; ``action`` (the job's) only labels the message;
+    ``facts`` (:func:`route_facts` of the job as stored) let the router plan without a read."""
     label = describe(job_id, action=action)
     app.send_task(
         TASK_ROUTE_JOB,
         declare=[],
         args=[job_id],
+        kwargs={"facts": facts} if facts is not None else None,
         queue=ROUTER_QUEUE,
         priority=9 - priority,
         shadow=f"route_job {label}",
         argsrepr=label,
+        kwargsrepr="",
     )
 
 

@@ -18,7 +18,7 @@ import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
 from datetime import timedelta
-from typing import Any
+from typing import Any, NamedTuple
 
 import kombu.exceptions
 import redis
@@ -28,7 +28,7 @@ from celery.exceptions import Retry
 
 import workers.automode  # noqa: F401 - registers check_auto_mode (automatic mode) on the app
 from router import interactive
-from router.dispatch import enqueue_attempt
+from router.dispatch import FACTS_MAX_CHARS, enqueue_attempt
 from router.mode import mode_of
 from router.plan import plan_job
 from schemas.jobs import utcnow
@@ -135,16 +135,84 @@ def _dead_letter(task: Task, reason: str, job_id: str | None = None) -> None:
 
 
 @app.task(name=TASK_ROUTE_JOB, bind=True, **_RETRY)
-def route_job(self: Task, job_id: Any) -> str | None:
-    """Classify a stored job, record its plan and send it to the first tier of its chain."""
+def route_job(self: Task, job_id: Any, facts: Any = None) -> str | None:
+    """Classify a stored job, record its plan and send it to the first tier of its chain.
+
+    ``facts`` (``router.dispatch.route_facts``, sent by ``submit_job`` for a small job) let the
+    plan be made and stored without reading the job: one statement, which stores it only if
+    the job is still queued and the fleet's mode is the one this process saw last. Anything
+    else (no facts, malformed facts, another mode, a redelivery, a job cancelled meanwhile)
+    takes the path that reads the job and the mode first.
+    """
     try:
         job_id = check_job_id(job_id)
     except JobValidationError as exc:
         _dead_letter(self, str(exc))
         return None
+    known = check_route_facts(facts)
     with job_fails_on_bug(self, job_id):
+        if known is not None:
+            routed = _route_from_facts(job_id, known)
+            if routed is not None:
+                return routed
         return _route(job_id)
     return "failed"
+
+
+class RouteFacts(NamedTuple):
+    action: str
+    prompt: str
+    context: dict[str, Any]
+    priority: int
+
+
+def check_route_facts(value: Any) -> RouteFacts | None:
+    """The message's routing facts, or None when absent or not as ``route_facts`` makes them
+    (then the job is read: a malformed copy never decides a plan)."""
+    if not isinstance(value, dict):
+        return None
+    action, prompt = value.get("action"), value.get("prompt")
+    context, priority = value.get("context"), value.get("priority")
+    if not (isinstance(action, str) and isinstance(prompt, str) and isinstance(context, dict)):
+        return None
+    if isinstance(priority, bool) or not isinstance(priority, int) or not 0 <= priority <= 9:
+        return None
+    if len(prompt) > FACTS_MAX_CHARS:
+        return None
+    return RouteFacts(action, prompt, context, priority)
+
+
+class _SeenMode:
+    """The fleet's mode as this process's last read of it found it (the newest switch's,
+    None: never switched); :data:`UNKNOWN` until the first read. Only a guess: the plan made
+    for it is stored only if it is still the mode (``store.save_plan_for_mode``)."""
+
+    UNKNOWN = object()
+
+    def __init__(self) -> None:
+        self.last: object = self.UNKNOWN
+
+
+_seen_mode = _SeenMode()
+
+
+def _route_from_facts(job_id: str, facts: RouteFacts) -> str | None:
+    """The route without a read: the plan made from the message's facts for the mode this
+    process saw last, stored in one statement; None when it was not stored (the caller then
+    takes :func:`_route`)."""
+    last = _seen_mode.last
+    if last is _SeenMode.UNKNOWN or not (last is None or isinstance(last, str)):
+        return None
+    config = get_settings().llm
+    plan = plan_job(facts.action, facts.prompt, facts.context, config, mode_of(last))
+    if plan.error:
+        return None  # the reading path fails the job, with its row in hand
+    if facts.priority > BATCH_PRIORITY:
+        interactive.mark()  # batches make room while daemons' jobs come in
+    if not store.save_plan_for_mode(job_id, plan.complexity.value, plan.to_json(), last):
+        return None
+    enqueue_attempt(job_id, plan.chain[0], 0, 0, priority=facts.priority, action=facts.action)
+    return plan.tier.value
 
 
 def _route(job_id: str) -> str | None:
@@ -154,6 +222,7 @@ def _route(job_id: str) -> str | None:
         if job is None:
             store.record_dead_letter(f"unknown job {job_id}", task=TASK_ROUTE_JOB)
             return None
+        _seen_mode.last = mode  # read with the job: the fleet's mode now
         if job.status == JobStatus.ROUTED.value and job.plan:
             resend = not store.attempts_of(job_id)
         elif job.status != JobStatus.QUEUED.value:

@@ -30,6 +30,7 @@ from tierflow.core.db import session_scope
 from tierflow.core.settings import get_settings
 from tierflow.store import Claim, rows
 from tierflow.store.jobs import routing
+from tierflow.store.modes import last_switched_to
 from workers.outcome import success_fields
 
 pytestmark = pytest.mark.integration
@@ -293,3 +294,99 @@ def test_driver_errors_are_sqlalchemys_and_a_lost_connection_recovers(database: 
         n = session.execute(select(func.count()).select_from(Attempt)).scalar_one()
         assert n >= 1
     store.finalize_job(job_id, JobStatus.FAILED, error="test fixture, never run")
+
+
+# -- the route from the message's facts -------------------------------------------------------
+
+
+@pytest.fixture
+def sent(monkeypatch: pytest.MonkeyPatch) -> list[tuple[Any, ...]]:
+    """The attempts the routing task sends, recorded instead of sent (no worker consumes here)."""
+    from workers import tasks
+
+    calls: list[tuple[Any, ...]] = []
+    monkeypatch.setattr(tasks, "enqueue_attempt", lambda *a, **k: calls.append((a, k)))
+    return calls
+
+
+def statements_during(monkeypatch: pytest.MonkeyPatch) -> list[str]:
+    seen: list[str] = []
+    run_one = rows.run_one
+
+    def counted(stmt: rows.Statement, params: Any) -> Any:
+        seen.append(" ".join(stmt.sql.split())[:40])
+        return run_one(stmt, params)
+
+    monkeypatch.setattr(rows, "run_one", counted)
+    return seen
+
+
+def facts_of(job_id: str) -> Any:
+    from router.dispatch import route_facts
+    from workers.tasks import check_route_facts
+
+    job = store.load_job(job_id)
+    assert job is not None
+    return check_route_facts(route_facts(job.action_type, job.prompt, job.context, job.priority))
+
+
+def test_a_route_from_the_facts_is_one_statement_and_stores_the_plan_a_read_makes(
+    database: str, sent: list[tuple[Any, ...]], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from workers import tasks
+
+    read, told = new_job(routed=False), new_job(routed=False)
+    assert tasks._route(read) is not None  # reads the job and the mode: the process learns it
+    facts = facts_of(told)
+    statements = statements_during(monkeypatch)
+    assert tasks._route_from_facts(told, facts) == "local_fast"
+    assert len(statements) == 1 and statements[0].startswith("UPDATE jobs"), statements
+    a, b = store.load_job(read), store.load_job(told)
+    assert a is not None and b is not None
+    assert b.status == a.status == JobStatus.ROUTED.value
+    assert b.plan == a.plan and b.complexity == a.complexity
+    fast = tasks.Tier.LOCAL_FAST
+    assert [c[0][:2] for c in sent] == [(read, fast), (told, fast)]
+    # a redelivery of the same message stores nothing and sends nothing: the job is routed
+    assert tasks._route_from_facts(told, facts) is None
+    assert len(sent) == 2
+    for job_id in (read, told):
+        store.finalize_job(job_id, JobStatus.FAILED, error="test, never run")
+
+
+def test_a_plan_made_for_a_mode_that_is_not_the_fleets_is_refused_and_the_read_plans_again(
+    database: str, sent: list[tuple[Any, ...]]
+) -> None:
+    from workers import tasks
+
+    job_id = new_job(routed=False)
+    current = last_switched_to()
+    tasks._seen_mode.last = "cloud" if current != "cloud" else "local"  # a stale guess
+    assert tasks._route_from_facts(job_id, facts_of(job_id)) is None
+    job = store.load_job(job_id)
+    assert job is not None and job.status == JobStatus.QUEUED.value and job.plan is None
+    assert sent == []
+    tasks._seen_mode.last = tasks._SeenMode.UNKNOWN  # a new process: no guess, no try
+    assert tasks._route_from_facts(job_id, facts_of(job_id)) is None and sent == []
+    assert tasks._route(job_id) == "local_fast"  # the read: the plan for the real mode
+    assert tasks._seen_mode.last == current
+    job = store.load_job(job_id)
+    assert job is not None and job.plan is not None and job.plan["mode"] == get_mode().value
+    store.finalize_job(job_id, JobStatus.FAILED, error="test, never run")
+
+
+def test_facts_that_are_not_as_submit_job_makes_them_are_never_used() -> None:
+    from router.dispatch import FACTS_MAX_CHARS, route_facts
+    from workers.tasks import check_route_facts
+
+    good = route_facts("extract_topic", "Extract topic from: 'x'", {"k": 1}, 5)
+    assert check_route_facts(good) is not None
+    assert route_facts("a", "p" * (FACTS_MAX_CHARS + 1), {}, 5) is None  # read, not carried
+    assert route_facts("a", "p", {"big": "x" * FACTS_MAX_CHARS}, 5) is None
+    for bad in (
+        None, [], "facts", {**(good or {}), "priority": True}, {**(good or {}), "priority": 10},
+        {**(good or {}), "context": []}, {**(good or {}), "prompt": 3},
+        {k: v for k, v in (good or {}).items() if k != "action"},
+        {**(good or {}), "prompt": "p" * (FACTS_MAX_CHARS + 1)},
+    ):  # fmt: skip
+        assert check_route_facts(bad) is None, bad

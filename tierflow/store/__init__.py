@@ -45,6 +45,7 @@ from tierflow.store.jobs import (
     open_jobs_past,
     routing,
     save_plan,
+    save_plan_for_mode,
 )
 from tierflow.store.keys import KeyInfo, create_key, daemon_for_key, list_keys, revoke_key
 from tierflow.store.labels import gate_figures, labels_for, record_label
@@ -93,6 +94,7 @@ __all__ = [
     "revoke_key",
     "routing",
     "save_plan",
+    "save_plan_for_mode",
     "settle_batch",
     "stalled_jobs",
     "storable_text",

@@ -210,6 +210,28 @@ def routing(job_id: str) -> Iterator[tuple[Job | None, str | None, Save]]:
     yield rows.build(Job, rows.JOB_COLUMNS, found[:width]), found[width], save
 
 
+_SAVE_PLAN_FOR_MODE_SQL = rows.statement(
+    f"""UPDATE jobs SET status = '{JobStatus.ROUTED}', complexity = :complexity, plan = :plan,
+    updated_at = now()
+WHERE id = :id AND status = '{JobStatus.QUEUED}'
+  AND {CURRENT_MODE_SQL} IS NOT DISTINCT FROM CAST(:mode AS text)
+RETURNING id, {rows.ASYNC_COMMIT}""",
+    json=["plan"],
+)
+
+
+def save_plan_for_mode(
+    job_id: str, complexity: str, plan: dict[str, Any], mode: str | None
+) -> bool:
+    """:func:`routing`'s save without its read: the plan of a queued job made for ``mode`` (the
+    newest switch's, None: never switched), stored only if that is still the fleet's mode, in
+    one statement (the check and the write are one). False when the job is not queued (routed
+    by another delivery, cancelled, unknown) or the mode is another now: then the caller reads
+    the job and the mode and plans again. Not durable, as :func:`routing`'s save."""
+    params = {"id": job_id, "complexity": complexity, "plan": plan, "mode": mode}
+    return rows.run_one(_SAVE_PLAN_FOR_MODE_SQL, params) is not None
+
+
 def save_plan(job_id: str, complexity: str, plan: dict[str, Any], *, durable: bool = True) -> bool:
     """Record the routing plan once; False when the job already had one or is finished.
     ``durable=False``: the commit does not wait for the disk (see :func:`routing`)."""
