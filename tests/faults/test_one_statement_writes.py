@@ -390,3 +390,42 @@ def test_facts_that_are_not_as_submit_job_makes_them_are_never_used() -> None:
         {**(good or {}), "prompt": "p" * (FACTS_MAX_CHARS + 1)},
     ):  # fmt: skip
         assert check_route_facts(bad) is None, bad
+
+
+def test_a_statement_for_one_job_finds_it_by_key_however_many_share_its_status(
+    database: str,
+) -> None:
+    """With a fresh table's statistics PostgreSQL tied the status index with the key and took
+    it: each route of a 600-job backlog read all 600 queued jobs. Here a fresh ``jobs`` (a
+    temporary table of the same shape, which the statements then find first) holds 300 jobs in
+    each status the statements look for; each statement must reach its job by key alone."""
+    from tierflow.store.attempts import _CLAIM_SQL
+    from tierflow.store.jobs import _SAVE_PLAN_FOR_MODE_SQL, _SAVE_PLAN_SQL
+
+    url = get_settings().sqlalchemy_url.replace("+psycopg", "")
+    target = str(uuid.uuid4())
+    params: dict[str, Any] = {"id": target, "job_id": target, "complexity": "simple",
+        "plan": {"chain": ["local_fast"]}, "mode": None,
+        "attempt_no": 0, "step": 0, "worker": "w/r:t", "retry": 0, "lease_s": 30.0,
+        "same_task": "%:t", "now": utcnow()}  # fmt: skip
+    with psycopg.connect(url) as conn:  # one transaction, rolled back
+        conn.execute("CREATE TEMP TABLE jobs (LIKE public.jobs INCLUDING ALL)")
+        seed = new_job(routed=False)  # the template row: every column as the store writes it
+        names = [c.name for c in rows.JOB_COLUMNS]
+        copied = {"id": "gen_random_uuid()::text", "idempotency_key": "NULL", "status": "s"}
+        conn.execute(
+            f"INSERT INTO jobs ({', '.join(names)})"
+            f" SELECT {', '.join(copied.get(n, 't.' + n) for n in names)}"
+            " FROM public.jobs t, generate_series(1, 300), unnest(ARRAY['queued', 'routed']) s"
+            " WHERE t.id = %(seed)s",
+            {"seed": seed},
+        )
+        for name, stmt in (("save_plan", _SAVE_PLAN_SQL[False]),
+                           ("save_plan_for_mode", _SAVE_PLAN_FOR_MODE_SQL),
+                           ("claim", _CLAIM_SQL)):  # fmt: skip
+            plan = "\n".join(
+                row[0] for row in conn.execute("EXPLAIN " + stmt.sql, stmt.bind(params))
+            )
+            on_jobs = [line for line in plan.splitlines() if "Scan" in line and " on jobs" in line]
+            assert on_jobs and all("pkey" in line for line in on_jobs), f"{name}:\n{plan}"
+        conn.rollback()
