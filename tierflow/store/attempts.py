@@ -200,7 +200,7 @@ WITH locked AS (
     RETURNING a.id
 ), started AS (
     UPDATE jobs SET status = '{JobStatus.RUNNING}', updated_at = now() FROM claimed
-    WHERE jobs.id = :job_id AND {rows.status_is('jobs.status', JobStatus.ROUTED)}
+    WHERE jobs.id = :job_id AND {rows.status_is("jobs.status", JobStatus.ROUTED)}
 )
 SELECT {rows.columns_of("locked", rows.JOB_COLUMNS)}, (SELECT id FROM claimed) AS claimed,
        {CURRENT_MODE_SQL} AS mode, {rows.ASYNC_COMMIT}
