@@ -2,9 +2,10 @@
 ``resume_attempt`` (queues ``tier.*``), ``sweep_stuck_jobs`` and the provider batches' two ticks
 (queue ``maintenance``).
 
-Messages carry ids and counters only; the job itself lives in PostgreSQL. Arguments are validated
-first: a malformed message is stored as a dead letter with its reason and acknowledged, never
-retried. Infrastructure errors (PostgreSQL, Redis or the broker unreachable) are retried with
+Messages carry ids and counters; the job itself lives in PostgreSQL (a new job's message to the
+router also carries its routing facts, see :func:`route_job`). Arguments are validated first: a
+malformed message is stored as a dead letter with its reason and acknowledged, never retried.
+Infrastructure errors (PostgreSQL, Redis or the broker unreachable) are retried with
 backoff: Celery publishes the retry (same task id) before it acknowledges the original, and the
 retry waits unacknowledged (``acks_late``), so a worker crash loses nothing. A retried attempt
 takes its own claim back at once, on whichever worker it lands; the same run handed out again by

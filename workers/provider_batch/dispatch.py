@@ -1,5 +1,5 @@
 """The resume message: one attempt whose provider batch result is stored, sent to its tier's
-queue (ids and counters only, like every message)."""
+queue (ids and counters only)."""
 
 from __future__ import annotations
 
