@@ -27,7 +27,6 @@ from __future__ import annotations
 import re
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
-from functools import cache
 from typing import Any, TypeVar
 
 import psycopg
@@ -86,17 +85,16 @@ def columns_of(alias: str, columns: Sequence[Column[Any]]) -> str:
     return ", ".join(f"{alias}.{c.name}" for c in columns)
 
 
-@cache
-def _keys(model: type[Base], names: tuple[str, ...]) -> tuple[str, ...]:
+def _keys(model: type[Base], columns: Sequence[Column[Any]]) -> tuple[str, ...]:
     configure_mappers()  # an instance made without its constructor needs configured mappers
     mapper = inspect(model)
     table = model.__table__
-    return tuple(mapper.get_property_by_column(table.c[name]).key for name in names)
+    return tuple(mapper.get_property_by_column(table.c[c.name]).key for c in columns)
 
 
-# (model, id of a column list) -> (the list, its attribute names): the lists are the modules'
-# constants, looked up by identity (naming 30 columns again for every row cost more than
-# building the row)
+# (model, id of a column list) -> (the list, its attribute names), made once per list: the lists
+# are the modules' constants, looked up by identity (naming 30 columns again for every row cost
+# more than building the row)
 _KEYS_BY_LIST: dict[tuple[type[Base], int], tuple[Sequence[Column[Any]], tuple[str, ...]]] = {}
 
 
@@ -105,8 +103,7 @@ def build(model: type[ModelT], columns: Sequence[Column[Any]], values: Sequence[
     session: every column is loaded, no relationship is)."""
     known = _KEYS_BY_LIST.get((model, id(columns)))
     if known is None or known[0] is not columns:
-        known = (columns, _keys(model, tuple(c.name for c in columns)))
-        _KEYS_BY_LIST[(model, id(columns))] = known
+        known = _KEYS_BY_LIST[(model, id(columns))] = (columns, _keys(model, columns))
     # loaded values, as a session's load sets them: no change events, nothing to flush
     return detached(model, dict(zip(known[1], values, strict=True)))
 
