@@ -417,7 +417,9 @@ def print_table(results: dict[str, Measured], data: dict[str, Any], args: argpar
         )
     )
     for key, label in (("worker_cpu_ms_per_job", "CPU ms/job, workers"),
-                       ("client_cpu_ms_per_job", "CPU ms/job, client")):  # fmt: skip
+                       ("client_cpu_ms_per_job", "CPU ms/job, client"),
+                       ("postgresql_cpu_ms_per_job", "CPU ms/job, PostgreSQL"),
+                       ("redis_cpu_ms_per_job", "CPU ms/job, Redis")):  # fmt: skip
         cpu = [data[s].get(key) for s in SYSTEMS]
         rows.append((label, *(num(c) for c in cpu), ratio(cpu[2], cpu[1])))
     rss = [sum(data[s]["rss_mb"].values()) for s in SYSTEMS]
@@ -445,7 +447,10 @@ def print_table(results: dict[str, Measured], data: dict[str, Any], args: argpar
         each = " ".join(f"{x:.2f}x" for x in data["ratios"][key]["rounds"])
         print(f"  tierflow / floor, {label} by round: {each}")
     for w in workers:
-        print(f"  {w.system:<8} {w.describe}  RSS {data[w.system]['rss_mb'][w.name]:.0f} MB")
+        own = data[w.system].get("worker_cpu_ms_per_job_by_worker", {}).get(w.name)
+        cpu_note = f"  CPU {own:.2f} ms/job" if own is not None else ""
+        rss_now = data[w.system]["rss_mb"][w.name]
+        print(f"  {w.system:<8} {w.describe}  RSS {rss_now:.0f} MB{cpu_note}")
     for s in SYSTEMS:
         d = data[s]
         if "redis_top_per_job" in d:
@@ -622,6 +627,9 @@ def main() -> int:
         benches = {"raw": bench_raw, "floor": bench_floor, "tierflow": bench_tierflow}
         rounds: list[dict[str, Measured]] = []
         cpu = {s: [0.0, 0.0] for s in SYSTEMS}  # worker, client CPU seconds over every round
+        cpu_by_worker = {w.name: 0.0 for w in workers}  # each worker's CPU seconds, likewise
+        # the local PostgreSQL's and Redis's CPU seconds while each system was measured
+        cpu_services = {s: dict.fromkeys(counters.SERVICE_NAMES.values(), 0.0) for s in SYSTEMS}
         for r in range(args.rounds):
             # each round measures the three back to back, starting with a different one, so a
             # machine that slows down mid-run slows every system alike
@@ -629,28 +637,41 @@ def main() -> int:
             this: dict[str, Measured] = {}
             for system in order:
                 t0 = time.perf_counter()
-                pids = [w.proc.proc.pid for w in workers if w.system == system]
-                worker_cpu, client_cpu = sum(map(counters.cpu_s, pids)), time.process_time()
+                own = [w for w in workers if w.system == system]
+                pids = [w.proc.proc.pid for w in own]
+                each_before = {w.name: counters.cpu_s(w.proc.proc.pid) for w in own}
+                worker_cpu, client_cpu = sum(each_before.values()), time.process_time()
+                services_before = counters.service_cpu_s()
                 # the commits and Redis commands are counted in the first round only (each
                 # count waits ~10 s for PostgreSQL's statistics)
                 round_args = argparse.Namespace(**{**vars(args), "counts": args.counts and r == 0})
                 this[system] = benches[system](round_args, ctx)
                 cpu[system][0] += sum(map(counters.cpu_s, pids)) - worker_cpu
                 cpu[system][1] += time.process_time() - client_cpu
+                for name, used in counters.service_cpu_s().items():
+                    cpu_services[system][name] += used - services_before[name]
+                for w in own:
+                    cpu_by_worker[w.name] += counters.cpu_s(w.proc.proc.pid) - each_before[w.name]
                 log(f"round {r + 1}/{args.rounds}: {system} measured in "
                     f"{time.perf_counter() - t0:.1f}s")  # fmt: skip
             rounds.append(this)
         results = {s: combined([rd[s] for rd in rounds]) for s in SYSTEMS}
+        # CPU per job over every measurement (warm-ups, round trips, bursts); the idle waits of
+        # the counts cost next to nothing
+        n = (args.warmup + args.jobs + args.throughput_jobs) * args.rounds
         for system in SYSTEMS:
-            # CPU per job over every measurement (warm-ups, round trips, bursts); the idle
-            # waits of the counts cost next to nothing
-            n = (args.warmup + args.jobs + args.throughput_jobs) * args.rounds
             results[system].extra["worker_cpu_ms_per_job"] = cpu[system][0] / n * 1000
             results[system].extra["client_cpu_ms_per_job"] = cpu[system][1] / n * 1000
+            for name, used in cpu_services[system].items():
+                results[system].extra[f"{name.lower()}_cpu_ms_per_job"] = used / n * 1000
         rss: dict[str, dict[str, float]] = {s: {} for s in SYSTEMS}
         for w in workers:
             rss[w.system][w.name] = counters.rss_mb(w.proc.proc.pid)
         data: dict[str, Any] = {s: summary(results[s], rss[s]) for s in SYSTEMS}
+        for w in workers:
+            data[w.system].setdefault("worker_cpu_ms_per_job_by_worker", {})[w.name] = round(
+                cpu_by_worker[w.name] / n * 1000, 3
+            )
         data["layout"] = args.layout
         data["ratios"] = round_ratios(rounds)
         data["rounds"] = [

@@ -152,6 +152,23 @@ def cpu_s(pid: int) -> float:
     return total
 
 
+SERVICE_NAMES = {"postgres": "PostgreSQL", "redis-server": "Redis"}
+
+
+def service_cpu_s() -> dict[str, float]:
+    """User + system CPU seconds so far of every process of each local service (by process
+    name: ``postgres``, ``redis-server``), summed per service. A backend that exits between two
+    readings takes its share with it, so a difference is a lower bound; the services are shared
+    with whatever else runs on the machine, so read it beside the other system's."""
+    out = dict.fromkeys(SERVICE_NAMES.values(), 0.0)
+    for proc in psutil.process_iter(["name", "cpu_times"]):
+        label = SERVICE_NAMES.get(proc.info["name"] or "")
+        times = proc.info["cpu_times"]
+        if label is not None and times is not None:
+            out[label] += times.user + times.system
+    return out
+
+
 def rss_mb(pid: int) -> float:
     proc = psutil.Process(pid)
     total = proc.memory_info().rss
