@@ -48,8 +48,10 @@ class Job(Base):
     # sha256 hex of the request the key was first used with (JobRequest.fingerprint); None on
     # rows stored before migration 0003, which match any request with their key.
     request_fingerprint: Mapped[str | None] = mapped_column(String(64))
-    status: Mapped[str] = mapped_column(String(16), index=True)
-    action_type: Mapped[str] = mapped_column(String(64), index=True)
+    # no index of their own (migration 0010): ix_jobs_status_deadline leads with the status,
+    # and no query selects jobs by action type
+    status: Mapped[str] = mapped_column(String(16))
+    action_type: Mapped[str] = mapped_column(String(64))
     prompt: Mapped[str] = mapped_column(Text)
     context: Mapped[dict[str, Any]] = mapped_column(JsonType, default=dict)
     job_metadata: Mapped[dict[str, Any]] = mapped_column("metadata", JsonType, default=dict)
@@ -93,7 +95,8 @@ class Attempt(Base):
     __tablename__ = "attempts"
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
-    job_id: Mapped[str] = mapped_column(ForeignKey("jobs.id", ondelete="CASCADE"), index=True)
+    # found by uq_attempts_job_attempt, which leads with it (no index of its own: 0010)
+    job_id: Mapped[str] = mapped_column(ForeignKey("jobs.id", ondelete="CASCADE"))
     attempt_no: Mapped[int] = mapped_column(Integer)
     step: Mapped[int] = mapped_column(Integer)
     tier: Mapped[str] = mapped_column(String(32))
