@@ -29,6 +29,7 @@ from sqlalchemy import (
     UniqueConstraint,
     func,
 )
+from sqlalchemy import text as sql_text
 from sqlalchemy.dialects.postgresql import JSONB
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
 
@@ -48,8 +49,8 @@ class Job(Base):
     # sha256 hex of the request the key was first used with (JobRequest.fingerprint); None on
     # rows stored before migration 0003, which match any request with their key.
     request_fingerprint: Mapped[str | None] = mapped_column(String(64))
-    # no index of their own (migration 0010): ix_jobs_status_deadline leads with the status,
-    # and no query selects jobs by action type
+    # in no index (migrations 0010, 0011): the open jobs are ix_jobs_open's, and with the
+    # status unindexed a job's moves update its row in place (HOT); no query selects by action
     status: Mapped[str] = mapped_column(String(16))
     action_type: Mapped[str] = mapped_column(String(64))
     prompt: Mapped[str] = mapped_column(Text)
@@ -84,7 +85,8 @@ class Job(Base):
     )
 
     __table_args__ = (
-        Index("ix_jobs_status_deadline", "status", "deadline"),
+        # the jobs not finished (every terminal write sets finished_at), for the sweeps
+        Index("ix_jobs_open", "deadline", postgresql_where=sql_text("finished_at IS NULL")),
         Index("ix_jobs_created_at", "created_at"),  # cost summaries select jobs by time
     )
 

@@ -8,6 +8,7 @@ cost as the sum of its attempts and superseded calls, and errors raised as SQLAl
 
 from __future__ import annotations
 
+import re
 import threading
 import time
 import uuid
@@ -428,4 +429,76 @@ def test_a_statement_for_one_job_finds_it_by_key_however_many_share_its_status(
             )
             on_jobs = [line for line in plan.splitlines() if "Scan" in line and " on jobs" in line]
             assert on_jobs and all("pkey" in line for line in on_jobs), f"{name}:\n{plan}"
+        conn.rollback()
+
+
+def test_no_index_of_jobs_holds_a_column_the_route_or_the_claim_writes(database: str) -> None:
+    """The route's and the claim's updates of a job change only columns no index of ``jobs``
+    holds (in its key or its predicate), so PostgreSQL can write them in place (HOT), with no
+    index entry (migration 0011). The columns are read from the statements themselves."""
+    from tierflow.store.attempts import _CLAIM_SQL
+    from tierflow.store.jobs import _SAVE_PLAN_FOR_MODE_SQL, _SAVE_PLAN_SQL
+
+    written: set[str] = set()
+    for stmt in (_SAVE_PLAN_SQL[False], _SAVE_PLAN_SQL[True], _SAVE_PLAN_FOR_MODE_SQL, _CLAIM_SQL):
+        found = re.findall(r"UPDATE jobs SET (.*?)(?:\s+FROM\s|\s+WHERE\s)", stmt.sql, re.S)
+        assert found, stmt.sql
+        for sets in found:
+            written.update(re.findall(r"(\w+)\s*=", sets))
+    assert {"status", "updated_at", "plan"} <= written
+    url = get_settings().sqlalchemy_url.replace("+psycopg", "")
+    with psycopg.connect(url) as conn:
+        indexes = conn.execute(
+            "SELECT indexname, indexdef FROM pg_indexes"
+            " WHERE schemaname = 'public' AND tablename = 'jobs'"
+        ).fetchall()
+    assert {name for name, _ in indexes} >= {"jobs_pkey", "ix_jobs_open"}
+    for name, definition in indexes:
+        held = {column for column in written if re.search(rf"\b{column}\b", definition)}
+        assert not held, f"{name} holds {sorted(held)}: {definition}"
+
+
+def test_the_sweeps_read_the_open_jobs_from_their_index_not_the_table(database: str) -> None:
+    """The expiry sweep's and the stalled-job sweep's queries, as the store sends them, planned
+    over a ``jobs`` of 3,000 finished jobs and 3 open ones (a temporary table of the same shape
+    and indexes): each reads ``ix_jobs_open``'s few entries, never every row of the table."""
+    from sqlalchemy import event
+
+    from tierflow.core.db import get_engine
+    from tierflow.store.sweeps import stalled_jobs
+
+    sent: list[tuple[str, Any]] = []
+
+    def keep(_conn: Any, _cursor: Any, statement: str, parameters: Any, *_: Any) -> None:
+        if statement.lstrip().upper().startswith("SELECT") and "FROM jobs" in statement:
+            sent.append((statement, parameters))
+
+    engine = get_engine()
+    event.listen(engine, "before_cursor_execute", keep)
+    try:
+        store.open_jobs_past(utcnow())
+        stalled_jobs(120.0)
+    finally:
+        event.remove(engine, "before_cursor_execute", keep)
+    assert len(sent) == 2, sent
+    url = get_settings().sqlalchemy_url.replace("+psycopg", "")
+    seed = new_job(routed=False)
+    names = [c.name for c in rows.JOB_COLUMNS]
+    with psycopg.connect(url) as conn:  # one transaction, rolled back
+        conn.execute("CREATE TEMP TABLE jobs (LIKE public.jobs INCLUDING ALL)")
+        for finished, count in ((True, 3000), (False, 3)):
+            copied = {"id": "gen_random_uuid()::text", "idempotency_key": "NULL"}
+            if finished:
+                copied.update(status="'succeeded'", finished_at="now()")
+            conn.execute(
+                f"INSERT INTO jobs ({', '.join(names)})"
+                f" SELECT {', '.join(copied.get(n, 't.' + n) for n in names)}"
+                f" FROM public.jobs t, generate_series(1, {count}) WHERE t.id = %(seed)s",
+                {"seed": seed},
+            )
+        conn.execute("ANALYZE jobs")
+        for statement, parameters in sent:
+            plan = "\n".join(row[0] for row in conn.execute("EXPLAIN " + statement, parameters))
+            assert "Seq Scan on jobs" not in plan, plan
+            assert "Index Scan using jobs_deadline_idx on jobs" in plan, plan
         conn.rollback()

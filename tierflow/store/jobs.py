@@ -341,9 +341,15 @@ def result_of(job: Job, attempts: list[Attempt]) -> JobResult:
 
 
 def open_jobs_past(deadline: datetime) -> list[Job]:
+    """Unfinished jobs whose deadline is before ``deadline`` (read from ``ix_jobs_open``, the
+    unfinished jobs alone: ``finished_at IS NULL`` is its predicate)."""
     with session_scope() as session:
         return list(
             session.execute(
-                select(Job).where(Job.status.not_in(TERMINAL_STATUSES), Job.deadline < deadline)
+                select(Job).where(
+                    Job.finished_at.is_(None),
+                    Job.status.not_in(TERMINAL_STATUSES),
+                    Job.deadline < deadline,
+                )
             ).scalars()
         )

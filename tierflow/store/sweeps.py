@@ -32,6 +32,7 @@ def stalled_jobs(stale_after_s: float, limit: int = 500) -> list[Job]:
             session.execute(
                 select(Job)
                 .where(
+                    Job.finished_at.is_(None),  # ix_jobs_open's predicate: the open jobs alone
                     Job.status.not_in(TERMINAL_STATUSES),
                     Job.updated_at < func.now() - timedelta(seconds=stale_after_s),
                     ~live,

@@ -1,0 +1,41 @@
+"""open jobs in an index of their own; no index on the status, so a job's moves update in place
+
+``ix_jobs_status_deadline (status, deadline)`` is replaced by ``ix_jobs_open (deadline) WHERE
+finished_at IS NULL``: the jobs not finished yet (every terminal write sets ``finished_at``),
+which is what the sweeps look for (past their deadline; stalled), ordered by deadline. Its size
+is the jobs in flight, not the table's history, and the sweeps read it instead of the table.
+
+With no index on ``status`` (nor on ``updated_at``, ``complexity`` or ``plan``), the route's and
+the claim's updates of a job change no indexed column, so PostgreSQL can write them as
+heap-only tuples (HOT: no index entry at all) when the row's page has room: ``fillfactor`` 80
+leaves a fifth of each new page of jobs for them.
+
+Revision ID: 0011
+Revises: 0010
+Create Date: 2026-12-03
+"""
+
+from collections.abc import Sequence
+
+import sqlalchemy as sa
+
+from alembic import op
+
+revision: str = "0011"
+down_revision: str | None = "0010"
+branch_labels: str | Sequence[str] | None = None
+depends_on: str | Sequence[str] | None = None
+
+
+def upgrade() -> None:
+    op.create_index(
+        "ix_jobs_open", "jobs", ["deadline"], postgresql_where=sa.text("finished_at IS NULL")
+    )
+    op.drop_index("ix_jobs_status_deadline", table_name="jobs")
+    op.execute("ALTER TABLE jobs SET (fillfactor = 80)")
+
+
+def downgrade() -> None:
+    op.execute("ALTER TABLE jobs RESET (fillfactor)")
+    op.create_index("ix_jobs_status_deadline", "jobs", ["status", "deadline"])
+    op.drop_index("ix_jobs_open", table_name="jobs")
