@@ -626,8 +626,10 @@ def main() -> int:
 
         benches = {"raw": bench_raw, "floor": bench_floor, "tierflow": bench_tierflow}
         rounds: list[dict[str, Measured]] = []
-        cpu = {s: [0.0, 0.0] for s in SYSTEMS}  # worker, client CPU seconds over every round
-        cpu_by_worker = {w.name: 0.0 for w in workers}  # each worker's CPU seconds, likewise
+        # CPU seconds over every round: each worker's (a system's is the sum of its workers'),
+        # this client's while each system was measured
+        cpu_by_worker = {w.name: 0.0 for w in workers}
+        cpu_client = dict.fromkeys(SYSTEMS, 0.0)
         # the local PostgreSQL's and Redis's CPU seconds while each system was measured
         cpu_services = {s: dict.fromkeys(counters.SERVICE_NAMES.values(), 0.0) for s in SYSTEMS}
         for r in range(args.rounds):
@@ -638,16 +640,13 @@ def main() -> int:
             for system in order:
                 t0 = time.perf_counter()
                 own = [w for w in workers if w.system == system]
-                pids = [w.proc.proc.pid for w in own]
                 each_before = {w.name: counters.cpu_s(w.proc.proc.pid) for w in own}
-                worker_cpu, client_cpu = sum(each_before.values()), time.process_time()
-                services_before = counters.service_cpu_s()
+                client_cpu, services_before = time.process_time(), counters.service_cpu_s()
                 # the commits and Redis commands are counted in the first round only (each
                 # count waits ~10 s for PostgreSQL's statistics)
                 round_args = argparse.Namespace(**{**vars(args), "counts": args.counts and r == 0})
                 this[system] = benches[system](round_args, ctx)
-                cpu[system][0] += sum(map(counters.cpu_s, pids)) - worker_cpu
-                cpu[system][1] += time.process_time() - client_cpu
+                cpu_client[system] += time.process_time() - client_cpu
                 for name, used in counters.service_cpu_s().items():
                     cpu_services[system][name] += used - services_before[name]
                 for w in own:
@@ -660,8 +659,9 @@ def main() -> int:
         # the counts cost next to nothing
         n = (args.warmup + args.jobs + args.throughput_jobs) * args.rounds
         for system in SYSTEMS:
-            results[system].extra["worker_cpu_ms_per_job"] = cpu[system][0] / n * 1000
-            results[system].extra["client_cpu_ms_per_job"] = cpu[system][1] / n * 1000
+            worker_cpu = sum(cpu_by_worker[w.name] for w in workers if w.system == system)
+            results[system].extra["worker_cpu_ms_per_job"] = worker_cpu / n * 1000
+            results[system].extra["client_cpu_ms_per_job"] = cpu_client[system] / n * 1000
             for name, used in cpu_services[system].items():
                 results[system].extra[f"{name.lower()}_cpu_ms_per_job"] = used / n * 1000
         rss: dict[str, dict[str, float]] = {s: {} for s in SYSTEMS}

@@ -34,7 +34,7 @@ import sys
 import tempfile
 import time
 import uuid
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -117,7 +117,7 @@ class Schema:
             self.conn.execute(sql)
         pid = self.conn.execute("SELECT pg_backend_pid()").fetchone()
         assert pid is not None
-        self.backend = psutil.Process(pid[0])
+        self.backends = [psutil.Process(pid[0])]
 
     def replay(self, job: list[Recorded]) -> None:
         for sql, params in job:
@@ -174,7 +174,7 @@ class Floor:
 
 
 def measure(
-    targets: list[Any], jobs: list[list[Recorded]], warmup: int
+    targets: list[Schema | Floor], jobs: list[list[Recorded]], warmup: int
 ) -> dict[str, tuple[float, float]]:
     """Replay ``jobs`` on every target, taking turns job by job; per target the backend's and
     this thread's CPU per job (µs) over the jobs after ``warmup``."""
@@ -182,10 +182,7 @@ def measure(
         for target in targets:
             target.replay(job)
 
-    def backends(target: Any) -> list[psutil.Process]:
-        return list(getattr(target, "backends", None) or [target.backend])
-
-    before = {t.name: sum(map(backend_cpu_s, backends(t))) for t in targets}
+    before = {t.name: sum(map(backend_cpu_s, t.backends)) for t in targets}
     client = dict.fromkeys(before, 0.0)
     timed = jobs[warmup:]
     for job in timed:
@@ -195,7 +192,7 @@ def measure(
             client[target.name] += time.thread_time() - started
     n = len(timed)
     return {
-        t.name: ((sum(map(backend_cpu_s, backends(t))) - before[t.name]) / n * 1e6,
+        t.name: ((sum(map(backend_cpu_s, t.backends)) - before[t.name]) / n * 1e6,
                  client[t.name] / n * 1e6)
         for t in targets
     }  # fmt: skip
@@ -248,8 +245,7 @@ def main() -> int:
         jobs = record_jobs(args.jobs, run_id)
         log(f"recorded {len(jobs)} jobs of four statements each")
         for r in range(args.rounds):
-            made: list[Callable[[], Any]] = [*(lambda s=s: Schema(*s) for s in schemas), Floor]
-            targets = [make() for make in made]
+            targets: list[Schema | Floor] = [*(Schema(*s) for s in schemas), Floor()]
             targets = targets[r % len(targets) :] + targets[: r % len(targets)]
             try:
                 got = measure(targets, jobs, args.warmup)

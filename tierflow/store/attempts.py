@@ -148,8 +148,7 @@ def claim_attempt(
             # The job starts running in the claim's own statement (a CTE: one round trip).
             start = (
                 update(Job)
-                # by the key alone: see rows.status_is
-                .where(Job.id == job_id, Job.status.concat("") == JobStatus.ROUTED.value)
+                .where(Job.id == job_id, Job.status == JobStatus.ROUTED.value)
                 .values(status=JobStatus.RUNNING.value)
                 .cte("start_job")
             )
@@ -200,7 +199,7 @@ WITH locked AS (
     RETURNING a.id
 ), started AS (
     UPDATE jobs SET status = '{JobStatus.RUNNING}', updated_at = now() FROM claimed
-    WHERE jobs.id = :job_id AND {rows.status_is("jobs.status", JobStatus.ROUTED)}
+    WHERE jobs.id = :job_id AND jobs.status = '{JobStatus.ROUTED}'
 )
 SELECT {rows.columns_of("locked", rows.JOB_COLUMNS)}, (SELECT id FROM claimed) AS claimed,
        {CURRENT_MODE_SQL} AS mode, {rows.ASYNC_COMMIT}

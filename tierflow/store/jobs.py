@@ -173,7 +173,7 @@ def _save_plan_sql(durable: bool) -> rows.Statement:
     return rows.statement(
         f"""UPDATE jobs SET status = '{JobStatus.ROUTED}', complexity = :complexity, plan = :plan,
     updated_at = now()
-WHERE id = :id AND {rows.status_is("status", JobStatus.QUEUED)}
+WHERE id = :id AND status = '{JobStatus.QUEUED}'
 RETURNING {returning}""",
         json=["plan"],
     )
@@ -213,7 +213,7 @@ def routing(job_id: str) -> Iterator[tuple[Job | None, str | None, Save]]:
 _SAVE_PLAN_FOR_MODE_SQL = rows.statement(
     f"""UPDATE jobs SET status = '{JobStatus.ROUTED}', complexity = :complexity, plan = :plan,
     updated_at = now()
-WHERE id = :id AND {rows.status_is("status", JobStatus.QUEUED)}
+WHERE id = :id AND status = '{JobStatus.QUEUED}'
   AND {CURRENT_MODE_SQL} IS NOT DISTINCT FROM CAST(:mode AS text)
 RETURNING id, {rows.ASYNC_COMMIT}""",
     json=["plan"],

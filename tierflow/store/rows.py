@@ -71,15 +71,6 @@ def statement(sql: str, json: Iterable[str] = ()) -> Statement:
     return Statement(_NAMED.sub(r"%(\1)s", sql.replace("%", "%%")), frozenset(json))
 
 
-def status_is(column: str, status: str) -> str:
-    """``column = 'status'`` written so that no index on the column can serve it, for the
-    statements that find their one row by primary key: with a fresh or stale table's
-    statistics PostgreSQL ties the status index with the key and can take it, and a lookup of
-    one queued job then reads every queued job (600 rows for each route of a 600-job backlog,
-    seen in the plans). ``||`` makes it an expression no index is on; the value is the same."""
-    return f"({column} || '') = '{status}'"
-
-
 def columns_of(alias: str, columns: Sequence[Column[Any]]) -> str:
     """``alias.a, alias.b, ..``: a select list in the ORM table's order."""
     return ", ".join(f"{alias}.{c.name}" for c in columns)
