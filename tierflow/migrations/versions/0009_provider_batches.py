@@ -1,7 +1,7 @@
 """provider_batches and provider_batch_items: API-tier calls through the providers' Batch APIs
 
 Revision ID: 0009
-Revises: 0007
+Revises: 0008
 Create Date: 2026-12-02
 """
 

@@ -10,6 +10,11 @@ the claim's updates of a job change no indexed column, so PostgreSQL can write t
 heap-only tuples (HOT: no index entry at all) when the row's page has room: ``fillfactor`` 80
 leaves a fifth of each new page of jobs for them.
 
+The index is built and the old one dropped ``CONCURRENTLY`` (outside the migration's
+transaction): a fleet still running on a large jobs table keeps writing while it is built,
+instead of waiting on a lock for the whole scan. A build that fails leaves an invalid
+``ix_jobs_open`` behind; the next upgrade drops it and builds it again.
+
 Revision ID: 0011
 Revises: 0010
 Create Date: 2026-12-03
@@ -28,14 +33,23 @@ depends_on: str | Sequence[str] | None = None
 
 
 def upgrade() -> None:
-    op.create_index(
-        "ix_jobs_open", "jobs", ["deadline"], postgresql_where=sa.text("finished_at IS NULL")
-    )
-    op.drop_index("ix_jobs_status_deadline", table_name="jobs")
+    with op.get_context().autocommit_block():
+        op.execute("DROP INDEX CONCURRENTLY IF EXISTS ix_jobs_open")  # a failed build's
+        op.create_index(
+            "ix_jobs_open",
+            "jobs",
+            ["deadline"],
+            postgresql_where=sa.text("finished_at IS NULL"),
+            postgresql_concurrently=True,
+        )
+        op.drop_index("ix_jobs_status_deadline", table_name="jobs", postgresql_concurrently=True)
     op.execute("ALTER TABLE jobs SET (fillfactor = 80)")
 
 
 def downgrade() -> None:
     op.execute("ALTER TABLE jobs RESET (fillfactor)")
-    op.create_index("ix_jobs_status_deadline", "jobs", ["status", "deadline"])
-    op.drop_index("ix_jobs_open", table_name="jobs")
+    with op.get_context().autocommit_block():
+        op.create_index(
+            "ix_jobs_status_deadline", "jobs", ["status", "deadline"], postgresql_concurrently=True
+        )
+        op.drop_index("ix_jobs_open", table_name="jobs", postgresql_concurrently=True)
