@@ -2,7 +2,7 @@
 
     python tests/bench/bench_fleet.py [--jobs 200] [--throughput-jobs 500] [--warmup 20]
         [--concurrency 8] [--pool threads] [--layout one|split] [--rounds 3] [--json]
-        [--sql-trace 3] [--profile DIR [--profile-jobs 100]] [--no-counts]
+        [--sql-trace 3] [--profile DIR [--profile-jobs 100] [--profile-gil]] [--no-counts]
 
 Needs PostgreSQL on 127.0.0.1:5432 (trust, user ``postgres``) and Redis on 127.0.0.1:6379. The
 run makes its own database and Redis key prefix, and removes both (and stops its workers) at the
@@ -41,7 +41,7 @@ stats flush, ``--no-counts`` skips the waits and the commit counts), Redis comma
 every worker process after the run. ``--sql-trace N`` (after the timed phases, default 3): every
 SQL statement of N tierflow jobs, in order, by process, from the PostgreSQL server log.
 ``--profile DIR``: py-spy on every tierflow worker and on this client over ``--profile-jobs``
-extra sequential jobs.
+extra sequential jobs (``--profile-gil``: only the thread holding the GIL is sampled).
 
 Not collected by pytest (``tests/bench`` is ignored).
 """
@@ -557,6 +557,11 @@ def main() -> int:
         "--profile", type=Path, metavar="DIR", help="py-spy the tierflow workers into DIR"
     )
     parser.add_argument("--profile-jobs", type=int, default=100)
+    parser.add_argument(
+        "--profile-gil",
+        action="store_true",
+        help="sample only GIL-holding threads (a thread blocked in a socket read drops out)",
+    )
     args = parser.parse_args()
     if args.jobs < 1 or args.throughput_jobs < 1 or args.warmup < 0 or args.rounds < 1:
         parser.error(
@@ -687,7 +692,9 @@ def main() -> int:
         summaries: dict[str, counters.ProfileSummary] = {}
         if args.profile:
             log(f"profiling {args.profile_jobs} sequential tierflow jobs (untimed)")
-            profiler = counters.Profiler(args.profile, {**fleet_procs, "client": os.getpid()})
+            profiler = counters.Profiler(
+                args.profile, {**fleet_procs, "client": os.getpid()}, gil=args.profile_gil
+            )
             timed(tierflow_one(run_id), args.profile_jobs, [])
             for name, path in profiler.stop().items():
                 summaries[name] = counters.summarize_collapsed(path.read_text().splitlines())

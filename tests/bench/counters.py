@@ -301,9 +301,16 @@ def trace_jobs(
 
 # -- py-spy --------------------------------------------------------------------------------------
 class Profiler:
-    """``py-spy record`` attached to some processes until :meth:`stop`."""
+    """``py-spy record`` attached to some processes until :meth:`stop`.
 
-    def __init__(self, out_dir: Path, procs: dict[str, int], rate: int = 250) -> None:
+    ``gil``: sample only the thread holding the GIL (py-spy ``--gil``): a thread blocked in a
+    socket read (redis-py's ``_read_from_socket``, psycopg's wait) has released it and drops
+    out, which the idle filter (:data:`IDLE_LEAVES`) cannot tell from a read of data already
+    there; C work done without the GIL drops out too."""
+
+    def __init__(
+        self, out_dir: Path, procs: dict[str, int], rate: int = 250, gil: bool = False
+    ) -> None:
         self.exe = shutil.which("py-spy") or str(Path(os.sys.executable).with_name("py-spy"))  # type: ignore[attr-defined]
         self.files: dict[str, Path] = {}
         self.procs: list[subprocess.Popen[bytes]] = []
@@ -325,6 +332,7 @@ class Profiler:
                         "--output",
                         str(path),
                         "--threads",
+                        *(["--gil"] if gil else []),
                     ],
                     stdout=subprocess.DEVNULL,
                     stderr=subprocess.DEVNULL,
