@@ -2,10 +2,15 @@
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
+
 import pytest
 from alembic.autogenerate import compare_metadata
 from alembic.migration import MigrationContext
-from sqlalchemy import create_engine
+from alembic.script import ScriptDirectory
+from sqlalchemy import create_engine, text
 
 from schemas.tables import Base
 from tests.support import services
@@ -48,12 +53,6 @@ def test_migrations_downgrade_to_base_and_back(services_ready: None) -> None:
 def test_replicas_upgrading_one_database_at_once_all_reach_head(services_ready: None) -> None:
     """Three `tierflow db upgrade` processes started together on a fresh database (replicas'
     init containers): each exits 0 and the database is at head, migrated once."""
-    import os
-    import subprocess
-    import sys
-
-    from sqlalchemy import text
-
     name = "tierflow_migrace_" + services.uuid.uuid4().hex[:8]
     url = services.create_database(name)
     try:
@@ -79,8 +78,6 @@ def test_replicas_upgrading_one_database_at_once_all_reach_head(services_ready: 
                 text("SELECT indisvalid FROM pg_index WHERE indexrelid = 'ix_jobs_open'::regclass")
             ).scalar()
         engine.dispose()
-        from alembic.script import ScriptDirectory
-
         from tierflow.core.db import alembic_config
 
         head = ScriptDirectory.from_config(alembic_config(url)).get_current_head()

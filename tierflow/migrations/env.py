@@ -2,11 +2,11 @@
 
 One upgrade at a time per database: an online run holds a PostgreSQL advisory lock
 (:data:`MIGRATION_LOCK`, on its own connection's session) from before it reads the database's
-revision until its last migration is committed, so replicas that each run ``tierflow db
-upgrade`` as they start (two routers' init containers) take turns: the first migrates, the
-others wait for it (polling, holding no transaction) and then find the database at head.
-Without it they all read the old revision and all but one failed on the objects the first had
-just created.
+revision until that connection closes, after its last commit, so replicas that each run
+``tierflow db upgrade`` as they start (two routers' init containers) take turns: the first
+migrates, the others wait for it (polling, holding no transaction) and then find the database
+at head. Without it they all read the old revision and all but one failed on the objects the
+first had just created.
 """
 
 from __future__ import annotations
@@ -70,18 +70,12 @@ def _lock(connection: Connection) -> None:
 def run_migrations_online() -> None:
     engine = create_engine(_url(), poolclass=pool.NullPool)
     with engine.connect() as connection:
+        # held until this connection closes (NullPool: at the end of the block), whatever the
+        # migrations did, so a failed or lost run releases it too
         _lock(connection)
-        try:
-            context.configure(
-                connection=connection, target_metadata=Base.metadata, compare_type=True
-            )
-            with context.begin_transaction():
-                context.run_migrations()
-        finally:
-            if connection.in_transaction():
-                connection.rollback()  # a failed migration's (PostgreSQL has aborted it)
-            connection.execute(text("SELECT pg_advisory_unlock(:key)"), {"key": MIGRATION_LOCK})
-            connection.commit()
+        context.configure(connection=connection, target_metadata=Base.metadata, compare_type=True)
+        with context.begin_transaction():
+            context.run_migrations()
     engine.dispose()
 
 

@@ -13,7 +13,9 @@ leaves a fifth of each new page of jobs for them.
 The index is built and the old one dropped ``CONCURRENTLY`` (outside the migration's
 transaction): a fleet still running on a large jobs table keeps writing while it is built,
 instead of waiting on a lock for the whole scan. A build that fails leaves an invalid
-``ix_jobs_open`` behind; the next upgrade drops it and builds it again.
+``ix_jobs_open`` behind, and a run cut short after the build may have dropped the old index
+already: the next upgrade drops the first, builds it again, and drops the second if it is
+still there.
 
 Revision ID: 0011
 Revises: 0010
@@ -42,7 +44,7 @@ def upgrade() -> None:
             postgresql_where=sa.text("finished_at IS NULL"),
             postgresql_concurrently=True,
         )
-        op.drop_index("ix_jobs_status_deadline", table_name="jobs", postgresql_concurrently=True)
+        op.execute("DROP INDEX CONCURRENTLY IF EXISTS ix_jobs_status_deadline")  # or a rerun's
     op.execute("ALTER TABLE jobs SET (fillfactor = 80)")
 
 
