@@ -25,6 +25,9 @@ _ENV_REF = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
 EXTRA_BUFFERS_CHOICES = ("auto", "on", "off")
 # OpenAI's Batch API and Anthropic's Message Batches both charge half the synchronous price.
 BATCH_DISCOUNT = 0.5
+# The variable an API provider's key is read from when a model names none (``api_key_env``);
+# a provider not listed (a local server) needs no key unless its model names one.
+DEFAULT_KEY_VARIABLES = {"openai": "OPENAI_API_KEY", "anthropic": "ANTHROPIC_API_KEY"}
 
 
 class _Strict(BaseModel):
@@ -82,6 +85,12 @@ class ModelConfig(_Strict):
             object.__setattr__(self, "input_cost_per_million", per_million)
             object.__setattr__(self, "output_cost_per_million", per_million)
         return self
+
+    @property
+    def key_variable(self) -> str | None:
+        """The environment variable this model's API key is read from: ``api_key_env``, else
+        the provider's default (:data:`DEFAULT_KEY_VARIABLES`); None when it needs no key."""
+        return self.api_key_env or DEFAULT_KEY_VARIABLES.get(self.provider)
 
     def price(self, input_tokens: int, output_tokens: int) -> float:
         """Cost in US dollars of the given usage on this model."""

@@ -19,7 +19,7 @@ import anthropic
 import httpx2
 
 from tierflow.core import errors
-from tierflow.core.config import ModelConfig
+from tierflow.core.config import DEFAULT_KEY_VARIABLES, ModelConfig
 from workers.backends.base import (
     Availability,
     Completion,
@@ -38,7 +38,7 @@ class AnthropicBackend:
 
     def __init__(self, model: ModelConfig) -> None:
         self.model = model
-        self.key_env = model.api_key_env or "ANTHROPIC_API_KEY"
+        self.key_env = model.api_key_env or DEFAULT_KEY_VARIABLES["anthropic"]
         self._client: anthropic.Anthropic | None = None
         self._client_key_digest = ""
 

@@ -79,7 +79,7 @@ class OpenAICompatibleBackend:
         self.model = model
         self.provider = model.provider
         self.is_api = model.provider == "openai"
-        self.key_env = model.api_key_env or ("OPENAI_API_KEY" if self.is_api else None)
+        self.key_env = model.key_variable
         # None lets the SDK honour OPENAI_BASE_URL (then https://api.openai.com/v1).
         self.base_url = model.base_url or _DEFAULT_URLS.get(model.provider)
         self._clients: dict[int, openai.OpenAI] = {}  # by shard, for the key of the digest

@@ -18,12 +18,11 @@ from tierflow.core import errors
 from tierflow.core.config import ModelConfig
 
 CLIENT_TIMEOUT_S = 120.0  # an upload of a large input file, a download of its results
-_DEFAULT_KEYS = {"openai": "OPENAI_API_KEY", "anthropic": "ANTHROPIC_API_KEY"}
 _clients: dict[tuple[str, str, str], object] = {}
 
 
 def _key(model: ModelConfig) -> tuple[str, str]:
-    env = model.api_key_env or _DEFAULT_KEYS.get(model.provider, "")
+    env = model.key_variable or ""
     key = os.environ.get(env) if env else None
     if not key:
         raise errors.AuthError(f"{model.provider}: {env or 'its API key variable'} not set")
