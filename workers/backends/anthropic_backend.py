@@ -62,8 +62,10 @@ class AnthropicBackend:
             self._client_key_digest = digest
         return self._client
 
-    def _params(self, request: CompletionRequest) -> tuple[dict[str, Any], str]:
-        """SDK arguments and the prefill the returned text must be prefixed with."""
+    def request_params(self, request: CompletionRequest) -> tuple[dict[str, Any], str]:
+        """The SDK arguments of ``request`` (``messages.create``: body fields plus the
+        ``timeout`` option, seconds) and the prefill the returned text must be prefixed with; a
+        provider batch line sends the same body."""
         system = request.system or ""
         messages: list[dict[str, str]] = [{"role": "user", "content": request.prompt}]
         prefill = ""
@@ -97,7 +99,7 @@ class AnthropicBackend:
         return Completion(text, usage[0], usage[1], self.model.model_id, self.provider, stop_reason)
 
     def complete(self, request: CompletionRequest) -> Completion:
-        params, prefill = self._params(request)
+        params, prefill = self.request_params(request)
         try:
             message = self._sdk().messages.create(**params)
         except _SDK_ERRORS as exc:
@@ -111,7 +113,7 @@ class AnthropicBackend:
         return self._completion(prefill + text, tokens, getattr(message, "stop_reason", None))
 
     def stream(self, request: CompletionRequest) -> Iterator[StreamChunk]:
-        params, prefill = self._params(request)
+        params, prefill = self.request_params(request)
         text, input_tokens, output_tokens, stop_reason = "", None, None, None
         try:
             with self._sdk().messages.create(**params, stream=True) as events:

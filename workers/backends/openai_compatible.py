@@ -117,7 +117,9 @@ class OpenAICompatibleBackend:
                 )
         return client
 
-    def _params(self, request: CompletionRequest) -> dict[str, Any]:
+    def request_params(self, request: CompletionRequest) -> dict[str, Any]:
+        """The SDK arguments of ``request`` (``chat.completions.create``): body fields plus the
+        ``timeout`` option (seconds); a provider batch line sends the same body."""
         messages = [{"role": "system", "content": request.system}] if request.system else []
         messages.append({"role": "user", "content": request.prompt})
         params: dict[str, Any] = {
@@ -151,7 +153,7 @@ class OpenAICompatibleBackend:
 
     def complete(self, request: CompletionRequest) -> Completion:
         try:
-            response = self._sdk().chat.completions.create(**self._params(request))
+            response = self._sdk().chat.completions.create(**self.request_params(request))
         except _SDK_ERRORS as exc:
             raise self._failed(exc) from None
         choices = getattr(response, "choices", None)
@@ -168,7 +170,10 @@ class OpenAICompatibleBackend:
         return self._completion(text, getattr(response, "usage", None), finish)
 
     def stream(self, request: CompletionRequest) -> Iterator[StreamChunk]:
-        params = self._params(request) | {"stream": True, "stream_options": {"include_usage": True}}
+        params = self.request_params(request) | {
+            "stream": True,
+            "stream_options": {"include_usage": True},
+        }
         text, usage, finish, refused = "", None, None, False
         try:
             with self._sdk().chat.completions.create(**params) as chunks:

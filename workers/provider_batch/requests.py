@@ -28,9 +28,9 @@ def batch_body(backend: Backend, request: CompletionRequest) -> tuple[dict[str, 
     """
     prefill = ""
     if isinstance(backend, AnthropicBackend):
-        params, prefill = backend._params(request)
+        params, prefill = backend.request_params(request)
     elif isinstance(backend, OpenAICompatibleBackend) and backend.provider == "openai":
-        params = backend._params(request)
+        params = backend.request_params(request)
     else:
         raise errors.InvalidRequest(f"{backend.provider}: no Batch API")
     body = {k: v for k, v in params.items() if k not in SDK_OPTIONS and k != "extra_body"}
