@@ -59,7 +59,9 @@ CONTRADICTION_MARKERS = (
     "actually, the opposite",
     "wait, that's wrong",
 )
-_FENCE = re.compile(r"```[\w+-]*\n(.*?)```", re.S)
+CODE_FENCE = re.compile(r"```([\w+-]*)[^\n]*\n(.*?)```", re.S)
+"""A fenced block: group 1 the language (``python``), group 2 the code; text after the
+language on the opening line (``python title="x.py"``) is allowed and ignored."""
 _VERDICT_NO = re.compile(r"^\W*no\b", re.I)
 
 Critic = Callable[[str, str], str]
@@ -82,7 +84,7 @@ def extract_json(text: str) -> Any:
     Raises ``ValueError`` when none parses.
     """
     candidates = [text.strip()]
-    candidates += [m.strip() for m in _FENCE.findall(text)]
+    candidates += [code.strip() for _, code in CODE_FENCE.findall(text)]
     start, end = text.find("{"), text.rfind("}")
     if 0 <= start < end:
         candidates.append(text[start : end + 1])
@@ -118,7 +120,7 @@ def _format(stripped: str, rule: ActionRule) -> tuple[float, Any, bool, list[str
             except jsonschema.ValidationError as exc:
                 return 0.0, parsed, True, [f"format: JSON does not match the schema: {exc.message}"]
         return 1.0, parsed, True, []
-    if rule.expects_code and not _FENCE.search(stripped + "\n"):
+    if rule.expects_code and not CODE_FENCE.search(stripped + "\n"):
         return 0.0, None, False, ["format: no code block"]
     return 1.0, None, False, []
 

@@ -1,11 +1,13 @@
 """The quality gate: an action's verifiers composed into one verdict on one answer.
 
 ``judge_answer`` runs the action's ``verifiers`` in order (``learned`` last, over the others'
-scores). The answer passes when no verifier failed it (a failed check, disagreeing samples, a
-judge's no, the seed's shape score below its mark) **and** the combined score reaches the
-threshold. The combined score is the learned probability when a scorer is fitted, else the mean
-of the verdicts' scores. The threshold is the calibrated one (:mod:`router.gate.calibration`)
-when the action sets a target and enough labels exist, else ``routing.quality_threshold``.
+scores and the answer's features). The answer passes when no verifier failed it (a vetoing
+check, disagreeing samples, a judge's no, the seed's shape score below its mark) **and** the
+combined score reaches the threshold. The combined score is
+:func:`router.gate.learned.gate_score`: the learned probability when a scorer is fitted, else
+the mean of the verdicts' scores; the same function scores the labels the threshold is fitted on.
+The threshold is the calibrated one (:func:`router.gate.calibration.fit_gate`) when the action
+sets a target and enough labels exist, else ``routing.quality_threshold``.
 """
 
 from __future__ import annotations
@@ -13,7 +15,9 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
+from router.gate.features import FEATURES_VERSION
 from router.gate.kinds import Extracted, extract, kind_of
+from router.gate.learned import gate_score
 from router.gate.verifiers import (
     VERIFIERS,
     Answer,
@@ -55,9 +59,23 @@ class GateReport:
             **self.components,
             "threshold": self.threshold,
             "verdicts": {v.name: v.evidence for v in self.verdicts},
+            "vetoes": self.vetoes,
             "features": self.features,
+            "features_version": FEATURES_VERSION,
             "notes": self.notes,
         }
+
+    @property
+    def vetoes(self) -> list[str]:
+        """The codes of the checks that vetoed the answer, and the names of the other
+        verifiers that failed it (``consistency``, ``judge``, ``shape``)."""
+        found: list[str] = []
+        for verdict in self.verdicts:
+            if verdict.name == "checks":
+                found += verdict.evidence.get("vetoes", [])
+            elif not verdict.passed:
+                found.append(verdict.name)
+        return found
 
 
 def _issues(verdicts: list[Verdict]) -> list[str]:
@@ -74,10 +92,10 @@ def judge_answer(answer: Answer, threshold: float, notes: list[str] | None = Non
     names = answer.rule.verifiers
     verdicts = [get_verifier(name)(answer) for name in names if name != "learned"]
     feats = features(answer, verdicts)
+    scorer = answer.learned if "learned" in names else None
     if "learned" in names:
-        verdicts.append(learned_verdict(answer, verdicts))
-    fitted = "learned" in names and answer.learned is not None
-    score = verdicts[-1].score if fitted else sum(v.score for v in verdicts) / len(verdicts)
+        verdicts.append(learned_verdict(answer, feats))
+    score = gate_score(feats, scorer, names)
     vetoed = any(not v.passed for v in verdicts)
     issues = _issues(verdicts)
     if not vetoed and score < threshold:

@@ -1,7 +1,14 @@
-"""An action's threshold and learned scorer, fitted from its labels and cached per process.
+"""One fit for the gate: an action's learned scorer and its threshold, from its labels.
 
-The fleet reads the labels of an action at most once a minute per process (not per attempt);
-``tierflow eval --prequential`` fits the same way on the rows seen so far.
+:func:`fit_gate` is the only place a scorer and a threshold are fitted: the fleet's gate
+(:func:`calibration_for`, cached per process), ``tierflow eval`` (offline and ``--fleet``) and
+the benchmarks call it. The threshold is fitted on the labels' ranks **as the fitted scorer
+scores them** (:func:`router.gate.learned.gate_rank` over each label's stored features), so the
+threshold and the score the gate compares with it share one scale.
+
+The fleet reads the labels of an action at most once a minute per process (not per attempt).
+A job's daemon feedback wins over the fleet's own labels of it (escalation, audit): only the
+newest label of each job counts, a feedback one first (:func:`labels_of`).
 """
 
 from __future__ import annotations
@@ -10,7 +17,8 @@ import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
-from router.gate.learned import Label, LogisticScorer, calibrated_threshold
+from router.gate.features import FEATURES_VERSION
+from router.gate.learned import Label, LogisticScorer, calibrated_threshold, gate_rank
 from tierflow import store
 from tierflow.core.config import ActionRule
 
@@ -20,24 +28,28 @@ CACHE_S = 60.0
 @dataclass(frozen=True)
 class Calibration:
     """What the gate uses for one action: the threshold, the scorer (None until fitted), how
-    many labels they came from, and notes saying why (e.g. too few labels)."""
+    many labels they came from, the features' version, and notes saying why (too few labels)."""
 
     threshold: float
     scorer: LogisticScorer | None
     labels: int
     notes: list[str] = field(default_factory=list)
+    features_version: int = FEATURES_VERSION
 
 
-def calibrate(rule: ActionRule, default_threshold: float, labels: Sequence[Label]) -> Calibration:
-    """Fit the scorer (if the action uses ``learned``) and the threshold on ``labels``."""
+def fit_gate(rule: ActionRule, default_threshold: float, labels: Sequence[Label]) -> Calibration:
+    """Fit the scorer (if the action uses ``learned``), then the threshold on the labels' ranks
+    under that scorer; the default threshold, with a note, until ``min_labels`` exist."""
     notes: list[str] = []
     enough = len(labels) >= rule.min_labels
-    scorer = LogisticScorer.fit(labels) if enough and "learned" in rule.verifiers else None
-    if "learned" in rule.verifiers and scorer is None:
+    learns = "learned" in rule.verifiers
+    scorer = LogisticScorer.fit(labels) if enough and learns else None
+    if learns and scorer is None:
         notes.append(f"learned: {len(labels)} labels (needs {rule.min_labels}, both outcomes)")
     targeted = rule.target_quality is not None or rule.max_escalation is not None
     threshold = calibrated_threshold(
-        labels,
+        [gate_rank(label.features, scorer, rule.verifiers) for label in labels],
+        [label.good for label in labels],
         target_quality=rule.target_quality,
         max_escalation=rule.max_escalation,
         min_labels=rule.min_labels,
@@ -53,32 +65,41 @@ def calibrate(rule: ActionRule, default_threshold: float, labels: Sequence[Label
 
 
 def labels_of(action: str) -> list[Label]:
-    """The action's stored labels as :class:`Label`, oldest first."""
-    return [
-        Label(row.score if row.score is not None else 0.0, dict(row.features or {}), row.good)
-        for row in store.labels_for(action)
-    ]
+    """The action's stored labels as :class:`Label`, oldest first: one per job, its daemon's
+    feedback when there is any, else the newest of the fleet's own."""
+    chosen: dict[str, tuple[int, Label, str]] = {}
+    for order, row in enumerate(store.labels_for(action)):
+        label = Label(dict(row.features or {}), row.good)
+        held = chosen.get(row.job_id)
+        if held is not None and row.source != "feedback" and held[2] == "feedback":
+            continue
+        chosen[row.job_id] = (order, label, row.source)
+    return [label for _, label, _ in sorted(chosen.values(), key=lambda item: item[0])]
 
 
 _CACHE: dict[tuple[str, str], tuple[float, Calibration]] = {}
 
 
-def calibration_for(action: str, rule: ActionRule, default_threshold: float) -> Calibration:
-    """The action's calibration, read from the labels at most every ``CACHE_S`` seconds; the
-    default threshold alone (no read at all) when the action neither learns nor targets."""
-    uses_labels = (
+def uses_labels(rule: ActionRule) -> bool:
+    """Whether the action's gate is fitted from labels (it learns or targets a threshold)."""
+    return (
         "learned" in rule.verifiers
         or rule.target_quality is not None
         or rule.max_escalation is not None
     )
-    if not uses_labels:
+
+
+def calibration_for(action: str, rule: ActionRule, default_threshold: float) -> Calibration:
+    """The action's calibration, read from the labels at most every ``CACHE_S`` seconds; the
+    default threshold alone (no read at all) when the action neither learns nor targets."""
+    if not uses_labels(rule):
         return Calibration(default_threshold, None, 0)
     key = (action, rule.model_dump_json())
     cached = _CACHE.get(key)
     now = time.monotonic()
     if cached is not None and now - cached[0] < CACHE_S:
         return cached[1]
-    found = calibrate(rule, default_threshold, labels_of(action))
+    found = fit_gate(rule, default_threshold, labels_of(action))
     _CACHE[key] = (now, found)
     return found
 

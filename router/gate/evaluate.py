@@ -19,10 +19,9 @@ the calibrated threshold are fitted on labels (a row's label is ``cheap_correct`
 - ``prequential``: row ``i`` is judged by a fit on rows ``< i`` only (refitted every
   ``refit_every`` rows), the way the fleet learns from the labels it has so far.
 
-A fit is :func:`router.gate.calibration.calibrate` on the rows' labels, with one difference
-from the fleet: the threshold is fitted on the labels' scores *as the new scorer scores them*,
-so that threshold and score share one scale (the fleet's stored labels keep the score of the
-day).
+A fit is :func:`router.gate.calibration.fit_gate` on the rows' labels (each row's features as
+the gate computed them, labelled ``cheap_correct``): the very function the fleet's gate fits
+with, so an offline figure is a forecast of the gate the fleet runs.
 
 :func:`evaluate` compares the gate with weak-only, strong-only, the oracle (escalate exactly the
 wrong cheap answers) and random escalation at the gate's rate (its expected value): the share of
@@ -42,8 +41,8 @@ from pathlib import Path
 from typing import Any
 
 from router.gate import Answer, GateReport, judge_answer
-from router.gate.calibration import Calibration, calibrate
-from router.gate.learned import Label, LogisticScorer, calibrated_threshold
+from router.gate.calibration import Calibration, fit_gate, uses_labels
+from router.gate.learned import VETO_PENALTY, Label, LogisticScorer
 from tierflow.core.config import ActionRule, LLMConfig
 from tierflow.core.errors import ConfigError, TierflowError
 
@@ -52,7 +51,6 @@ OPTIONAL = ("strong_answer", "cheap_samples", "cheap_finish_reason")
 CURVE_SHARES = (0.2, 0.3, 0.4, 0.5)
 DEFAULT_REFIT_EVERY = 10
 DEFAULT_ACTION = "(default text rule)"
-VETO_PENALTY = 2.0  # scores lie in [0, 1]: a vetoed row ranks below every passing one
 _TRUE, _FALSE = {"true", "1"}, {"false", "0"}
 
 
@@ -249,33 +247,13 @@ def _judged(row: EvalRow, report: GateReport) -> Judged:
     return Judged(row, report.score, vetoed, report.passed, report.threshold)
 
 
-def _uses_labels(rule: ActionRule) -> bool:
-    return (
-        "learned" in rule.verifiers
-        or rule.target_quality is not None
-        or rule.max_escalation is not None
-    )
-
-
 def fit(
     rule: ActionRule, default_threshold: float, rows: Sequence[EvalRow], bases: Sequence[GateReport]
 ) -> Calibration:
-    """The scorer and threshold from ``rows`` (judged without a scorer as ``bases``): the
-    scorer on their features, then the threshold on their scores under that scorer."""
-    labels = [Label(b.score, b.features, r.cheap_correct) for r, b in zip(rows, bases, strict=True)]
-    first = calibrate(rule, default_threshold, labels)
-    if first.scorer is None:
-        return first
-    scorer: LogisticScorer = first.scorer
-    rescored = [Label(scorer(label.features), label.features, label.good) for label in labels]
-    threshold = calibrated_threshold(
-        rescored,
-        target_quality=rule.target_quality,
-        max_escalation=rule.max_escalation,
-        min_labels=rule.min_labels,
-    )
-    found = first.threshold if threshold is None else threshold
-    return Calibration(found, scorer, len(labels), first.notes)
+    """The scorer and threshold from ``rows`` (judged without a scorer as ``bases``), by
+    :func:`router.gate.calibration.fit_gate` on their features: the fleet's own fit."""
+    labels = [Label(b.features, r.cheap_correct) for r, b in zip(rows, bases, strict=True)]
+    return fit_gate(rule, default_threshold, labels)
 
 
 def replay(
@@ -298,7 +276,7 @@ def replay(
     bases = [
         judge_answer(_answer(row, rule, default_threshold, None), default_threshold) for row in rows
     ]
-    if not _uses_labels(rule):
+    if not uses_labels(rule):
         judged = [_judged(row, base) for row, base in zip(rows, bases, strict=True)]
         notes = ["nothing fitted: the action neither learns nor targets a threshold"]
         return Replay(judged, prequential, refit_every, default_threshold, notes, fitted=False)

@@ -1,23 +1,26 @@
 """Answer kinds: what an action's answer *is*, how to extract it, and how to check its content.
 
 Each kind turns an answer's text into an :class:`Extracted` value, comparable across samples and
-tiers (the consistency verifier and audits compare these), and runs the kind's own checks:
+tiers (the consistency verifier, escalation labels and audits compare these), and runs the kind's
+own checks. Every failed check has a **code**; a check is a **veto** (:data:`VETO_CODES`) only when
+it never rejects a right answer: measured on strong models' right answers (the dev sets of
+``../shared/data``, ``tests/bench/bench_gate.py --checks``) at most 1% each. The others are
+**soft**: evidence and a feature for the learned scorer, never a rejection on their own.
 
 - ``json``: the JSON object (whole text, a fenced block, or the first ``{...}`` span); checked
-  against the action's ``json_schema`` (field types and values, enums included) and
-  ``required_fields``.
-- ``label``: the one allowed label the answer names (``labels``), matched as a whole word,
-  case-insensitively, also inside a JSON answer; none, or two different ones, fail.
+  against the action's ``json_schema`` and ``required_fields`` (codes ``no_value``, ``schema``).
+- ``label``: the allowed label (``labels``) the answer names, as a whole word, case-insensitively,
+  also inside a JSON answer. None: ``no_value``. Several: the first named is the value and
+  ``several_labels`` is soft (a right answer may name another to rule it out).
 - ``number``: the final answer (``#### X``, "the answer is X", a trailing ``= X``, else the last
-  number); every ``a op b = c`` written in the working is recomputed, and a wrong one fails the
-  answer (a small model's arithmetic slips are the commonest wrong answers that look right).
+  number; none: ``no_value``); every ``expression = value`` of the working is recomputed whole
+  (:mod:`router.gate.arithmetic`, silent where it cannot read); a wrong one is ``arithmetic``.
 - ``code``: the fenced block (or the whole text); Python (a ``python``/``py`` fence or none) must
-  parse with :mod:`ast`, ``json`` must parse; other languages need balanced brackets.
-- ``text``: the text itself, whitespace-normalised; no content check of its own (the shape
-  verifier's checks still apply).
+  parse with :mod:`ast`, ``json`` must parse; other languages need balanced brackets (``parse``).
+- ``text``: the text itself, whitespace-normalised; empty is ``no_value``.
 
-The score of the checks is 1.0 when every check passed and 0.0 when one failed; ``issues`` say
-which, as evidence stored on the attempt.
+The score of the checks is 1.0 when every check passed, 0.5 with soft issues only and 0.0 with a
+veto; ``issues`` say which, as evidence stored on the attempt.
 """
 
 from __future__ import annotations
@@ -31,36 +34,51 @@ from typing import Any
 
 import jsonschema
 
-from router.quality import extract_json
+from router.gate.arithmetic import wrong_equations
+from router.quality import CODE_FENCE, extract_json
 from tierflow.core.config import ActionRule
 
 ANSWER_KINDS = ("json", "label", "number", "code", "text")
-_FENCE = re.compile(r"```([\w+-]*)[^\n]*\n(.*?)```", re.S)
 _NUMBER = r"[-+]?\$?\d[\d,]*(?:\.\d+)?"
-_FINAL = (
+FINAL_MARKERS = (
     re.compile(rf"####\s*({_NUMBER})"),
     re.compile(rf"(?i)answer\s*(?:is|:|=)\s*\**\s*({_NUMBER})"),
     re.compile(rf"=\s*({_NUMBER})\s*\.?\s*$"),
 )
-_OPS = "-+*/x\u00d7\u00f7"  # also the multiplication and division signs
-_ARITH = re.compile(
-    rf"({_NUMBER})\s*([{_OPS}])\s*({_NUMBER})\s*=\s*({_NUMBER})(?!\s*[{_OPS}]\s*\d)"
-)
+VETO_CODES = frozenset({"no_value", "schema", "parse", "arithmetic"})
+"""Failed checks that reject an answer on their own (each measured at most 1% on right answers)."""
+SOFT_CODES = frozenset({"several_labels"})
 _ANY_NUMBER = re.compile(_NUMBER)
 
 
 @dataclass(frozen=True)
 class Extracted:
-    """An answer as its kind reads it: ``value`` (None when not found), the checks' ``score``
-    (1.0 all passed, 0.0 one failed) and the ``issues`` found."""
+    """An answer as its kind reads it: ``value`` (None when not found), the ``issues`` found and
+    the ``codes`` of the checks that failed (:data:`VETO_CODES` or :data:`SOFT_CODES`)."""
 
     value: Any
-    score: float
     issues: list[str] = field(default_factory=list)
+    codes: list[str] = field(default_factory=list)
+
+    @property
+    def vetoes(self) -> list[str]:
+        """The failed checks that reject the answer on their own."""
+        return [code for code in self.codes if code in VETO_CODES]
 
     @property
     def ok(self) -> bool:
-        return self.value is not None and self.score > 0
+        return self.value is not None and not self.vetoes
+
+    @property
+    def score(self) -> float:
+        """1.0 clean, 0.5 with soft issues only, 0.0 with a veto."""
+        if not self.ok:
+            return 0.0
+        return 0.5 if self.codes else 1.0
+
+
+def _failed(code: str, issue: str) -> Extracted:
+    return Extracted(None, [issue], [code])
 
 
 def kind_of(rule: ActionRule) -> str:
@@ -78,7 +96,7 @@ def _json(text: str, rule: ActionRule) -> Extracted:
     try:
         value = extract_json(text)
     except ValueError:
-        return Extracted(None, 0.0, ["checks: no JSON value"])
+        return _failed("no_value", "checks: no JSON value")
     issues = []
     if rule.json_schema is not None:
         try:
@@ -90,7 +108,7 @@ def _json(text: str, rule: ActionRule) -> Extracted:
         issues.append(f"checks: missing fields {missing}")
     if rule.labels and isinstance(value, dict):
         issues += _label_fields(value, rule)
-    return Extracted(_canonical(value), 0.0 if issues else 1.0, issues)
+    return Extracted(_canonical(value), issues, ["schema"] * bool(issues))
 
 
 def _label_fields(value: dict[str, Any], rule: ActionRule) -> list[str]:
@@ -111,7 +129,7 @@ def _canonical(value: Any) -> Any:
 
 def _label(text: str, rule: ActionRule) -> Extracted:
     if not rule.labels:
-        return Extracted(None, 0.0, ["checks: the action names no labels"])
+        return _failed("no_value", "checks: the action names no labels")
     haystack = text
     try:
         parsed = extract_json(text)
@@ -121,17 +139,24 @@ def _label(text: str, rule: ActionRule) -> Extracted:
             haystack = parsed
     except ValueError:
         pass
-    found = {
-        label
-        for label in rule.labels
-        if re.search(rf"(?<![\w-]){re.escape(label)}(?![\w-])", haystack, re.I)
-    }
+    found = labels_named(haystack, rule.labels)
     if not found:
-        return Extracted(None, 0.0, [f"checks: no label of {rule.labels}"])
+        return _failed("no_value", f"checks: no label of {rule.labels}")
     if len(found) > 1:
-        return Extracted(None, 0.0, [f"checks: several labels named: {sorted(found)}"])
-    (label,) = found
-    return Extracted(label.lower(), 1.0)
+        issue = f"checks: several labels named: {[label for _, label in found]}"
+        return Extracted(found[0][1].lower(), [issue], ["several_labels"])
+    return Extracted(found[0][1].lower())
+
+
+def labels_named(text: str, labels: list[str]) -> list[tuple[int, str]]:
+    """The allowed labels ``text`` names as whole words, with where each first appears, in the
+    order they appear."""
+    found = []
+    for label in labels:
+        match = re.search(rf"(?<![\w-]){re.escape(label)}(?![\w-])", text, re.I)
+        if match is not None:
+            found.append((match.start(), label))
+    return sorted(found)
 
 
 def parse_number(raw: str) -> Decimal | None:
@@ -142,35 +167,17 @@ def parse_number(raw: str) -> Decimal | None:
         return None
 
 
-def _recompute(a: Decimal, op: str, b: Decimal) -> Decimal | None:
-    if op == "+":
-        return a + b
-    if op == "-":
-        return a - b
-    if op in "*x\u00d7":
-        return a * b
-    return a / b if b != 0 else None
-
-
 def wrong_arithmetic(text: str) -> list[str]:
-    """Every ``a op b = c`` in the text whose result is wrong (to 2 decimals)."""
-    wrong = []
-    for a_raw, op, b_raw, c_raw in _ARITH.findall(text):
-        a, b, c = parse_number(a_raw), parse_number(b_raw), parse_number(c_raw)
-        if a is None or b is None or c is None:
-            continue
-        result = _recompute(a, op, b)
-        # Written to d decimals, c may be off by half a unit of its last place (10 / 3 = 3.33).
-        decimals = len(c_raw.split(".", 1)[1]) if "." in c_raw else 0
-        tolerance = Decimal(5) / Decimal(10) ** (decimals + 1) + Decimal("1e-9")
-        if result is not None and abs(result - c) > tolerance:
-            wrong.append(f"{a_raw} {op} {b_raw} = {c_raw} (is {result.normalize():f})")
-    return wrong
+    """Every ``expression = value`` in the text whose value is wrong, as ``"3 * 4 = 13 (is 12)"``
+    (:mod:`router.gate.arithmetic`: whole expressions, silent where it cannot read)."""
+    return [
+        f"{e.left} = {e.right} (is {e.left_value.normalize():f})" for e in wrong_equations(text)
+    ]
 
 
 def final_number(text: str) -> Decimal | None:
     """The answer's final number: an explicit marker first, else the last number written."""
-    for pattern in _FINAL:
+    for pattern in FINAL_MARKERS:
         matches = pattern.findall(text.strip())
         if matches:
             return parse_number(matches[-1])
@@ -181,19 +188,19 @@ def final_number(text: str) -> Decimal | None:
 def _number(text: str, rule: ActionRule) -> Extracted:
     value = final_number(text)
     if value is None:
-        return Extracted(None, 0.0, ["checks: no final number"])
+        return _failed("no_value", "checks: no final number")
     wrong = wrong_arithmetic(text)
     issues = [f"checks: wrong arithmetic: {w}" for w in wrong]
-    return Extracted(value.normalize(), 0.0 if wrong else 1.0, issues)
+    return Extracted(value.normalize(), issues, ["arithmetic"] * bool(wrong))
 
 
 def _code(text: str, rule: ActionRule) -> Extracted:
-    blocks = _FENCE.findall(text + "\n")
+    blocks = CODE_FENCE.findall(text + "\n")
     language, code = (blocks[0][0].lower(), blocks[0][1]) if blocks else ("", text)
     if not code.strip():
-        return Extracted(None, 0.0, ["checks: no code"])
+        return _failed("no_value", "checks: no code")
     issue = _parse_problem(language, code)
-    return Extracted(code.strip(), 0.0 if issue else 1.0, [issue] if issue else [])
+    return Extracted(code.strip(), [issue] if issue else [], ["parse"] if issue else [])
 
 
 def _parse_problem(language: str, code: str) -> str | None:
@@ -222,8 +229,8 @@ def _parse_problem(language: str, code: str) -> str | None:
 def _text(text: str, rule: ActionRule) -> Extracted:
     normalised = " ".join(text.split())
     if not normalised:
-        return Extracted(None, 0.0, ["checks: empty answer"])
-    return Extracted(normalised.lower(), 1.0)
+        return _failed("no_value", "checks: empty answer")
+    return Extracted(normalised.lower())
 
 
 _EXTRACTORS = {"json": _json, "label": _label, "number": _number, "code": _code, "text": _text}

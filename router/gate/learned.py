@@ -1,14 +1,19 @@
-"""Learning from labels: a calibrated logistic scorer, and thresholds set to a target.
+"""Learning from labels: a calibrated logistic scorer, one score scale, thresholds set to a target.
 
-A **label** says whether a cheap answer was good: from a daemon's feedback, or from an audit
-(the next tier answered the same prompt; agreement of the extracted answers is the label). Each
-label keeps the features the gate saw (:func:`router.gate.verifiers.features`) and the gate's
-score, so the scorer and the threshold can be fitted again at any time, and replayed offline.
+A **label** says whether a cheap answer was good: from a daemon's feedback, an escalation (the
+next tier's answer, paid for anyway, compared with the cheap one) or an audit (a passed answer
+re-run on the next tier). Each label keeps the **features** the gate saw
+(:func:`router.gate.verifiers.features`: the verdicts' scores, ``vetoed``, the answer's own
+features), so the scorer and the threshold are fitted again at any time from the labels alone.
 
 - :class:`LogisticScorer`: L2-regularised logistic regression on standardised features (plain
   numpy, gradient descent). Its output is a probability that the answer is good.
-- :func:`calibrated_threshold`: the score threshold that meets the action's target:
-  ``max_escalation`` e: the e-quantile of the labelled scores (the lowest e share escalates);
+- :func:`gate_score` and :func:`gate_rank`: the gate's score of a feature set, computed one way
+  for the fleet's gate (:func:`router.gate.judge_answer`), the threshold's fit and ``tierflow
+  eval``: the scorer's probability when one is fitted, else the mean of the verdicts' scores;
+  the rank is the score less :data:`VETO_PENALTY` when a verifier vetoed.
+- :func:`calibrated_threshold`: the rank threshold that meets the action's target on labelled
+  ranks: ``max_escalation`` e: the e-quantile (the lowest e share escalates);
   ``target_quality`` q: the lowest threshold whose gate keeps at least q of the next tier's
   quality on the labelled rows, counting an escalated answer as the next tier's (so quality
   relative to the next tier = (good and passed + escalated) / rows).
@@ -18,17 +23,20 @@ score, so the scorer and the threshold can be fitted again at any time, and repl
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import numpy as np
 
+Scorer = Callable[[dict[str, float]], float]
+"""``scorer(features) -> P(good)``: a fitted :class:`LogisticScorer`, or any such function."""
+VETO_PENALTY = 2.0  # scores lie in [0, 1]: a vetoed answer ranks below every passing one
+
 
 @dataclass(frozen=True)
 class Label:
-    """One labelled answer: the gate's ``score`` and ``features`` then, and whether it was good."""
+    """One labelled answer: the ``features`` the gate saw, and whether it was ``good``."""
 
-    score: float
     features: dict[str, float]
     good: bool
 
@@ -65,25 +73,44 @@ class LogisticScorer:
         return float(1 / (1 + math.exp(-float(z @ self.weights))))
 
 
+def gate_score(feats: dict[str, float], scorer: Scorer | None, verifiers: Sequence[str]) -> float:
+    """The gate's score of one answer's features: the scorer's probability when fitted, else
+    the mean of the verdicts' scores (``learned`` abstaining counts 1.0, as its verdict does)."""
+    if scorer is not None:
+        return scorer(feats)
+    scores = [1.0 if name == "learned" else feats.get(f"{name}_score", 0.0) for name in verifiers]
+    return sum(scores) / len(scores)
+
+
+def gate_rank(feats: dict[str, float], scorer: Scorer | None, verifiers: Sequence[str]) -> float:
+    """:func:`gate_score` less :data:`VETO_PENALTY` when a verifier vetoed: an answer passes
+    exactly when its rank reaches the threshold."""
+    score = gate_score(feats, scorer, verifiers)
+    return score - VETO_PENALTY if feats.get("vetoed", 0.0) >= 0.5 else score
+
+
 def calibrated_threshold(
-    labels: Sequence[Label],
+    ranks: Sequence[float],
+    good: Sequence[bool],
     *,
     target_quality: float | None,
     max_escalation: float | None,
     min_labels: int,
 ) -> float | None:
-    """The threshold meeting the target on ``labels`` (scores as the gate computed them);
-    None with too few labels or no target."""
-    if len(labels) < min_labels or (target_quality is None and max_escalation is None):
+    """The threshold meeting the target on labelled ``ranks`` (:func:`gate_rank` under the
+    scorer that will use the threshold), in [0, 1.01]; None with too few labels or no target."""
+    if len(ranks) < min_labels or (target_quality is None and max_escalation is None):
         return None
-    scores = sorted(label.score for label in labels)
+    ordered = sorted(ranks)
     if max_escalation is not None:
-        index = min(len(scores) - 1, int(max_escalation * len(scores)))
-        return scores[index] if max_escalation > 0 else 0.0
+        index = min(len(ordered) - 1, int(max_escalation * len(ordered)))
+        # A vetoed answer escalates whatever the threshold: it never goes below 0.
+        return max(0.0, ordered[index]) if max_escalation > 0 else 0.0
     assert target_quality is not None
-    for threshold in [0.0, *scores, 1.01]:
-        kept = sum(1 for label in labels if label.score >= threshold and label.good)
-        escalated = sum(1 for label in labels if label.score < threshold)
-        if (kept + escalated) / len(labels) >= target_quality:
+    pairs = list(zip(ranks, good, strict=True))
+    for threshold in [0.0, *(r for r in ordered if r > 0), 1.01]:
+        kept = sum(1 for rank, ok in pairs if rank >= threshold and ok)
+        escalated = sum(1 for rank, _ in pairs if rank < threshold)
+        if (kept + escalated) / len(pairs) >= target_quality:
             return threshold
     return 1.01

@@ -13,20 +13,20 @@ A verifier is ``verifier(answer) -> Verdict``, registered by name with
   which prices and records the calls).
 - ``judge``: a model of a named tier asked whether the answer is right (``answer.judge``,
   priced and recorded by the fleet like any call).
-- ``learned``: a calibrated logistic model over the other verifiers' scores and prompt features,
-  trained on labels (:mod:`router.gate.learned`); with too few labels it abstains.
+- ``learned``: a calibrated logistic model over the other verifiers' scores and the answer's own
+  features (:mod:`router.gate.features`), trained on labels (:mod:`router.gate.learned`); with
+  too few labels it abstains.
 """
 
 from __future__ import annotations
 
-import math
 import re
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from functools import cached_property
-from itertools import islice
 from typing import Any
 
+from router.gate.features import answer_features
 from router.gate.kinds import Extracted, extract, kind_of
 from router.quality import Critic, check_quality
 from tierflow.core.config import ActionRule
@@ -114,7 +114,13 @@ def shape(answer: Answer) -> Verdict:
 def checks(answer: Answer) -> Verdict:
     found = answer.extracted
     value = None if found.value is None else str(found.value)[:200]
-    evidence = {"kind": answer.kind, "value": value, "issues": found.issues}
+    evidence = {
+        "kind": answer.kind,
+        "value": value,
+        "issues": found.issues,
+        "codes": found.codes,
+        "vetoes": found.vetoes,
+    }
     return Verdict("checks", found.score, found.ok, evidence)
 
 
@@ -144,23 +150,26 @@ def judge(answer: Answer) -> Verdict:
 
 
 def features(answer: Answer, verdicts: list[Verdict]) -> dict[str, float]:
-    """What the learned verifier sees: the other verdicts' scores and prompt/answer features."""
-    found: dict[str, float] = {f"{v.name}_score": v.score for v in verdicts if v.name != "learned"}
-    found["prompt_chars_log"] = math.log1p(len(answer.prompt))
-    found["answer_chars_log"] = math.log1p(len(answer.text))
-    found["truncated"] = 1.0 if answer.finish_reason == "length" else 0.0
-    # digits counted up to the 20 that saturate the feature (a long prompt is not walked in
-    # Python one character at a time)
-    digits = len(list(islice(filter(str.isdigit, answer.prompt), 20)))
-    found["prompt_digits"] = min(1.0, digits / 20)
+    """What the learned verifier sees: the other verdicts' scores, ``vetoed`` (1 when one of
+    them rejected the answer) and the answer's own features (:mod:`router.gate.features`)."""
+    others = [v for v in verdicts if v.name != "learned"]
+    found: dict[str, float] = {f"{v.name}_score": v.score for v in others}
+    found["vetoed"] = 1.0 if any(not v.passed for v in others) else 0.0
+    found |= answer_features(
+        answer.prompt,
+        answer.text,
+        answer.rule,
+        answer.kind,
+        answer.extracted,
+        answer.finish_reason,
+    )
     return found
 
 
-def learned_verdict(answer: Answer, verdicts: list[Verdict]) -> Verdict:
-    """The probability that the answer is right, from the action's fitted model; abstains
-    (score 1, passes) when no model is fitted yet."""
-    feats = features(answer, verdicts)
+def learned_verdict(answer: Answer, feats: dict[str, float]) -> Verdict:
+    """The probability that the answer is right, from the action's fitted model over ``feats``
+    (:func:`features`); abstains (score 1, passes) when no model is fitted yet."""
     if answer.learned is None:
-        return Verdict("learned", 1.0, True, {"note": "too few labels: abstains", **feats})
+        return Verdict("learned", 1.0, True, {"note": "too few labels: abstains"})
     probability = answer.learned(feats)
-    return Verdict("learned", probability, True, {"probability": probability, **feats})
+    return Verdict("learned", probability, True, {"probability": round(probability, 4)})

@@ -80,8 +80,13 @@ def test_label_extraction() -> None:
     labels = ActionRule(answer="label", labels=["decision", "fact"])
     assert extract("It is a Decision.", labels).value == "decision"
     assert extract('{"category": "fact"}', labels).value == "fact"
-    assert extract("a decision and a fact", labels).value is None  # two labels
+    # Two labels: the first named is the answer; a soft issue, not a veto (a right answer may
+    # name another label to rule it out: "a decision, not a fact").
+    both = extract("a decision and not a fact", labels)
+    assert (both.value, both.codes, both.ok) == ("decision", ["several_labels"], True)
+    assert both.score == 0.5
     assert extract("factual", labels).value is None  # whole words only
+    assert extract("factual", labels).vetoes == ["no_value"]
 
 
 def test_number_extraction_and_arithmetic_recomputed() -> None:
@@ -92,6 +97,40 @@ def test_number_extraction_and_arithmetic_recomputed() -> None:
     assert wrong_arithmetic("12 * 3 = 36 and 36 - 5 = 30") == ["36 - 5 = 30 (is 31)"]
     assert wrong_arithmetic("10 / 3 = 3.33") == []
     assert wrong_arithmetic("10 / 3 = 3.5") != []
+
+
+@pytest.mark.parametrize(
+    "right",
+    [
+        "3 * 12 / 9 = 4 boxes",  # chained operators: the whole expression, not 12 / 9
+        "60 / 100 * 40 = 24",  # a percentage written out
+        "25% * 40 = 10",  # percent as a hundredth
+        "(30/70)*100 = 42.86%",  # rounded, with a percent naming the unit
+        "94 / 8 = 11 full boxes",  # floored to a whole number
+        "$76 - $25 = $51.",  # currency, and a full stop after the value
+        "1,200 + 300 = 1,500",  # thousands separators
+        "2^4 * 3 = 16 * 3 = 48",  # powers and a chain of equals
+        "2 hours * 60 = 120 minutes",  # runs on into words: not read
+        "20 - 12 = 2W",  # algebra: a side touches a letter
+        "19x - 17 = 78",  # a variable x is no multiplication sign
+        "half of 10 + 4 = 9",  # scaled by a word: not read
+    ],
+)
+def test_arithmetic_reads_whole_expressions_and_never_rejects_right_working(right: str) -> None:
+    assert wrong_arithmetic(right) == []
+
+
+@pytest.mark.parametrize(
+    ("wrong", "found"),
+    [
+        ("3 * 12 / 9 = 5", "3 * 12 / 9 = 5 (is 4)"),
+        ("so 23 * 107 = 2451 items", "23 * 107 = 2451 (is 2461)"),
+        ("4 x 3 = 13", "4 x 3 = 13 (is 12)"),
+        ("then 5 + 3 = 8. 8 * 2 = 15", "8 * 2 = 15 (is 16)"),
+    ],
+)
+def test_arithmetic_finds_wrong_working(wrong: str, found: str) -> None:
+    assert wrong_arithmetic(wrong) == [found]
 
 
 def test_code_kinds_parse() -> None:
