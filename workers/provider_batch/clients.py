@@ -1,4 +1,5 @@
-"""The official SDK clients that submit and poll provider batches.
+"""The official SDK clients that submit, poll and cancel provider batches, and the errors they
+raise mapped onto :mod:`tierflow.core.errors` (:data:`SDK_FAILURES`, :func:`batch_error`).
 
 Built like the backends' (the key read by the SDK's caller from the variable the model names,
 never stored; the model's ``base_url``), one per model and key per process. ``max_retries=0``:
@@ -12,13 +13,28 @@ import hashlib
 import os
 
 import anthropic
+import httpx2
 import openai
 
 from tierflow.core import errors
 from tierflow.core.config import ModelConfig
+from workers.backends.sdk_errors import map_sdk_error
 
 CLIENT_TIMEOUT_S = 120.0  # an upload of a large input file, a download of its results
 _clients: dict[tuple[str, str, str], object] = {}
+# What a submit, poll or cancel may raise besides tierflow's own errors: the SDKs', the transport's,
+# and ValueError for a body that is not valid JSON.
+SDK_FAILURES = (openai.OpenAIError, anthropic.AnthropicError, httpx2.HTTPError, ValueError)
+
+
+def batch_error(exc: Exception, provider: str) -> errors.BackendError:
+    """The :class:`~tierflow.core.errors.BackendError` for a failed submit, poll or cancel: a
+    backend error as it is, a config error (the model left the config) as an invalid request,
+    anything in :data:`SDK_FAILURES` mapped like a call's error: its text built without the SDK's
+    message and scrubbed of keys, safe to log or store."""
+    if isinstance(exc, errors.ConfigError):
+        return errors.InvalidRequest(str(exc))
+    return map_sdk_error(exc, provider)
 
 
 def _key(model: ModelConfig) -> tuple[str, str]:

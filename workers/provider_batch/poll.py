@@ -28,23 +28,25 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import anthropic
-import httpx2
 import openai
 
 from schemas.tables import ProviderBatch
 from tierflow.core import errors
 from tierflow.core.config import LLMConfig
 from tierflow.store import provider_batches
-from workers.backends.sdk_errors import map_sdk_error
 from workers.provider_batch import results
-from workers.provider_batch.clients import anthropic_client, openai_client
+from workers.provider_batch.clients import (
+    SDK_FAILURES,
+    anthropic_client,
+    batch_error,
+    openai_client,
+)
 from workers.provider_batch.dispatch import enqueue_resume
 from workers.provider_batch.late import keep_late_result
 
 log = logging.getLogger(__name__)
 OPENAI_ENDED = frozenset({"completed", "expired", "cancelled", "failed"})
 RESEND_RESUME_AFTER_S = 900.0
-_SDK_FAILURES = (openai.OpenAIError, anthropic.AnthropicError, httpx2.HTTPError, ValueError)
 Result = tuple[str, dict[str, Any]]
 
 
@@ -70,8 +72,8 @@ def poll_open(config: LLMConfig) -> dict[str, int]:
         counts["polled"] += 1
         try:
             polled = poll_one(batch, config)
-        except (errors.ConfigError, errors.BackendError, *_SDK_FAILURES) as exc:
-            err = exc if isinstance(exc, errors.BackendError) else _mapped(exc, batch.provider)
+        except (errors.ConfigError, errors.BackendError, *SDK_FAILURES) as exc:
+            err = batch_error(exc, batch.provider)
             if err.retryable:
                 log.warning("provider batch %s not polled (%s); next tick", batch.id, err)
                 continue
@@ -93,12 +95,6 @@ def poll_open(config: LLMConfig) -> dict[str, int]:
     return counts
 
 
-def _mapped(exc: Exception, provider: str) -> errors.BackendError:
-    if isinstance(exc, errors.ConfigError):
-        return errors.InvalidRequest(str(exc))
-    return map_sdk_error(exc, provider)
-
-
 def poll_one(batch: ProviderBatch, config: LLMConfig) -> Polled:
     model = config.model(batch.model)
     assert batch.remote_id is not None
@@ -115,8 +111,11 @@ def _cancel(batch: ProviderBatch, config: LLMConfig) -> bool:
             openai_client(model).batches.cancel(batch.remote_id)
         else:
             anthropic_client(model).messages.batches.cancel(batch.remote_id)
-    except (errors.ConfigError, errors.BackendError, *_SDK_FAILURES) as exc:
-        log.warning("provider batch %s not cancelled: %s", batch.id, exc)
+    except (errors.ConfigError, errors.BackendError, *SDK_FAILURES) as exc:
+        # Mapped like the other paths: the SDK's own message may carry a key.
+        log.warning(
+            "provider batch %s not cancelled: %s", batch.id, batch_error(exc, batch.provider)
+        )
         return False
     provider_batches.note_cancel_requested(batch.id)
     return True

@@ -22,24 +22,23 @@ import json
 import logging
 from typing import Any, Literal
 
-import anthropic
-import httpx2
-import openai
-
 from schemas.tables import ProviderBatch, ProviderBatchItem
 from tierflow.core import errors
 from tierflow.core.config import LLMConfig, ModelConfig
 from tierflow.store import provider_batches
-from workers.backends.sdk_errors import map_sdk_error
 from workers.provider_batch import results
-from workers.provider_batch.clients import anthropic_client, openai_client
+from workers.provider_batch.clients import (
+    SDK_FAILURES,
+    anthropic_client,
+    batch_error,
+    openai_client,
+)
 from workers.provider_batch.requests import OPENAI_ENDPOINT
 
 log = logging.getLogger(__name__)
 # The only window OpenAI offers; Anthropic's is fixed at 24 h.
 COMPLETION_WINDOW: Literal["24h"] = "24h"
 RESUBMIT_AFTER_S = 300.0
-_SDK_FAILURES = (openai.OpenAIError, anthropic.AnthropicError, httpx2.HTTPError, ValueError)
 
 
 def submit_ready(config: LLMConfig) -> dict[str, int]:
@@ -74,8 +73,8 @@ def submit_one(batch: ProviderBatch, items: list[ProviderBatchItem], config: LLM
             remote_id, status, file_id = _submit_anthropic(items, model), "in_progress", None
         else:
             raise errors.InvalidRequest(f"{model.provider}: no Batch API")
-    except (errors.ConfigError, errors.BackendError, *_SDK_FAILURES) as exc:
-        err = _failed(exc, batch.provider)
+    except (errors.ConfigError, errors.BackendError, *SDK_FAILURES) as exc:
+        err = batch_error(exc, batch.provider)
         if err.retryable:
             log.warning("provider batch %s not submitted (%s); trying again later", batch.id, err)
             return False
@@ -85,14 +84,6 @@ def submit_one(batch: ProviderBatch, items: list[ProviderBatchItem], config: LLM
         return False
     provider_batches.note_submitted(batch.id, remote_id, status, file_id)
     return True
-
-
-def _failed(exc: Exception, provider: str) -> errors.BackendError:
-    if isinstance(exc, errors.BackendError):
-        return exc
-    if isinstance(exc, errors.ConfigError):
-        return errors.InvalidRequest(str(exc))
-    return map_sdk_error(exc, provider)
 
 
 def openai_lines(items: list[ProviderBatchItem]) -> bytes:
