@@ -25,8 +25,9 @@ status, error type, message)``: that request errors), ``srv.delay_s`` (a batch e
 seconds after it was created, seen at the next poll), ``srv.expire`` (it ends *expired* instead
 of completed) with ``srv.run_before_end`` (how many of its requests, in input order, ran before
 it expired or was cancelled: partial results; None runs none). The knobs are read when a batch
-is created. ``srv.created`` lists every batch created, with its requests as the server received
-them.
+is created, except ``srv.leak_key``: while set, every request is answered with a 500 whose
+message echoes the key presented, bare (the secrets tests). ``srv.created`` lists every batch
+created, with its requests as the server received them.
 """
 
 from __future__ import annotations
@@ -154,6 +155,7 @@ class _BatchServer:
         self.expire = False
         self.run_before_end: int | None = None
         self.fail: dict[str, Failure] = {}
+        self.leak_key = False
         self.seen: list[Seen] = []
         self.batches: dict[str, BatchState] = {}
         self.created: list[BatchState] = []
@@ -203,6 +205,10 @@ class _BatchServer:
             self.seen.append(Seen(method, path, headers, raw, time.monotonic()))
             if not self.authorized(headers):
                 return self.error(401, "authentication_error", "invalid x-api-key")
+            if self.leak_key:  # the worst a provider can do: echo the key in an error body
+                bearer = headers.get("authorization", "").removeprefix("Bearer ")
+                presented = headers.get("x-api-key") or bearer
+                return self.error(500, "api_error", f"internal error for key {presented}")
             return self.route(method, path, headers, raw)
 
     def new_batch(self, batch_id: str, requests: list[dict[str, Any]]) -> BatchState:

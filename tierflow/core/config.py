@@ -19,6 +19,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from tierflow.core.constants import Mode, Tier
 from tierflow.core.errors import ConfigError, describe_validation_error
+from tierflow.core.secrets import remember_key_variable
 
 _ENV_REF = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
 # ``options.extra_buffers`` of a model served by the embedded llama.cpp engine.
@@ -77,6 +78,13 @@ class ModelConfig(_Strict):
         if value not in EXTRA_BUFFERS_CHOICES:
             raise ValueError(f"extra_buffers must be one of {', '.join(EXTRA_BUFFERS_CHOICES)}")
         return options
+
+    @field_validator("api_key_env")
+    @classmethod
+    def _scrub_key_variable(cls, name: str | None) -> str | None:
+        if name:
+            remember_key_variable(name)  # its value is a key whatever the variable's name
+        return name
 
     @model_validator(mode="after")
     def _seed_price(self) -> ModelConfig:

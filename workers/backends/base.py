@@ -15,6 +15,7 @@ from typing import Protocol, runtime_checkable
 
 from tierflow.core.config import LLMConfig, ModelConfig
 from tierflow.core.errors import ConfigError
+from tierflow.core.secrets import scrub
 
 
 @dataclass(frozen=True)
@@ -71,8 +72,14 @@ class StreamChunk:
 
 @dataclass(frozen=True)
 class Availability:
+    """Whether a backend can take a call now, and why not: ``reason`` is shown on the dashboard
+    and in logs, so it is scrubbed of keys and URL passwords (a ``base_url`` may carry one)."""
+
     ok: bool
     reason: str = ""
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "reason", scrub(self.reason))
 
 
 @runtime_checkable

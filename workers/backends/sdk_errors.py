@@ -2,14 +2,13 @@
 
 Messages are built from the provider name, the HTTP status and the provider's own error type and
 message only, never from the SDK's message (which embeds the whole body) nor from request headers,
-and are scrubbed of anything that looks like a key, so no API key reaches a log or a job record.
+and are scrubbed (:func:`tierflow.core.secrets.scrub`: key-shaped strings, the values of key
+variables, URL passwords), so no API key reaches a log or a job record.
 """
 
 from __future__ import annotations
 
 import email.utils
-import os
-import re
 import time
 from typing import Any
 
@@ -18,16 +17,8 @@ import httpx2
 import openai
 
 from tierflow.core import errors
+from tierflow.core.secrets import scrub
 
-_KEY_PATTERNS = (
-    (re.compile(r"sk-[A-Za-z0-9_\-]{8,}"), "sk-***"),
-    (re.compile(r"(?i)(bearer\s+)[A-Za-z0-9._~+/=\-]{8,}"), r"\1***"),
-    (
-        re.compile(r"(?i)((?:api[_-]?key|x-api-key|token)[\"']?\s*[:=]\s*[\"']?)[^\s\"',}]{8,}"),
-        r"\1***",
-    ),
-)
-_SECRET_ENV = re.compile(r"(KEY|TOKEN|SECRET|PASSWORD)$")
 _CONTEXT_MARKERS = (
     "context_length_exceeded",
     "prompt is too long",
@@ -45,16 +36,6 @@ _BY_TYPE: dict[str, type[errors.BackendError]] = {
     "invalid_request_error": errors.InvalidRequest,
     "not_found_error": errors.InvalidRequest,
 }
-
-
-def scrub(text: str) -> str:
-    """``text`` without key-like strings nor the values of secret-looking environment variables."""
-    for name, value in os.environ.items():
-        if len(value) >= 8 and _SECRET_ENV.search(name.upper()):
-            text = text.replace(value, "***")
-    for pattern, replacement in _KEY_PATTERNS:
-        text = pattern.sub(replacement, text)
-    return text
 
 
 def parse_retry_after(headers: Any) -> float | None:
