@@ -15,7 +15,7 @@ from workers.queues import depth_server, queue_load
 @app.command("queue-depth")
 def queue_depth_cmd(
     serve: int = typer.Option(0, help="Serve GET /depth/<queue> on this port (0: print once)."),
-    host: str = typer.Option("0.0.0.0", help="Address to serve on."),
+    host: str = typer.Option("127.0.0.1", help="Address to serve on (loopback by default)."),
 ) -> None:
     """Messages waiting per queue (every priority list) and taken by workers, unacknowledged."""
 
