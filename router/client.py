@@ -29,13 +29,12 @@ from tierflow.core.errors import (
 )
 from tierflow.core.redis_client import get_keys, get_redis
 from tierflow.core.settings import get_settings
-from tierflow.store.budgets import budget_for
+from tierflow.store.budgets import BUDGET_EXHAUSTED, budget_for
 
 log = logging.getLogger(__name__)
 
 LISTEN_READY_S = 1.0  # how long a submit waits for the process's event subscription (first use)
 BROKER_DOWN_NOTE = "stored; the broker is unreachable, it will be sent when the broker is back"
-BUDGET_EXHAUSTED = "budget exhausted"  # the reason BudgetGate gives too (workers/pipeline)
 
 
 class JobHandle:

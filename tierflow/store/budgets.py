@@ -13,6 +13,11 @@ from schemas.tables import StoredBudget
 from tierflow.core.config import DaemonBudget, LLMConfig
 from tierflow.core.db import session_scope
 
+# The reason a job ends or a paid tier is skipped when its daemon's budget is spent: the submit's
+# refusal (router/client.py) and the fleet's BudgetGate (workers/pipeline/budget.py) both start
+# with it, so one search finds both.
+BUDGET_EXHAUSTED = "budget exhausted"
+
 
 @dataclass(frozen=True)
 class BudgetRow:

@@ -11,12 +11,10 @@ call the reservation is settled to the attempt's real cost.
 from __future__ import annotations
 
 from tierflow.core.redis_client import get_keys, get_redis
-from tierflow.store.budgets import budget_for
+from tierflow.store.budgets import BUDGET_EXHAUSTED, budget_for
 from workers.budget import Budgets, estimate_cost
 from workers.pipeline.context import AttemptContext, Step
 from workers.pipeline.select import skipped
-
-BUDGET_EXHAUSTED = "budget exhausted"
 
 
 def daemon_of(ctx: AttemptContext) -> str | None:
