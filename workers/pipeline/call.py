@@ -7,6 +7,7 @@ import json
 import time
 
 from router.gate import kind_of
+from schemas.jobs import ROUTING_FLAGS
 from schemas.tables import Job
 from tierflow.core import errors
 from tierflow.core.config import ActionRule, ModelConfig
@@ -19,7 +20,6 @@ from workers.limits import FleetLimits
 from workers.pipeline.context import AttemptContext, Step
 from workers.selection import Pick
 
-ROUTING_FLAGS = ("affects_system_state", "user_visible_output")
 # A label is one line. Local servers (Ollama, vLLM, the embedded engine) run small or base models
 # that go on past it, writing new questions and answers until max_tokens (measured on Gemma 3
 # 270M: every label answer ran to its limit and named several labels); a stop at the first
