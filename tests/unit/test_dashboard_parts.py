@@ -15,6 +15,7 @@ from tierflow.app.dashboard import dashboard_child, hosts_for, token_matches
 from tierflow.app.dashboard_html import cost_chart, render_panel
 from tierflow.app.overview import ago, status_fields
 from tierflow.app.queues import priority_lists
+from tierflow.core.settings import reset_settings
 from workers.outcome import Move
 from workers.pipeline.context import AttemptContext
 from workers.pipeline.metrics import Metrics, rejection_reason
@@ -43,14 +44,16 @@ def test_dashboard_child_takes_a_free_port_when_its_own_is_busy(
         busy.bind(("127.0.0.1", 0))
         busy.listen()
         taken = busy.getsockname()[1]
-        argv, note = dashboard_child(taken)
+        argv, note, _ = dashboard_child(taken)
     port = int(argv[argv.index("--port") + 1])
     assert port != taken and f"127.0.0.1:{port}/#token=" in note
     token = note.rsplit("#token=", 1)[1]
     assert len(token) >= 40
-    monkeypatch.setenv("TIERFLOW_DASHBOARD_TOKEN", "from-env")
-    _, note = dashboard_child(port)
-    assert "from-env" not in note and "TIERFLOW_DASHBOARD_TOKEN" in note
+    monkeypatch.setenv("TIERFLOW_DASHBOARD_TOKEN", "from-env-0123456789")
+    reset_settings()
+    _, note, _ = dashboard_child(port)
+    reset_settings()
+    assert "from-env-0123456789" not in note and "TIERFLOW_DASHBOARD_TOKEN" in note
 
 
 def test_priority_lists_follow_kombus_rule() -> None:

@@ -25,7 +25,6 @@ from __future__ import annotations
 
 import hmac
 import logging
-import os
 import secrets
 import socket
 from collections.abc import Callable
@@ -50,6 +49,7 @@ from tierflow.app.metrics import metrics_registry, render_metrics
 from tierflow.app.overview import build_overview, status_fields
 from tierflow.core.constants import Mode
 from tierflow.core.errors import ModeError
+from tierflow.core.settings import get_settings
 
 log = logging.getLogger(__name__)
 STATIC = Path(__file__).with_name("static")
@@ -70,6 +70,13 @@ HEADERS = {
 def new_token() -> str:
     """A token for one dashboard run (URL-safe, 32 random bytes)."""
     return secrets.token_urlsafe(32)
+
+
+def configured_token() -> str | None:
+    """``TIERFLOW_DASHBOARD_TOKEN`` from the settings (checked when they are read: a bad one
+    stops the start with a ConfigError naming it); None when unset or blank."""
+    token = get_settings().dashboard_token
+    return token.get_secret_value() if token is not None else None
 
 
 def _error(status: int, message: str, field: str) -> JSONResponse:
@@ -216,15 +223,19 @@ def _port_free(port: int) -> bool:
         return True
 
 
-def dashboard_child(port: int) -> tuple[list[str], str]:
+def dashboard_child(port: int) -> tuple[list[str], str, dict[str, str]]:
     """What ``tierflow up`` runs for its dashboard: the child's arguments (after the Python
-    executable) and the line to print. ``port`` is taken when free, else any free port. The
-    token is ``TIERFLOW_DASHBOARD_TOKEN`` when set (not printed), else a new one, put in this
-    process's environment for the child and printed in the link."""
+    executable), the line to print, and the environment only that child gets on top of the
+    fleet's (the token, which the supervisor withholds from every other child). ``port`` is taken
+    when free, else any free port. The token is ``TIERFLOW_DASHBOARD_TOKEN`` when set (not
+    printed), else a new one, printed in the link."""
     if not _port_free(port):
         port = free_port()
     argv = ["-m", "tierflow.cli", "dashboard", "--port", str(port)]
-    if os.environ.get(TOKEN_ENV):
-        return argv, f"dashboard http://127.0.0.1:{port}/ (token: ${TOKEN_ENV})"
-    token = os.environ[TOKEN_ENV] = new_token()
-    return argv, f"dashboard http://127.0.0.1:{port}/#token={token}"
+    token = configured_token()
+    if token is not None:
+        note = f"dashboard http://127.0.0.1:{port}/ (token: ${TOKEN_ENV})"
+    else:
+        token = new_token()
+        note = f"dashboard http://127.0.0.1:{port}/#token={token}"
+    return argv, note, {TOKEN_ENV: token}

@@ -233,8 +233,8 @@ def running_fleet(
             )  # fmt: skip
             fleet.notes.append(f"flower   http://127.0.0.1:{flower_port}")
         if dashboard_port:
-            argv, note = dashboard_child(dashboard_port)
-            supervisor.add("dashboard", [sys.executable, *argv])
+            argv, note, env = dashboard_child(dashboard_port)
+            supervisor.add("dashboard", [sys.executable, *argv], env=env)
             fleet.notes.append(note)
         supervisor.wait_ready(workers, WORKERS_START_S)
         yield fleet

@@ -13,6 +13,10 @@ only output written since its latest start counts) or a health check (the engine
 a child with neither is ready once it runs. :meth:`Supervisor.wait_ready` waits for it, and a
 ``ready`` event fires each time a (re)started child becomes ready. Output goes to
 ``LOG_DIR/NAME.log``, appended across restarts.
+
+Environment: a child inherits the supervisor's, less :data:`WITHHELD_ENV` (secrets only one child
+needs), plus the ``env`` it was added with: the dashboard's token reaches the dashboard alone,
+never a worker, beat or Flower.
 """
 
 from __future__ import annotations
@@ -37,6 +41,8 @@ from tierflow.core.errors import ConfigError
 log = logging.getLogger("tierflow.app.supervisor")
 
 EventKind = Literal["started", "ready", "exited"]
+# Variables no child inherits; a child that needs one is given it in ``add(env=...)``.
+WITHHELD_ENV = frozenset({"TIERFLOW_DASHBOARD_TOKEN"})
 
 
 @dataclass(frozen=True)
@@ -75,6 +81,7 @@ class Child:
     ready_marker: str | None = None
     health: Callable[[], bool] | None = None
     stop_order: int = 0  # lower stops first: workers (0) before the engine they call (1)
+    env: dict[str, str] = field(default_factory=dict)  # on top of the inherited environment
     proc: subprocess.Popen[bytes] | None = None
     started_at: float = 0.0  # time.monotonic() of the latest start
     ready: bool = False
@@ -102,6 +109,13 @@ def describe_exit(returncode: int) -> str:
             return signal.Signals(-returncode).name
         return f"signal {-returncode}"
     return f"exit code {returncode}"
+
+
+def child_environment(child: Child) -> dict[str, str]:
+    """The environment ``child`` starts with: this process's, less :data:`WITHHELD_ENV`, plus
+    the child's own ``env``; output unbuffered."""
+    inherited = {k: v for k, v in os.environ.items() if k not in WITHHELD_ENV}
+    return {**inherited, **child.env, "PYTHONUNBUFFERED": "1"}
 
 
 class Supervisor:
@@ -142,11 +156,21 @@ class Supervisor:
         health: Callable[[], bool] | None = None,
         stop_order: int = 0,
         timeout: float = 30.0,
+        env: dict[str, str] | None = None,
     ) -> Child:
-        """Supervise ``argv`` as ``name``; returns once the supervisor thread has started it."""
+        """Supervise ``argv`` as ``name``; returns once the supervisor thread has started it.
+        ``env``: variables this child alone gets (see :data:`WITHHELD_ENV`)."""
         if name in self._children:
             raise ValueError(f"a child named {name} is already supervised")
-        child = Child(name, argv, self.log_dir / f"{name}.log", ready_marker, health, stop_order)
+        child = Child(
+            name,
+            argv,
+            self.log_dir / f"{name}.log",
+            ready_marker,
+            health,
+            stop_order,
+            dict(env or {}),
+        )
         self._new.put(child)
         if not child._spawned.wait(timeout):
             raise ConfigError(f"supervisor did not start {name} within {timeout}s")
@@ -245,7 +269,7 @@ class Supervisor:
             with child.log.open("ab") as out:
                 child.proc = subprocess.Popen(
                     wrap(child.argv), stdout=out, stderr=subprocess.STDOUT,
-                    env={**os.environ, "PYTHONUNBUFFERED": "1"}, start_new_session=True,
+                    env=child_environment(child), start_new_session=True,
                 )  # fmt: skip
         except OSError as exc:
             child.proc = None

@@ -3,12 +3,11 @@
 from __future__ import annotations
 
 import contextlib
-import os
 
 import typer
 
 from tierflow.app.console import console
-from tierflow.app.dashboard import DEFAULT_PORT, TOKEN_ENV, new_token, serve
+from tierflow.app.dashboard import DEFAULT_PORT, TOKEN_ENV, configured_token, new_token, serve
 from tierflow.app.fleet import adopt_running_fleet
 from tierflow.cli.base import app
 
@@ -24,7 +23,7 @@ def dashboard(
     generated and printed here).
     """
     adopt_running_fleet()
-    token = os.environ.get(TOKEN_ENV, "").strip()
+    token = configured_token()
     shown = f"[{host}]" if ":" in host else host
     console.print(f"dashboard http://{shown}:{port}/ (read-only without the token)")
     if token:

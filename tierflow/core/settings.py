@@ -8,22 +8,29 @@ Environment (all optional):
 - ``TIERFLOW_CONFIG``        path to ``llm_config.yaml`` (default: the packaged one)
 - ``TIERFLOW_STATE_DIR``     embedded Redis/PostgreSQL data (default: the user's data dir)
 - ``TIERFLOW_KEY_PREFIX``    prefix of every Redis key and queue (default ``tierflow``)
+- ``TIERFLOW_DASHBOARD_TOKEN``  the dashboard's token for mode switches (16 to 512 printable
+  ASCII characters, no spaces; unset or blank: one is generated at start). Only the dashboard's
+  process gets it: ``tierflow up`` withholds it from workers, beat and Flower.
 
 With no broker or database URL the CLI starts embedded ones (see :mod:`tierflow.app.embedded`).
 """
 
 from __future__ import annotations
 
+import re
 from functools import cached_property, lru_cache
 from pathlib import Path
 from urllib.parse import urlsplit, urlunsplit
 
 from platformdirs import user_data_dir
-from pydantic import Field, ValidationError, model_validator
+from pydantic import Field, SecretStr, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from tierflow.core.config import LLMConfig, load_config
 from tierflow.core.errors import ConfigError, describe_validation_error
+
+# What a dashboard token may be: long enough not to be guessed, and sendable in a header.
+DASHBOARD_TOKEN = re.compile(r"[!-~]{16,512}")
 
 
 def redact_url(url: str | None) -> str:
@@ -69,6 +76,20 @@ class Settings(BaseSettings):
     batch_in_flight: int = Field(default=64, ge=0)
     batch_yield_in_flight: int = Field(default=1, ge=1)
     availability_ttl_s: float = Field(default=5.0, ge=0)
+    # A secret: SecretStr keeps it out of the settings' repr (and so out of logs).
+    dashboard_token: SecretStr | None = None
+
+    @field_validator("dashboard_token", mode="before")
+    @classmethod
+    def _token_shape(cls, value: object) -> object:
+        if isinstance(value, str):
+            value = value.strip() or None  # blank: none configured, one is generated
+            if value is not None and not DASHBOARD_TOKEN.fullmatch(value):
+                raise ValueError(
+                    "must be 16 to 512 printable ASCII characters without spaces (it is sent "
+                    "as 'Authorization: Bearer <token>')"
+                )
+        return value
 
     @model_validator(mode="after")
     def _limits_in_order(self) -> Settings:
