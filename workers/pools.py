@@ -13,7 +13,8 @@
   servers one worker feeds: about the sum of their ``max_num_seqs``.
 - ``api_fallback``: I/O-bound HTTP calls under fleet-wide rate limits (the limits, not the pool,
   bound the request rate).
-- ``router``: classification is cheap; it also runs beat, which schedules the sweeper.
+- ``router``: classification is cheap; run alone it also runs beat (``-B``), which schedules the
+  sweeper (``tierflow up`` runs beat as its own child).
 
 Every pool is ``threads``: the work is waiting on HTTP, PostgreSQL and Redis. Celery enforces
 ``task_time_limit`` only in the prefork pool, so here each blocking call is bounded on its own:
@@ -67,8 +68,10 @@ def worker_argv(
     sweeper; the sweep's lock keeps it to one run per interval however many beats there are.
     """
     spec = POOLS[name]
-    # Beat's in-memory scheduler: no schedule file to share or lose; a sweep every interval
-    # needs no memory of the last one.
+    # A router worker's embedded beat (-B: `tierflow worker router`) uses the in-memory
+    # scheduler: no schedule file to share or lose; a sweep every interval needs no memory of the
+    # last one. `tierflow up` runs beat as its own child instead, with a schedule file in its
+    # state directory (celerybeat-schedule).
     embedded = ["-B", "--scheduler", "celery.beat:Scheduler"] if beat and name == "router" else []
     return [
         "-A", "workers.app", "worker",

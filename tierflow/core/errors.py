@@ -22,9 +22,20 @@
             ├── ContentRefused       the provider refused the content
             └── MalformedResponse    a body that does not follow the provider's wire format
 
-The worker decides from this tree alone: a retryable error cools the model down and tries the
-next model or tier; a permanent one falls back to the next tier at once. Messages never contain
-API keys: backends build them from status codes and provider error types, not from headers.
+The worker decides from this tree alone (``workers/outcome.py:decide``,
+``workers/pipeline/call.py:account_failure``):
+
+- a retryable error is tried again in the same tier (up to ``routing.max_retries_per_tier``, then
+  the next tier) and counts toward the model's circuit breaker. Only a 429/529, or an error that
+  carries ``retry_after``, cools the model down fleet-wide; a 5xx, a timeout or a refused
+  connection cools nothing (one failure in a busy fleet would push every job off a model that
+  answers most calls);
+- an :class:`AuthError` cools its model for five minutes and is tried again in the tier like a
+  retryable one, so another model there (another provider, another key) takes the job;
+- any other permanent error falls back to the next tier at once.
+
+Messages never contain API keys: backends build them from status codes and provider error types,
+not from headers, and scrub them (:func:`tierflow.core.secrets.scrub`).
 """
 
 from __future__ import annotations
