@@ -128,7 +128,14 @@ class Autoscaler:
         cooldown_s: float = 60.0,
         read_load: Callable[[], Load] | None = None,
         clock: Callable[[], float] = time.monotonic,
+        config: LLMConfig | None = None,
+        limits: FleetLimits | None = None,
     ) -> None:
+        """Scale ``tier`` with ``launcher``: one worker per ``per_worker`` messages of demand,
+        between ``min_workers`` and ``max_workers``, draining one only after the load stayed
+        low ``cooldown_s`` seconds. The load is ``read_load()``, else the tier's queue plus, with
+        ``config`` and ``limits``, the calls in flight on its models that cap their concurrency.
+        Raises ValueError for bounds out of order."""
         if per_worker < 1 or min_workers < 0 or max_workers < max(1, min_workers):
             raise ValueError("need per_worker >= 1 and 0 <= min_workers <= max_workers >= 1")
         self.tier, self.launcher = tier, launcher
@@ -140,8 +147,8 @@ class Autoscaler:
         self.draining: list[str] = []
         self.events: list[Event] = []
         self._low_since: float | None = None
-        self.config: LLMConfig | None = None
-        self.limits: FleetLimits | None = None
+        self.config = config
+        self.limits = limits
 
     def _read_load(self) -> Load:
         queue = tier_queue(self.tier)

@@ -50,10 +50,9 @@ def test_autoscaler_starts_on_queue_growth_and_stops_only_drained(fleet, sim, tm
         log_dir=tmp_path,
     )  # fmt: skip
     scaler = Autoscaler(
-        "local_quality", launcher, per_worker=40, min_workers=0, max_workers=2, cooldown_s=3
-    )
-    scaler.config = get_settings().llm
-    scaler.limits = FleetLimits(get_redis(), get_keys())
+        "local_quality", launcher, per_worker=40, min_workers=0, max_workers=2, cooldown_s=3,
+        config=get_settings().llm, limits=FleetLimits(get_redis(), get_keys()),
+    )  # fmt: skip
     stop = threading.Event()
     loop = threading.Thread(target=scaler.run, args=(0.3, stop.is_set), daemon=True)
     loop.start()

@@ -37,9 +37,9 @@ def autoscale(
     scaler = Autoscaler(
         tier, launcher, per_worker=per_worker or pool_concurrency(tier),
         min_workers=min_workers, max_workers=max_workers, cooldown_s=cooldown,
+        config=settings.llm,
+        limits=FleetLimits(get_redis(), get_keys(), slot_ttl_s=settings.task_time_limit + 60),
     )  # fmt: skip
-    scaler.config = settings.llm
-    scaler.limits = FleetLimits(get_redis(), get_keys(), slot_ttl_s=settings.task_time_limit + 60)
     stopping = False
 
     def on_signal(_signum: int, _frame: object) -> None:
