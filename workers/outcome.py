@@ -86,6 +86,8 @@ def success_fields(attempt: Attempt, config: LLMConfig, *, degraded: bool = Fals
         "fake": attempt.fake,
         "degraded": degraded,
         "api_baseline_cost_usd": baseline,
+        # A degraded answer says why it is one: the gate's reasons on the attempt returned.
+        **({"error": (attempt.error or "degraded")[:8000]} if degraded else {}),
     }
 
 
@@ -104,7 +106,9 @@ def finish_success(
 
 
 def finish_failure(job: Job, config: LLMConfig, reason: str | None = None) -> None:
-    """End the job ``failed`` (or, with ``allow_degraded``, with its best scored answer)."""
+    """End the job ``failed``; or with the last tier's answer the gate rejected only softly
+    (:func:`final_tier_answer`), degraded; or, with ``allow_degraded``, with its best scored
+    answer, degraded."""
     _finish_unsuccessful(job, config, JobStatus.FAILED, reason)
 
 
@@ -119,10 +123,31 @@ def finish_expired(job: Job, config: LLMConfig) -> None:
     _finish_unsuccessful(job, config, JobStatus.EXPIRED, f"deadline exceeded; {story}")
 
 
+def final_tier_answer(job: Job, attempts: list[Attempt], config: LLMConfig) -> Attempt | None:
+    """The answer of the chain's last tier that the gate rejected only softly: returned, degraded,
+    rather than failing the job (no tier is left to do better). Soft: nothing in
+    ``routing.final_tier_hard_failures`` failed it (a score below the threshold never does)."""
+    chain = (job.plan or {}).get("chain") or []
+    if not chain:
+        return None
+    hard = set(config.routing.final_tier_hard_failures)
+    for attempt in reversed(attempts):
+        if attempt.tier != chain[-1] or attempt.status != AttemptStatus.REJECTED.value:
+            continue
+        vetoes = set((attempt.quality_components or {}).get("vetoes") or [])
+        if attempt.text and not vetoes & hard:
+            return attempt
+    return None
+
+
 def _finish_unsuccessful(
     job: Job, config: LLMConfig, status: JobStatus, reason: str | None
 ) -> None:
     attempts = store.attempts_of(job.id)
+    final = final_tier_answer(job, attempts, config) if status is JobStatus.FAILED else None
+    if final is not None:
+        finish_success(job, final, config, degraded=True)
+        return
     if job.allow_degraded:
         scored = [a for a in attempts if a.text and a.quality_score is not None]
         if scored:

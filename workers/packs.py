@@ -41,6 +41,7 @@ from collections import Counter
 from collections.abc import Sequence
 from contextlib import ExitStack
 from dataclasses import dataclass, field
+from typing import Any
 
 from router.dispatch import enqueue_attempt, enqueue_pack
 from router.gate import kind_of
@@ -53,7 +54,13 @@ from tierflow.core.tokens import estimate_tokens
 from workers.backends.base import Completion, CompletionRequest
 from workers.leases import LEASES, capacity_wait, lease_seconds
 from workers.limits import FleetLimits
-from workers.packing import compose_pack, pack_max_tokens, share_tokens, split_answer
+from workers.packing import (
+    PackedPrompt,
+    compose_pack,
+    pack_max_tokens,
+    share_tokens,
+    split_answer,
+)
 from workers.pipeline import STEPS, AttemptContext, Step, run_steps
 from workers.pipeline.budget import daemon_of
 from workers.pipeline.call import account_failure, build_request
@@ -219,43 +226,73 @@ def _call_pack(
     )
     run.packed, run.model = len(live), model.name
     completion, error, latency_ms = _call(picked, limits, request, live)
-    n = len(live)
-    call_id = uuid.uuid4().hex[:12]  # the members of one call share it (evidence)
-    item_weights = [len(r.prompt) + len(packed.system) / n for r in requests]
+    call = PackCall(picked, limits, requests, packed, latency_ms, uuid.uuid4().hex[:12])
     if error is not None:
-        for k, (ctx, own) in enumerate(zip(live, requests, strict=True), start=1):
-            info = {"call": call_id, "size": n, "item": k, "model": model.name}
-            preset_error(ctx, picked, limits, own, error, latency_ms, info)
-            run_after_call(ctx, steps)
-            _note(run, ctx)
-        return
-    assert completion is not None
+        _each_failed(run, live, call, error, steps)
+    else:
+        assert completion is not None
+        _each_answered(run, live, call, completion, steps)
+
+
+@dataclass(frozen=True)
+class PackCall:
+    """One call for a pack, as its members' outcomes need it: the pick, the members' own
+    requests (in member order), the composed pack, the call's latency (ms) and its id (shared
+    by the members' attempts as evidence)."""
+
+    picked: Pick
+    limits: FleetLimits
+    requests: list[CompletionRequest]
+    packed: PackedPrompt
+    latency_ms: float
+    call_id: str
+
+    def info(self, item: int, **more: Any) -> dict[str, Any]:
+        """The evidence stored with member ``item`` (1-based)."""
+        size = len(self.requests)
+        return {"call": self.call_id, "size": size, "item": item,
+                "model": self.picked.model.name, **more}  # fmt: skip
+
+
+def _each_failed(
+    run: PackRun,
+    live: list[AttemptContext],
+    call: PackCall,
+    error: errors.BackendError,
+    steps: tuple[Step, ...],
+) -> None:
+    """The call failed: every member's attempt fails with its error."""
+    for k, (ctx, own) in enumerate(zip(live, call.requests, strict=True), start=1):
+        preset_error(ctx, call.picked, call.limits, own, error, call.latency_ms, call.info(k))
+        run_after_call(ctx, steps)
+        _note(run, ctx)
+
+
+def _each_answered(
+    run: PackRun,
+    live: list[AttemptContext],
+    call: PackCall,
+    completion: Completion,
+    steps: tuple[Step, ...],
+) -> None:
+    """Split the answer: each member gets its part (or a malformed-response error when its part
+    is missing) and its share of the call's tokens (input by prompt length, output by part)."""
+    n = len(live)
+    weights = [len(r.prompt) + len(call.packed.system) / n for r in call.requests]
     truncated = completion.finish_reason == "length"
-    parts = split_answer(packed.answer(completion.text), n, truncated=truncated)
-    ins = share_tokens(completion.input_tokens, item_weights)
+    parts = split_answer(call.packed.answer(completion.text), n, truncated=truncated)
+    ins = share_tokens(completion.input_tokens, weights)
     outs = share_tokens(completion.output_tokens, [len(p.text or "") for p in parts])
-    for k, (ctx, own, part) in enumerate(zip(live, requests, parts, strict=True), start=1):
-        info = {
-            "call": call_id,
-            "size": n,
-            "item": k,
-            "model": model.name,
-            "input_tokens": completion.input_tokens,
-            "output_tokens": completion.output_tokens,
-        }
+    for k, (ctx, own, part) in enumerate(zip(live, call.requests, parts, strict=True), start=1):
+        info = call.info(
+            k, input_tokens=completion.input_tokens, output_tokens=completion.output_tokens
+        )
         if part.text is None:
-            problem = f"packed answer: {part.problem}: {completion.text[:300]!r}"
-            preset_error(
-                ctx,
-                picked,
-                limits,
-                own,
-                errors.MalformedResponse(problem),
-                latency_ms,
-                info,
-                input_tokens=ins[k - 1],
-                output_tokens=outs[k - 1],
+            problem = errors.MalformedResponse(
+                f"packed answer: {part.problem}: {completion.text[:300]!r}"
             )
+            preset_error(ctx, call.picked, call.limits, own, problem, call.latency_ms, info,
+                         input_tokens=ins[k - 1], output_tokens=outs[k - 1])  # fmt: skip
         else:
             mine = Completion(
                 text=part.text,
@@ -266,7 +303,7 @@ def _call_pack(
                 finish_reason="length" if part.cut else (completion.finish_reason or "stop"),
                 fake=completion.fake,
             )
-            preset_completion(ctx, picked, limits, own, mine, latency_ms, info)
+            preset_completion(ctx, call.picked, call.limits, own, mine, call.latency_ms, info)
         run_after_call(ctx, steps)
         _note(run, ctx)
 

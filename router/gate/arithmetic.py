@@ -72,7 +72,7 @@ class _Parser:
     """Recursive descent over + - * / with parentheses, unary signs and postfix ``%``."""
 
     def __init__(self, text: str) -> None:
-        pos, tokens = 0, []
+        pos, tokens = 0, list[str]()
         text = text.rstrip()
         while pos < len(text):
             match = _TOKEN.match(text, pos)

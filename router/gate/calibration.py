@@ -6,7 +6,8 @@ the benchmarks call it. The threshold is fitted on the labels' ranks **as the fi
 scores them** (:func:`router.gate.learned.gate_rank` over each label's stored features), so the
 threshold and the score the gate compares with it share one scale.
 
-The fleet reads the labels of an action at most once a minute per process (not per attempt).
+The fleet reads the labels of an action at most every ``gate_refit_s`` seconds per process
+(a setting, default 60: not per attempt).
 A job's daemon feedback wins over the fleet's own labels of it (escalation, audit): only the
 newest label of each job counts, a feedback one first (:func:`labels_of`).
 """
@@ -21,8 +22,7 @@ from router.gate.features import FEATURES_VERSION
 from router.gate.learned import Label, LogisticScorer, calibrated_threshold, gate_rank
 from tierflow import store
 from tierflow.core.config import ActionRule
-
-CACHE_S = 60.0
+from tierflow.core.settings import get_settings
 
 
 @dataclass(frozen=True)
@@ -90,14 +90,14 @@ def uses_labels(rule: ActionRule) -> bool:
 
 
 def calibration_for(action: str, rule: ActionRule, default_threshold: float) -> Calibration:
-    """The action's calibration, read from the labels at most every ``CACHE_S`` seconds; the
-    default threshold alone (no read at all) when the action neither learns nor targets."""
+    """The action's calibration, read from the labels at most every ``gate_refit_s`` seconds;
+    the default threshold alone (no read at all) when the action neither learns nor targets."""
     if not uses_labels(rule):
         return Calibration(default_threshold, None, 0)
     key = (action, rule.model_dump_json())
     cached = _CACHE.get(key)
     now = time.monotonic()
-    if cached is not None and now - cached[0] < CACHE_S:
+    if cached is not None and now - cached[0] < get_settings().gate_refit_s:
         return cached[1]
     found = fit_gate(rule, default_threshold, labels_of(action))
     _CACHE[key] = (now, found)

@@ -70,7 +70,9 @@ class LogisticScorer:
     def __call__(self, feats: dict[str, float]) -> float:
         x = np.array([feats.get(n, 0.0) for n in self.names])
         z = np.r_[(x - self.mean) / self.std, 1.0]
-        return float(1 / (1 + math.exp(-float(z @ self.weights))))
+        # Clipped: a feature far outside the fitted range must not overflow the exponential.
+        logit = min(50.0, max(-50.0, float(z @ self.weights)))
+        return 1 / (1 + math.exp(-logit))
 
 
 def gate_score(feats: dict[str, float], scorer: Scorer | None, verifiers: Sequence[str]) -> float:

@@ -11,11 +11,14 @@ from typing import Any
 import pytest
 
 from router import submit_job
-from router.gate.calibration import calibration_for, forget_calibrations
+from router.gate.calibration import calibration_for, forget_calibrations, labels_of
+from router.gate.learned import gate_rank
 from tests.support.fake_providers import OpenAIServer
 from tests.support.services import fake_model, fleet_config
 from tierflow import store
 from tierflow.core.config import ActionRule
+from tierflow.store.costs import get_cost_summary
+from workers.pipeline.budget import budgets
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
@@ -157,7 +160,10 @@ def test_a_judge_of_a_named_tier_is_asked_and_its_no_escalates(fleet) -> None:
         assert calls[0]["cost_usd"] > 0 and float(first.cost_usd) >= calls[0]["cost_usd"]
         assert judge_srv.request_count >= 1
         assert "Is the answer above correct?" in str(judge_srv.calls[0].body)
-        assert result.status in ("succeeded", "failed")
+        # The judge says no to every tier's answer; the last tier's is returned all the same,
+        # degraded with the gate's reasons (a judge's no is not a hard failure by default).
+        assert result.status == "succeeded" and result.degraded, result
+        assert result.tier != first.tier and "judge" in (result.error or "")
 
 
 def test_audits_label_passed_answers_and_find_the_misses(fleet) -> None:
@@ -193,33 +199,102 @@ def test_audits_label_passed_answers_and_find_the_misses(fleet) -> None:
 
 
 def test_labels_move_the_learned_verifier_and_the_threshold(fleet) -> None:
-    rule = ActionRule(
-        answer="label",
-        labels=LABELS,
-        verifiers=["checks", "shape", "learned"],
-        max_escalation=0.25,
-        min_labels=8,
-    )
-    actions = gate_actions(triage={"answer": "label", "labels": LABELS})
+    """One fit, one scale: once daemons' feedback labels an action's answers, the fleet's own
+    gate (in the worker) refits and escalates, of the same prompts sent again, exactly the
+    share that the fit computes from the stored labels' features, within the target."""
+    triage = {
+        "answer": "label",
+        "labels": LABELS,
+        "verifiers": ["checks", "shape", "learned"],
+        "max_escalation": 0.25,
+        "min_labels": 8,
+    }
     config = fleet_config(
         local_fast=[fake_model("cheap")],
-        actions=actions,
+        actions=gate_actions(triage=triage),
         action_tier_overrides={"triage": "local_fast"},
     )
-    fleet(config)
-    handles = [
-        submit_job(f"[truth: fact] Is note {i} a decision or a fact?", "triage") for i in range(8)
-    ]
+    fleet(config, env={"TIERFLOW_GATE_REFIT_S": "0"})
+    rule = ActionRule(**triage)
+    prompts = [f"[truth: fact] Is note {i} a decision or a fact?" + " Why?" * i for i in range(8)]
+    handles = [submit_job(p, "triage") for p in prompts]
     for h in handles:
-        assert h.wait(timeout=WAIT_S).status == "succeeded"
+        result = h.wait(timeout=WAIT_S)
+        assert result.status == "succeeded" and result.tier == "local_fast"  # nothing fitted yet
     forget_calibrations()
     before = calibration_for("triage", rule, 0.7)
     assert before.scorer is None and before.threshold == 0.7 and before.notes
-    for i, h in enumerate(handles):  # feedback: the daemons say half were bad
-        h.feedback(i % 2 == 0, note="checked by hand")
+    for i, h in enumerate(handles):  # feedback: the daemons say which were bad
+        h.feedback(i % 3 != 0, note="checked by hand")
     forget_calibrations()
     after = calibration_for("triage", rule, 0.7)
-    assert after.labels == 8
-    assert after.scorer is not None  # both outcomes seen: the learned verifier is fitted
-    scores = sorted(label.score or 0 for label in store.labels_for("triage"))
-    assert after.threshold == scores[2]  # the 25% quantile of the labelled scores
+    assert after.labels == 8 and after.scorer is not None  # both outcomes: fitted
+    labelled = [gate_rank(lb.features, after.scorer, rule.verifiers) for lb in labels_of("triage")]
+    assert after.threshold == sorted(labelled)[2]  # the 25% quantile of the ranks it scores
+    assert 0.0 <= after.threshold <= 1.0  # the scorer's own scale
+    expected = sum(rank < after.threshold for rank in labelled) / len(labelled)
+    assert 0 < expected <= 0.25
+    again = [submit_job(p, "triage", metadata={"round": 2}) for p in prompts]
+    escalated = 0
+    for h in again:
+        result = h.wait(timeout=WAIT_S)
+        assert result.status == "succeeded", (result.error, result.attempts)
+        first = store.attempts_of(h.job_id)[0]
+        escalated += first.status == "rejected"
+        assert (first.quality_components or {})["threshold"] == pytest.approx(after.threshold)
+    assert escalated / len(again) == pytest.approx(expected)
+
+
+def test_an_escalation_is_a_label_and_an_audit_is_a_counted_cost(fleet) -> None:
+    """The next tier's answer to an escalated job labels the cheap answer it replaced (free);
+    an audited pass is sent to the next tier that has a model (the middle one has none) and
+    costs a call, counted in the job's cost, the fleet's costs and the daemon's budget."""
+
+    def local_answer(prompt: str) -> str:
+        return "I am not sure." if "note 1" in prompt else "fact"
+
+    api = fake_model("priced-api", input_cost_per_million=3.0, output_cost_per_million=15.0)
+    actions = gate_actions(
+        classify_memory={"answer": "label", "labels": LABELS, "audit_share": 1.0}
+    )
+    with OpenAIServer(answer=local_answer) as srv:
+        local = {"name": "local", "provider": "vllm", "model_id": "m", "base_url": srv.url}
+        config = fleet_config(
+            local_fast=[local],
+            local_quality=[fake_model("idle", enabled=False)],
+            api_fallback=[api],
+            actions=actions,
+        )
+        config["budgets"] = {"auditor": {"daily_usd": 5.0}}
+        fleet(config)
+        spent_before = get_cost_summary()["total_cost"]
+        escalated = submit_job("[truth: fact] Is note 1 a decision or a fact?", "classify_memory")
+        audited = submit_job(
+            "[truth: fact] Is note 2 a decision or a fact?",
+            "classify_memory",
+            metadata={"daemon": "auditor"},
+        )
+        up = escalated.wait(timeout=WAIT_S)
+        assert up.status == "succeeded" and up.tier == "api_fallback", up
+        done = audited.wait(timeout=WAIT_S)
+        assert done.status == "succeeded" and done.tier == "local_fast", done
+        deadline = time.monotonic() + 30
+        while not store.audit_done(audited.job_id) and time.monotonic() < deadline:
+            time.sleep(0.2)
+    assert store.audit_done(audited.job_id), "the audit never ran (or was dropped)"
+    labels = {label.job_id: label for label in store.labels_for("classify_memory")}
+    free = labels[escalated.job_id]
+    assert free.source == "escalation" and not free.good and free.gate_passed is False
+    assert free.features and float(free.cost_usd) == 0
+    audit = labels[audited.job_id]
+    assert audit.source == "audit" and audit.gate_passed and audit.good
+    cost = float(audit.cost_usd)
+    assert cost > 0
+    job = store.load_job(audited.job_id)
+    assert float(job.cost_usd) == pytest.approx(cost)  # the audit's; the local call was free
+    spent_today, _ = budgets().spent("auditor")
+    assert spent_today == pytest.approx(cost)
+    other = store.load_job(escalated.job_id)
+    assert other is not None
+    spent = get_cost_summary()["total_cost"] - spent_before
+    assert spent == pytest.approx(float(other.cost_usd) + cost, rel=1e-6)

@@ -106,6 +106,7 @@ def test_steps_are_wired_once_in_order() -> None:
         "Notify",
         "Metrics",
         "Finish",
+        "LabelEscalation",
         "CacheStore",
         "Audit",
         "Enqueue",

@@ -151,6 +151,13 @@ class TierConfig(_Strict):
 
 AnswerKind = Literal["json", "label", "number", "code", "text"]
 VerifierName = Literal["shape", "checks", "consistency", "judge", "learned"]
+# What can fail an answer hard at the chain's last tier: a vetoing check's code
+# (router/gate/kinds.py VETO_CODES) or a verifier that failed it.
+HardFailure = Literal["no_value", "schema", "parse", "arithmetic", "consistency", "judge", "shape"]
+
+
+def _default_hard_failures() -> list[HardFailure]:
+    return ["no_value", "schema", "parse"]
 
 
 def _default_verifiers() -> list[VerifierName]:
@@ -169,7 +176,8 @@ class ActionRule(_Strict):
     tier's accuracy to keep) or ``max_escalation`` (the share of jobs allowed to escalate)
     calibrate the score threshold from the labels once ``min_labels`` exist; until then the
     routing's ``quality_threshold`` holds. ``audit_share`` of passed answers is re-run on the
-    next tier to make labels.
+    next tier of the chain that has a model, to make labels, until the action's audits cost
+    ``audit_daily_usd`` in a UTC day (null: no ceiling). Every escalation makes a label too.
     """
 
     answer: AnswerKind | None = None
@@ -186,6 +194,7 @@ class ActionRule(_Strict):
     max_escalation: float | None = Field(default=None, ge=0, le=1)
     min_labels: int = Field(default=30, ge=2)
     audit_share: float = Field(default=0.0, ge=0, le=1)
+    audit_daily_usd: float | None = Field(default=None, ge=0)
 
     @model_validator(mode="after")
     def _coherent(self) -> ActionRule:
@@ -216,6 +225,11 @@ class RoutingConfig(_Strict):
     baseline_model: str | None = None
     action_tier_overrides: dict[str, Tier] = Field(default_factory=dict)
     actions: dict[str, ActionRule] = Field(default_factory=dict)
+    # An answer of the chain's last tier that the gate rejected is still returned (degraded,
+    # with the gate's reasons) unless one of these failed it: check codes (no_value, schema,
+    # parse, arithmetic) or verifier names (consistency, judge, shape). Below the threshold
+    # alone is never a hard failure there: no tier is left to do better.
+    final_tier_hard_failures: list[HardFailure] = Field(default_factory=_default_hard_failures)
 
 
 class InputLimits(_Strict):

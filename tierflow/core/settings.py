@@ -79,6 +79,9 @@ class Settings(BaseSettings):
     # A secret: SecretStr keeps it out of the settings' repr (and so out of logs).
     dashboard_token: SecretStr | None = None
 
+    # The gate refits an action's scorer and threshold from its labels at most this often per
+    # process (seconds; 0: before every judgement, one read of the labels each).
+    gate_refit_s: float = Field(default=60.0, ge=0)
     @field_validator("dashboard_token", mode="before")
     @classmethod
     def _token_shape(cls, value: object) -> object:

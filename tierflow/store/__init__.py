@@ -48,7 +48,13 @@ from tierflow.store.jobs import (
     save_plan_for_mode,
 )
 from tierflow.store.keys import KeyInfo, create_key, daemon_for_key, list_keys, revoke_key
-from tierflow.store.labels import gate_figures, labels_for, record_label
+from tierflow.store.labels import (
+    audit_done,
+    gate_figures,
+    labels_for,
+    record_audit_call,
+    record_label,
+)
 from tierflow.store.provider_batches import allow_provider_batch, cancel_deferred_jobs
 from tierflow.store.sweeps import stalled_jobs, touch_jobs
 
@@ -60,6 +66,7 @@ __all__ = [
     "KeyInfo",
     "allow_provider_batch",
     "attempts_of",
+    "audit_done",
     "batch_cost",
     "batch_progress",
     "batch_rows",
@@ -86,6 +93,7 @@ __all__ = [
     "open_batch",
     "open_jobs_past",
     "record_dead_letter",
+    "record_audit_call",
     "record_label",
     "record_superseded_call",
     "release_attempt",

@@ -1,13 +1,14 @@
-"""Gate labels: whether a cheap answer was good, from feedback or audits (see
-:mod:`router.gate.learned`), and the gate's own figures per action."""
+"""Gate labels: whether a cheap answer was good, from feedback, escalations or audits (see
+:mod:`router.gate.learned`), the audits' calls, and the gate's own figures per action."""
 
 from __future__ import annotations
 
 from typing import Any
 
-from sqlalchemy import func, select
+from sqlalchemy import func, select, update
+from sqlalchemy.dialects.postgresql import insert
 
-from schemas.tables import Attempt, GateLabel, Job
+from schemas.tables import Attempt, GateLabel, Job, SupersededCall
 from tierflow.core.db import session_scope
 
 
@@ -23,7 +24,7 @@ def record_label(
     note: str | None = None,
     cost_usd: float = 0.0,
 ) -> int:
-    """Store one label; returns its id. ``source`` is ``feedback`` or ``audit``."""
+    """Store one label; returns its id. ``source`` is ``feedback``, ``escalation`` or ``audit``."""
     with session_scope() as session:
         row = GateLabel(
             job_id=job_id,
@@ -92,3 +93,57 @@ def gate_figures() -> dict[str, dict[str, Any]]:
         row.setdefault("audited_passes", 0)
         row.setdefault("miss_rate", None)
     return figures
+
+
+def audit_done(job_id: str) -> bool:
+    """Whether the job's answer was audited already (its audit call recorded)."""
+    with session_scope() as session:
+        found = session.execute(
+            select(SupersededCall.id).where(
+                SupersededCall.job_id == job_id, SupersededCall.status == AUDIT_STATUS
+            )
+        ).first()
+        return found is not None
+
+
+AUDIT_STATUS = "audit"
+"""``superseded_calls.status`` of an audit's call: a call of the job outside its attempts."""
+
+
+def record_audit_call(
+    job_id: str,
+    attempt_no: int,
+    *,
+    tier: str,
+    model: str,
+    provider: str | None,
+    input_tokens: int,
+    output_tokens: int,
+    cost_usd: float,
+) -> None:
+    """Count an audit's call where every cost is counted: a row of the job's calls outside its
+    attempts (``superseded_calls``, status ``audit``, which ``tierflow costs``, the savings and
+    the dashboard sum) and its cost added to ``jobs.cost_usd`` in the same transaction (the job
+    ended before its audit ran). One row per audited attempt: a redelivered audit adds nothing."""
+    stmt = (
+        insert(SupersededCall)
+        .values(
+            job_id=job_id,
+            attempt_no=attempt_no,
+            worker=AUDIT_STATUS,
+            tier=tier,
+            model=model,
+            provider=provider,
+            status=AUDIT_STATUS,
+            input_tokens=input_tokens,
+            output_tokens=output_tokens,
+            cost_usd=cost_usd,
+        )
+        .on_conflict_do_nothing(constraint="uq_superseded_calls_delivery")
+        .returning(SupersededCall.id)
+    )
+    with session_scope() as session:
+        if session.execute(stmt).scalar_one_or_none() is not None and cost_usd:
+            session.execute(
+                update(Job).where(Job.id == job_id).values(cost_usd=Job.cost_usd + cost_usd)
+            )

@@ -24,7 +24,10 @@
     Finish       finalize the job (unless Persist did) and wake its waiter,  finish.py
                  the result in the wake-up
     CacheStore   cache a fresh passed answer (exact key and embedding)      cache.py
-    Audit        send a share of passed answers to the next tier            audit.py
+    LabelEscalation  an escalated job's rejected cheap answer compared with   label.py
+                 the answer that passed: a label
+    Audit        send a share of passed answers to the next tier with a     audit.py
+                 model
     Enqueue      send the next attempt                                      enqueue.py
 
 A redelivered message runs the same list: the claim finds the attempt finished, the steps that
@@ -64,6 +67,7 @@ from workers.pipeline.finish import Finish
 from workers.pipeline.gate import Gate
 from workers.pipeline.metrics import Metrics
 from workers.pipeline.notify import Notify
+from workers.pipeline.label import LabelEscalation
 from workers.pipeline.persist import Persist
 from workers.pipeline.preset import preset_completion, preset_error, run_after_call
 from workers.pipeline.price import Price
@@ -90,6 +94,7 @@ STEPS: tuple[Step, ...] = (
     CacheStore(),
     Audit(),
     Enqueue(),
+    LabelEscalation(),
 )
 
 # The steps after the call: what a resumed attempt goes through with its answer preset.
