@@ -98,82 +98,102 @@ def token_matches(presented: str, expected: str) -> bool:
     return hmac.compare_digest(presented.encode(), expected.encode())
 
 
+def _overview_and_status() -> tuple[dict[str, Any], dict[str, Any]]:
+    overview = build_overview()
+    return overview, status_fields(overview)
+
+
+async def _read(render: Callable[[dict[str, Any], dict[str, Any]], Response]) -> Response:
+    """``render(overview, status)`` of the fleet read now, or a 503 saying it cannot be read."""
+    try:
+        overview, status = await run_in_threadpool(_overview_and_status)
+    except Exception as exc:  # the fleet's stores are down: say so, keep serving
+        log.warning("dashboard could not read the fleet", exc_info=True)
+        return _error(503, f"could not read the fleet: {type(exc).__name__}", "fleet")
+    return render(overview, status)
+
+
+async def page(request: Request) -> Response:
+    """``GET /``: the whole page."""
+    return await _read(lambda o, s: HTMLResponse(render_page(o, s)))
+
+
+async def fragment(request: Request) -> Response:
+    """``GET /fragment``: the panel alone, for the page's refresh."""
+    return await _read(lambda o, s: HTMLResponse(render_panel(o, s)))
+
+
+async def api_status(request: Request) -> Response:
+    """``GET /api/status``: the seed's status fields."""
+    return await _read(lambda o, s: JSONResponse(s))
+
+
+async def api_overview(request: Request) -> Response:
+    """``GET /api/overview``: everything the page shows, the status fields included."""
+    return await _read(lambda o, s: JSONResponse({**o, "status": s}))
+
+
+async def metrics(request: Request) -> Response:
+    """``GET /metrics``: Prometheus text format."""
+    body = await run_in_threadpool(lambda: render_metrics(metrics_registry()))
+    return Response(body, media_type=CONTENT_TYPE_LATEST)
+
+
+async def switch_mode(request: Request) -> Response:
+    """``POST /api/mode``: 403 without the app's token (``app.state.token``), 400 for a bad
+    body (naming the field), 409 for a mode no tier can serve, else the change as JSON."""
+    if not token_matches(_presented_token(request), request.app.state.token):
+        return _error(
+            403,
+            "switching the mode needs the dashboard's token (Authorization: Bearer <token>);"
+            " without it the dashboard is read-only",
+            "token",
+        )
+    try:
+        body = await request.json()
+    except ValueError:
+        body = None
+    if not isinstance(body, dict):
+        return _error(400, 'the body must be a JSON object, e.g. {"mode": "cloud"}', "body")
+    mode = body.get("mode")
+    if mode not in {m.value for m in Mode}:
+        return _error(400, "mode must be one of auto, local, cloud", "mode")
+    reason = body.get("reason")
+    if reason is not None and (not isinstance(reason, str) or len(reason) > 500):
+        return _error(400, "reason must be a string of at most 500 characters", "reason")
+    try:
+        change = await run_in_threadpool(
+            set_mode, mode, source="manual", reason=reason or "dashboard"
+        )
+    except ModeError as exc:
+        return _error(409, str(exc), "mode")
+    return JSONResponse(change.as_dict())
+
+
+ROUTES = [
+    Route("/", page),
+    Route("/fragment", fragment),
+    Route("/api/status", api_status),
+    Route("/api/overview", api_overview),
+    Route("/api/mode", switch_mode, methods=["POST"]),
+    Route("/metrics", metrics),
+    Mount("/static", StaticFiles(directory=STATIC), name="static"),
+]
+
+
 def create_app(token: str, *, allowed_hosts: list[str] | None = None) -> Starlette:
-    """The dashboard application; ``token`` guards ``POST /api/mode``. ``allowed_hosts``: the
-    ``Host`` names it answers (default: the loopback names)."""
-
-    def overview_or_error() -> tuple[dict[str, Any], dict[str, Any]]:
-        overview = build_overview()
-        return overview, status_fields(overview)
-
-    async def read(request: Request, render: Callable[..., Response]) -> Response:
-        try:
-            overview, status = await run_in_threadpool(overview_or_error)
-        except Exception as exc:  # the fleet's stores are down: say so, keep serving
-            log.warning("dashboard could not read the fleet", exc_info=True)
-            return _error(503, f"could not read the fleet: {type(exc).__name__}", "fleet")
-        return render(overview, status)
-
-    async def page(request: Request) -> Response:
-        return await read(request, lambda o, s: HTMLResponse(render_page(o, s)))
-
-    async def fragment(request: Request) -> Response:
-        return await read(request, lambda o, s: HTMLResponse(render_panel(o, s)))
-
-    async def api_status(request: Request) -> Response:
-        return await read(request, lambda o, s: JSONResponse(s))
-
-    async def api_overview(request: Request) -> Response:
-        return await read(request, lambda o, s: JSONResponse({**o, "status": s}))
-
-    async def metrics(request: Request) -> Response:
-        body = await run_in_threadpool(lambda: render_metrics(metrics_registry()))
-        return Response(body, media_type=CONTENT_TYPE_LATEST)
-
-    async def switch_mode(request: Request) -> Response:
-        if not token_matches(_presented_token(request), token):
-            return _error(
-                403,
-                "switching the mode needs the dashboard's token (Authorization: Bearer <token>);"
-                " without it the dashboard is read-only",
-                "token",
-            )
-        try:
-            body = await request.json()
-        except ValueError:
-            body = None
-        if not isinstance(body, dict):
-            return _error(400, 'the body must be a JSON object, e.g. {"mode": "cloud"}', "body")
-        mode = body.get("mode")
-        if mode not in {m.value for m in Mode}:
-            return _error(400, "mode must be one of auto, local, cloud", "mode")
-        reason = body.get("reason")
-        if reason is not None and (not isinstance(reason, str) or len(reason) > 500):
-            return _error(400, "reason must be a string of at most 500 characters", "reason")
-        try:
-            change = await run_in_threadpool(
-                set_mode, mode, source="manual", reason=reason or "dashboard"
-            )
-        except ModeError as exc:
-            return _error(409, str(exc), "mode")
-        return JSONResponse(change.as_dict())
-
-    hosts = allowed_hosts or list(LOOPBACK)
-    return Starlette(
-        routes=[
-            Route("/", page),
-            Route("/fragment", fragment),
-            Route("/api/status", api_status),
-            Route("/api/overview", api_overview),
-            Route("/api/mode", switch_mode, methods=["POST"]),
-            Route("/metrics", metrics),
-            Mount("/static", StaticFiles(directory=STATIC), name="static"),
-        ],
+    """The dashboard application; ``token`` guards ``POST /api/mode`` (kept on
+    ``app.state.token``). ``allowed_hosts``: the ``Host`` names it answers (default: the
+    loopback names)."""
+    app = Starlette(
+        routes=ROUTES,
         middleware=[
-            Middleware(TrustedHostMiddleware, allowed_hosts=hosts),
+            Middleware(TrustedHostMiddleware, allowed_hosts=allowed_hosts or list(LOOPBACK)),
             Middleware(SecurityHeaders),
         ],
     )
+    app.state.token = token
+    return app
 
 
 class SecurityHeaders:

@@ -25,7 +25,7 @@ from datetime import UTC, date, datetime, timedelta
 from decimal import Decimal
 from typing import Any
 
-from sqlalchemy import Date, case, cast, func, literal, select
+from sqlalchemy import Date, Select, case, cast, func, literal, select
 from sqlalchemy.sql.elements import ColumnElement
 
 from schemas.tables import Attempt, Job, SupersededCall
@@ -76,8 +76,26 @@ def _attempt_stats(
     """Per value of ``key``: calls, cost, tokens, mean latency and outcome counts, superseded
     calls included (grouped by ``superseded_key``, the same column of ``superseded_calls``, or
     ``key`` itself when it is a job's column)."""
+    skey = superseded_key if superseded_key is not None else key
+    stats: dict[Any, dict[str, Any]] = {}
+    with session_scope() as session:
+        for name, *values in session.execute(_attempts_query(key, where)):
+            stats[name] = _attempt_row(*values)
+        for name, count, cost, tin, tout in session.execute(_superseded_query(skey, where)):
+            row = stats.setdefault(name, dict(_EMPTY_ATTEMPTS))
+            row["calls"] += int(count)
+            row["superseded"] += int(count)
+            row["total_cost"] += _money(cost)
+            row["input_tokens"] += int(tin)
+            row["output_tokens"] += int(tout)
+    return stats
+
+
+def _attempts_query(key: Any, where: list[ColumnElement[bool]]) -> Select[Any]:
+    """Per ``key``: calls (not cached), cost, tokens, mean latency of calls, then passed,
+    rejected, error and skipped counts."""
     called = Attempt.status.in_(CALLED) & Attempt.cached.is_(None)
-    query = _grouped(
+    return _grouped(
         select(
             key if key is not None else literal("all"),
             _count_if(called),
@@ -94,10 +112,13 @@ def _attempt_stats(
         .where(*where),
         key,
     )
-    skey = superseded_key if superseded_key is not None else key
-    superseded = _grouped(
+
+
+def _superseded_query(key: Any, where: list[ColumnElement[bool]]) -> Select[Any]:
+    """Per ``key``: superseded calls, their cost and tokens."""
+    return _grouped(
         select(
-            skey if skey is not None else literal("all"),
+            key if key is not None else literal("all"),
             func.count(SupersededCall.id),
             func.coalesce(func.sum(SupersededCall.cost_usd), 0),
             func.coalesce(func.sum(SupersededCall.input_tokens), 0),
@@ -105,42 +126,27 @@ def _attempt_stats(
         )
         .join(Job, Job.id == SupersededCall.job_id)
         .where(*where),
-        skey,
+        key,
     )
-    stats: dict[Any, dict[str, Any]] = {}
-    with session_scope() as session:
-        for (
-            name,
-            calls,
-            cost,
-            tin,
-            tout,
-            latency,
-            passed,
-            rejected,
-            errors,
-            skipped,
-        ) in session.execute(query):
-            stats[name] = {
-                "calls": int(calls),
-                "total_cost": _money(cost),
-                "input_tokens": int(tin),
-                "output_tokens": int(tout),
-                "avg_latency_ms": round(float(latency), 1) if latency is not None else None,
-                "passed": int(passed),
-                "rejected": int(rejected),
-                "errors": int(errors),
-                "skipped": int(skipped),
-                "superseded": 0,
-            }
-        for name, count, cost, tin, tout in session.execute(superseded):
-            row = stats.setdefault(name, dict(_EMPTY_ATTEMPTS))
-            row["calls"] += int(count)
-            row["superseded"] += int(count)
-            row["total_cost"] += _money(cost)
-            row["input_tokens"] += int(tin)
-            row["output_tokens"] += int(tout)
-    return stats
+
+
+def _attempt_row(
+    calls: Any, cost: Any, tin: Any, tout: Any, latency: Any, *outcomes: Any
+) -> dict[str, Any]:
+    """One row of :func:`_attempts_query` as the stats' dict (superseded calls added later)."""
+    passed, rejected, errors, skipped = (int(n) for n in outcomes)
+    return {
+        "calls": int(calls),
+        "total_cost": _money(cost),
+        "input_tokens": int(tin),
+        "output_tokens": int(tout),
+        "avg_latency_ms": round(float(latency), 1) if latency is not None else None,
+        "passed": passed,
+        "rejected": rejected,
+        "errors": errors,
+        "skipped": skipped,
+        "superseded": 0,
+    }
 
 
 def _job_stats(key: Any, where: list[ColumnElement[bool]]) -> dict[Any, dict[str, Any]]:

@@ -20,6 +20,7 @@ from typing import Any
 
 from sqlalchemy import and_, exists, func, or_, select, update
 from sqlalchemy.dialects.postgresql import insert
+from sqlalchemy.orm import Session
 
 from schemas.tables import Attempt, Batch, Job, ProviderBatch, ProviderBatchItem
 from tierflow.core.constants import (
@@ -433,44 +434,10 @@ def cancel_deferred_jobs(batch_id: str, reason: str = "cancelled with its batch"
     either took it first (that job is in flight and is kept) or finds it cancelled.
     """
     with session_scope() as session:
-        open_ids = list(
-            session.execute(
-                select(Job.id)
-                .where(Job.batch_id == batch_id, Job.status.not_in(TERMINAL_STATUSES))
-                .order_by(Job.id)
-                .with_for_update()
-            ).scalars()
-        )
-        if not open_ids:
-            return 0
-        waiting = and_(
-            ProviderBatchItem.job_id == Attempt.job_id,
-            ProviderBatchItem.attempt_no == Attempt.attempt_no,
-            ProviderBatchItem.deferred_by == Attempt.worker,
-            ProviderBatchItem.state.in_([ItemState.PENDING.value, ItemState.SUBMITTED.value]),
-        )
-        deferred = list(
-            session.execute(
-                select(Attempt.job_id, Attempt.attempt_no).where(
-                    Attempt.job_id.in_(open_ids),
-                    Attempt.status == AttemptStatus.RUNNING.value,
-                    exists().where(waiting),
-                )
-            ).all()
-        )
-        others = set(
-            session.execute(
-                select(Attempt.job_id).where(
-                    Attempt.job_id.in_(open_ids),
-                    Attempt.status == AttemptStatus.RUNNING.value,
-                    ~exists().where(waiting),
-                )
-            ).scalars()
-        )
-        chosen = [(j, n) for j, n in deferred if j not in others]
+        open_ids = _lock_open_jobs(session, batch_id)
+        chosen = _waiting_only_for_a_provider_batch(session, open_ids) if open_ids else []
         if not chosen:
             return 0
-        job_ids = [j for j, _ in chosen]
         for job_id, attempt_no in chosen:
             session.execute(
                 update(Attempt)
@@ -487,6 +454,7 @@ def cancel_deferred_jobs(batch_id: str, reason: str = "cancelled with its batch"
                     finished_at=func.now(),
                 )
             )
+        job_ids = [j for j, _ in chosen]
         session.execute(
             update(Job)
             .where(Job.id.in_(job_ids))
@@ -494,6 +462,40 @@ def cancel_deferred_jobs(batch_id: str, reason: str = "cancelled with its batch"
             .execution_options(synchronize_session=False)
         )
         return len(job_ids)
+
+
+def _lock_open_jobs(session: Session, batch_id: str) -> list[str]:
+    """The ids of the batch's unfinished jobs, their rows locked (in id order: no deadlock)."""
+    return list(
+        session.execute(
+            select(Job.id)
+            .where(Job.batch_id == batch_id, Job.status.not_in(TERMINAL_STATUSES))
+            .order_by(Job.id)
+            .with_for_update()
+        ).scalars()
+    )
+
+
+def _waiting_only_for_a_provider_batch(
+    session: Session, job_ids: list[str]
+) -> list[tuple[str, int]]:
+    """``(job_id, attempt_no)`` of the running attempts that wait for a provider batch (their
+    item unanswered and still held by the deferring delivery), for jobs with no other running
+    attempt: a job with one in flight elsewhere is kept."""
+    waiting = and_(
+        ProviderBatchItem.job_id == Attempt.job_id,
+        ProviderBatchItem.attempt_no == Attempt.attempt_no,
+        ProviderBatchItem.deferred_by == Attempt.worker,
+        ProviderBatchItem.state.in_([ItemState.PENDING.value, ItemState.SUBMITTED.value]),
+    )
+    running = and_(Attempt.job_id.in_(job_ids), Attempt.status == AttemptStatus.RUNNING.value)
+    deferred = session.execute(
+        select(Attempt.job_id, Attempt.attempt_no).where(running, exists().where(waiting))
+    ).all()
+    others = set(
+        session.execute(select(Attempt.job_id).where(running, ~exists().where(waiting))).scalars()
+    )
+    return [(j, n) for j, n in deferred if j not in others]
 
 
 def batches_to_cancel() -> list[ProviderBatch]:
