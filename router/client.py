@@ -13,6 +13,7 @@ from typing import Any
 from pydantic import ValidationError
 
 from router.dispatch import enqueue_route, route_facts
+from router.fairshare import job_daemon
 from router.feedback import record_feedback
 from router.mode import get_mode
 from router.plan import plan_job
@@ -238,7 +239,11 @@ def submit_job(
         handle._listen()
         try:
             facts = route_facts(
-                request.action_type, request.prompt, request.context, request.priority
+                request.action_type,
+                request.prompt,
+                request.context,
+                request.priority,
+                job_daemon(request.metadata),
             )
             enqueue_route(job_id, request.priority, request.action_type, facts)
         except Exception:

@@ -28,6 +28,7 @@ from __future__ import annotations
 import json
 from typing import Any
 
+from router.fairshare import FairShare, contended, slot_member
 from tierflow.core.celery_app import app
 from tierflow.core.constants import (
     ROUTER_QUEUE,
@@ -38,6 +39,12 @@ from tierflow.core.constants import (
     Tier,
     tier_queue,
 )
+from tierflow.core.redis_client import get_keys, get_redis
+from tierflow.core.settings import get_settings
+
+# A fair-share slot outlives the longest run a task may have (its hard time limit) by this much:
+# only a dead holder's slot expires.
+SLOT_MARGIN_S = 60.0
 
 
 def describe(job_id: str, tier: Tier | None = None, action: str | None = None) -> str:
@@ -56,10 +63,16 @@ FACTS_MAX_CHARS = 4096
 
 
 def route_facts(
-    action: str, prompt: str, context: dict[str, Any] | None, priority: int
+    action: str,
+    prompt: str,
+    context: dict[str, Any] | None,
+    priority: int,
+    daemon: str | None = None,
 ) -> dict[str, Any] | None:
     """The routing facts of a job just stored with these fields, for its message to the
-    router; None when they are over :data:`FACTS_MAX_CHARS` (or its context is not JSON)."""
+    router; None when they are over :data:`FACTS_MAX_CHARS` (or its context is not JSON).
+    ``daemon`` (:func:`router.fairshare.job_daemon` of its metadata) is whose share its first
+    attempt takes."""
     if len(prompt) > FACTS_MAX_CHARS:
         return None
     try:
@@ -68,7 +81,10 @@ def route_facts(
         return None
     if size > FACTS_MAX_CHARS:
         return None
-    return {"action": action, "prompt": prompt, "context": context or {}, "priority": priority}
+    facts = {"action": action, "prompt": prompt, "context": context or {}, "priority": priority}
+    if daemon:
+        facts["daemon"] = daemon
+    return facts
 
 
 def enqueue_route(
@@ -93,6 +109,14 @@ def enqueue_route(
     )
 
 
+def fair_share() -> FairShare:
+    """This fleet's admission to contended tiers (see :mod:`router.fairshare`)."""
+    settings = get_settings()
+    return FairShare(
+        get_redis(), get_keys(), settings.llm, settings.task_time_limit + SLOT_MARGIN_S
+    )
+
+
 def enqueue_attempt(
     job_id: str,
     tier: Tier,
@@ -103,26 +127,86 @@ def enqueue_attempt(
     priority: int = 5,
     waits: int = 0,
     action: str | None = None,
+    daemon: str | None = None,
 ) -> None:
     """Send one attempt of a job to its tier's queue, after ``countdown`` seconds; ``action``
-    (the job's, when the caller has it) only labels the message.
+    (the job's, when the caller has it) only labels the message; ``daemon`` (the job's
+    ``metadata.daemon``) is whose share of the tier it takes.
+
+    On a contended tier (:func:`router.fairshare.contended`) the attempt is admitted first: sent
+    now if a slot is free and it is its daemon's turn, else it waits in its daemon's line in
+    Redis and is sent when a slot frees (by the run that frees it). An attempt with a countdown
+    is sent at once with its admission still to do (``fair``, done by the worker when it comes
+    due), so a wait holds no slot.
 
     ``waits`` (how often this attempt already waited for capacity) is sent as a fifth argument
     only when it is not 0, so a worker that predates it still reads every first try.
     """
+    tier = Tier(tier)
+    payload = attempt_payload(
+        job_id, tier, step, attempt_no, retries_in_step, priority, waits, action, daemon
+    )
+    if not contended(get_settings().llm, tier):
+        send_admitted(payload, countdown)
+    elif countdown:
+        send_admitted(payload, countdown, admit=True)
+    else:
+        send_all(fair_share().offer(tier, daemon, payload["m"], payload, priority))
+
+
+def attempt_payload(
+    job_id: str,
+    tier: Tier,
+    step: int,
+    attempt_no: int,
+    retries_in_step: int,
+    priority: int,
+    waits: int,
+    action: str | None,
+    daemon: str | None,
+) -> dict[str, Any]:
+    """One attempt message as a daemon's line in Redis holds it (short keys; ``m`` its slot)."""
+    return {
+        "m": slot_member(job_id, attempt_no, retries_in_step, waits),
+        "j": job_id,
+        "t": Tier(tier).value,
+        "s": step,
+        "a": attempt_no,
+        "r": retries_in_step,
+        "w": waits,
+        "p": priority,
+        "x": action,
+        "d": daemon,
+    }
+
+
+def send_all(payloads: list[dict[str, Any]]) -> None:
+    """Send every admitted payload (:meth:`FairShare.offer` / ``release``) to its tier."""
+    for payload in payloads:
+        send_admitted(payload)
+
+
+def send_admitted(payload: dict[str, Any], countdown: float = 0.0, admit: bool = False) -> None:
+    """Send one attempt message built by :func:`enqueue_attempt`; ``admit``: its admission is
+    still to do when it comes due (its ``fair`` keyword carries the daemon, priority, action)."""
+    job_id, tier, action = payload["j"], Tier(payload["t"]), payload["x"]
+    step, attempt_no, retries = payload["s"], payload["a"], payload["r"]
     label = describe(job_id, tier, action)
-    args: list[str | int] = [job_id, step, attempt_no, retries_in_step]
-    if waits:
-        args.append(waits)
+    args: list[str | int] = [job_id, step, attempt_no, retries]
+    if payload["w"]:
+        args.append(payload["w"])
+    kwargs = {"fair": {"d": payload["d"], "p": payload["p"], "x": action}} if admit else None
     app.send_task(
         TASK_RUN_ATTEMPT,
         declare=[],
         args=args,
+        kwargs=kwargs,
         queue=tier_queue(tier),
         countdown=countdown or None,
-        priority=9 - priority,
+        priority=9 - payload["p"],
         shadow=f"run_attempt {label}",
-        argsrepr=f"{label} step={step} attempt={attempt_no} retries={retries_in_step}",
+        argsrepr=f"{label} step={step} attempt={attempt_no} retries={retries}",
+        kwargsrepr="",
     )
 
 

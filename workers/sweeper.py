@@ -26,6 +26,7 @@ from workers.queues import queue_depth
 SWEEP_BATCH = 500  # stalled jobs read per pass; the rest wait for the next pass
 
 
+from router.fairshare import job_daemon
 def sweep(now: datetime, stale_after: timedelta, batch: int = SWEEP_BATCH) -> dict[str, int]:
     """One pass; returns counts of jobs expired (deadline passed), jobs re-sent, and stalled
     jobs left waiting in a queue with a backlog.
@@ -77,5 +78,13 @@ def _resend_attempt(job: Job, backlog: Callable[[list[str]], bool]) -> bool:
         return False
     attempt_no = last.attempt_no if last else 0
     retries = sum(1 for a in attempts if a.step == step) - 1 if last else 0
-    enqueue_attempt(job.id, chain[step], step, attempt_no, max(retries, 0), priority=job.priority)
+    enqueue_attempt(
+        job.id,
+        chain[step],
+        step,
+        attempt_no,
+        max(retries, 0),
+        priority=job.priority,
+        daemon=job_daemon(job.job_metadata),
+    )
     return True

@@ -31,6 +31,7 @@ import workers.automode  # noqa: F401 - registers check_auto_mode (automatic mod
 from router import interactive
 from router.dispatch import FACTS_MAX_CHARS, enqueue_attempt
 from router.mode import mode_of
+from router.fairshare import job_daemon
 from router.plan import plan_job
 from schemas.jobs import utcnow
 from tierflow import store
@@ -55,7 +56,7 @@ from tierflow.core.constants import (
 from tierflow.core.errors import JobValidationError
 from tierflow.core.redis_client import get_keys, get_redis
 from tierflow.core.settings import get_settings
-from workers import audit, outcome
+from workers import admission, audit, outcome
 from workers.packs import run_pack_steps
 from workers.pipeline import resume_attempt_steps, run_attempt_steps
 from workers.pipeline.summary import summarize
@@ -166,6 +167,7 @@ class RouteFacts(NamedTuple):
     context: dict[str, Any]
     priority: int
 
+    daemon: str | None = None
 
 def check_route_facts(value: Any) -> RouteFacts | None:
     """The message's routing facts, or None when absent or not as ``route_facts`` makes them
@@ -180,7 +182,7 @@ def check_route_facts(value: Any) -> RouteFacts | None:
         return None
     if len(prompt) > FACTS_MAX_CHARS:
         return None
-    return RouteFacts(action, prompt, context, priority)
+    return RouteFacts(action, prompt, context, priority, job_daemon(value))
 
 
 class _SeenMode:
@@ -212,7 +214,15 @@ def _route_from_facts(job_id: str, facts: RouteFacts) -> str | None:
         interactive.mark()  # batches make room while daemons' jobs come in
     if not store.save_plan_for_mode(job_id, plan.complexity.value, plan.to_json(), last):
         return None
-    enqueue_attempt(job_id, plan.chain[0], 0, 0, priority=facts.priority, action=facts.action)
+    enqueue_attempt(
+        job_id,
+        plan.chain[0],
+        0,
+        0,
+        priority=facts.priority,
+        action=facts.action,
+        daemon=facts.daemon,
+    )
     return plan.tier.value
 
 
@@ -239,7 +249,15 @@ def _route(job_id: str) -> str | None:
         # (the worker died in between). Sending it again is harmless: attempts are claimed.
         assert job.plan is not None
         first = Tier(job.plan["chain"][0])
-        enqueue_attempt(job_id, first, 0, 0, priority=job.priority, action=job.action_type)
+        enqueue_attempt(
+            job_id,
+            first,
+            0,
+            0,
+            priority=job.priority,
+            action=job.action_type,
+            daemon=job_daemon(job.job_metadata),
+        )
         return "resent"
     if job.status == JobStatus.ROUTED.value:
         return job.status
@@ -247,7 +265,15 @@ def _route(job_id: str) -> str | None:
         outcome.finish_failure(job, config, plan.error)  # after the commit: it locks the row
         return "failed"
     if saved:
-        enqueue_attempt(job_id, plan.chain[0], 0, 0, priority=job.priority, action=job.action_type)
+        enqueue_attempt(
+            job_id,
+            plan.chain[0],
+            0,
+            0,
+            priority=job.priority,
+            action=job.action_type,
+            daemon=job_daemon(job.job_metadata),
+        )
     return plan.tier.value
 
 
@@ -260,11 +286,15 @@ def run_attempt(
     retries_in_step: Any = 0,
     waits: Any = 0,
 ) -> str | None:
+    fair: Any = None,
     """Run one attempt of a job on this queue's tier, then enqueue whatever comes next.
 
     ``waits`` counts how often this attempt already waited for capacity (a concurrency cap, a
     rate limit), so the next wait backs off; messages without it (sent before it existed) start
-    at 0.
+    at 0. ``fair`` (a message sent with a countdown to a contended tier) asks for admission
+    first (:mod:`workers.admission`): not admitted, the attempt waits in its daemon's line and
+    this delivery ends ("queued"). A contended tier's run frees its slot at its end, unless it
+    ends by a retry of this same message.
     """
     try:
         job_id = check_job_id(job_id)
@@ -275,11 +305,39 @@ def run_attempt(
     except JobValidationError as exc:
         _dead_letter(self, str(exc))
         return None
-    # "host/run:task_id": the task id ties a retry to its claim; the run id tells two runs of
-    # one task id apart (the broker can hand the same message out twice), so the fence on the
-    # attempt's write knows exactly which run holds it.
-    run = uuid.uuid4().hex[:8]
-    worker = f"{self.request.hostname or 'local'}/{run}:{self.request.id}"
+    delivery = admission.contended_delivery(
+        (self.request.delivery_info or {}).get("routing_key"),
+        job_id,
+        attempt_no,
+        retries_in_step,
+        waits,
+    )
+    arrival = admission.check_fair(fair) if delivery is not None else None
+    if (
+        delivery is not None
+        and arrival is not None
+        and not admission.admit_on_arrival(
+            delivery, arrival, job_id, step, attempt_no, retries_in_step, waits
+        )
+    ):
+        return "queued"  # it waits in its daemon's line; a freed slot sends it
+    try:
+        done = _run_attempt(self, job_id, step, attempt_no, retries_in_step, waits)
+    except (*INFRA_ERRORS, Retry):
+        raise  # retried as this same message: it keeps its slot
+    except BaseException:
+        if delivery is not None:
+            admission.release_after(delivery)
+        raise
+    if delivery is not None:
+        admission.release_after(delivery)
+    return done
+
+
+def _run_attempt(
+    self: Task, job_id: str, step: int, attempt_no: int, retries_in_step: int, waits: int
+) -> str | None:
+    worker = delivery_name(self)
     with job_fails_on_bug(self, job_id):
         config = get_settings().llm
         retry = int(self.request.retries or 0)
@@ -318,7 +376,9 @@ def sweep_stuck_jobs(
         get_keys().sweep_lock, self.request.hostname or "local", nx=True, ex=SWEEP_LOCK_S
     ):
         return {"skipped": 1}
-    return sweep(utcnow(), timedelta(seconds=stale_after_s))
+    counts = sweep(utcnow(), timedelta(seconds=stale_after_s))
+    counts["admitted"] = admission.pump_all()  # slots of dead holders expire here too
+    return counts
 
 
 @app.task(name=TASK_AUDIT, bind=True, **_RETRY)

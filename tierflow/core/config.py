@@ -292,6 +292,15 @@ class DaemonBudget(_Strict):
         )
 
 
+class DaemonShare(_Strict):
+    """A daemon's share of a contended tier (``router/fairshare.py``): ``weight`` (relative to
+    other daemons with work waiting; 1 by default) and ``max_in_flight`` (its attempts running
+    at once on each tier; null: no cap). Idle capacity is never withheld by a weight."""
+
+    weight: float = Field(default=1.0, gt=0, le=1000)
+    max_in_flight: int | None = Field(default=None, gt=0)
+
+
 class ProviderBatchConfig(_Strict):
     """The providers' Batch APIs for the API tier (:mod:`workers.provider_batch`).
 
@@ -319,7 +328,17 @@ class LLMConfig(_Strict):
     # Per daemon (the gateway key's daemon, ``metadata.daemon`` of a job): see workers/budget.py
     # (``tierflow budget set`` stores ceilings that take precedence over these).
     budgets: dict[str, DaemonBudget] = Field(default_factory=dict)
+    # Per daemon: its weight and cap on each contended tier (router/fairshare.py).
+    daemons: dict[str, DaemonShare] = Field(default_factory=dict)
     caching: CachingConfig = CachingConfig()
+
+    @field_validator("daemons")
+    @classmethod
+    def _daemon_names(cls, daemons: dict[str, DaemonShare]) -> dict[str, DaemonShare]:
+        bad = [n for n in daemons if not n or len(n) > 64 or n != n.strip()]
+        if bad:
+            raise ValueError(f"daemons: names must be 1-64 characters, no edge spaces: {bad}")
+        return daemons
 
     @field_validator("tiers")
     @classmethod

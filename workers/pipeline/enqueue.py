@@ -7,6 +7,7 @@ was just sent is alive, and the sweeper leaves it alone while that message waits
 from __future__ import annotations
 
 from router.dispatch import enqueue_attempt
+from router.fairshare import job_daemon
 from tierflow import store
 from workers.pipeline.context import AttemptContext, Step
 
@@ -29,4 +30,5 @@ class Enqueue(Step):
             priority=ctx.job.priority,
             waits=move.waits,
             action=ctx.job.action_type,
+            daemon=job_daemon(ctx.job.job_metadata),
         )
