@@ -1,40 +1,39 @@
-"""The ``tierflow`` command: run the fleet, submit jobs, watch modes and costs."""
+"""The ``tierflow`` command: run the fleet, submit jobs, watch modes and costs.
+
+Importing this package imports the command table (:mod:`tierflow.cli.commands`) and nothing of
+the fleet: each command's module is imported when that command runs.
+"""
 
 from __future__ import annotations
 
+import importlib
 import sys
 import warnings
 
+import typer
+
 from tierflow.app.console import err_console
-from tierflow.cli import (
-    autoscale_cmds,
-    batch_cmds,
-    budget_cmds,
-    dashboard_cmds,
-    eval_cmds,
-    fleet_cmds,
-    gateway_cmds,
-    job_cmds,
-    queue_cmds,
-    report_cmds,
-)
-from tierflow.cli.base import app
+from tierflow.cli.commands import COMMANDS, LazyGroup, load_command
 from tierflow.core.errors import TierflowError
 
-__all__ = [
-    "app",
-    "autoscale_cmds",
-    "batch_cmds",
-    "budget_cmds",
-    "dashboard_cmds",
-    "eval_cmds",
-    "fleet_cmds",
-    "gateway_cmds",
-    "job_cmds",
-    "main",
-    "queue_cmds",
-    "report_cmds",
-]
+__all__ = ["COMMANDS", "app", "load_command", "main"]
+
+app = typer.Typer(
+    cls=LazyGroup,
+    no_args_is_help=True,
+    add_completion=False,
+    help="The tierflow command: run the fleet, submit jobs, watch modes and costs.",
+)
+
+# The check imports the backends (and their SDKs): loaded with the command, not for --help.
+_CONFIG_CHECK = "tierflow.cli.base"
+
+
+@app.callback()
+def check_config_at_start() -> None:
+    """Every command validates the settings and the whole config first (providers and their
+    options included), so a bad file fails naming its field before anything runs."""
+    importlib.import_module(_CONFIG_CHECK).check_config_at_start()
 
 
 def main() -> None:

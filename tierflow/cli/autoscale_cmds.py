@@ -9,12 +9,13 @@ import typer
 
 from tierflow.app.console import console
 from tierflow.app.fleet import adopt_running_fleet
-from tierflow.cli.base import app
 from tierflow.core.redis_client import get_keys, get_redis
 from tierflow.core.settings import get_settings
 from workers.autoscale import Autoscaler, LocalProcessLauncher
 from workers.limits import FleetLimits
 from workers.pools import pool_concurrency
+
+app = typer.Typer()  # this module's commands, loaded by name (tierflow/cli/commands.py)
 
 
 @app.command()

@@ -15,8 +15,9 @@ from rich.table import Table
 from router.batch import BatchHandle, estimate_batch, read_jsonl, submit_batch
 from tierflow.app.console import console
 from tierflow.app.fleet import adopt_running_fleet
-from tierflow.cli.base import app
 from tierflow.core.settings import get_settings
+
+app = typer.Typer()  # this module's commands, loaded by name (tierflow/cli/commands.py)
 
 batch_app = typer.Typer(no_args_is_help=True, help="Batch runs: many jobs as one, resumable.")
 app.add_typer(batch_app, name="batch")

@@ -7,10 +7,11 @@ from rich.table import Table
 
 from tierflow.app.console import console
 from tierflow.app.fleet import adopt_running_fleet
-from tierflow.cli.base import app
 from tierflow.core.redis_client import get_keys, get_redis
 from tierflow.core.settings import get_settings
 from tierflow.store.budgets import all_budgets, clear_budget, set_budget
+
+app = typer.Typer()  # this module's commands, loaded by name (tierflow/cli/commands.py)
 
 budget_app = typer.Typer(no_args_is_help=True, help="Per-daemon spend ceilings (US dollars).")
 app.add_typer(budget_app, name="budget")

@@ -9,7 +9,8 @@ import typer
 from tierflow.app.console import console
 from tierflow.app.dashboard import DEFAULT_PORT, TOKEN_ENV, configured_token, new_token, serve
 from tierflow.app.fleet import adopt_running_fleet
-from tierflow.cli.base import app
+
+app = typer.Typer()  # this module's commands, loaded by name (tierflow/cli/commands.py)
 
 
 @app.command()

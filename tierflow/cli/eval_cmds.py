@@ -10,9 +10,10 @@ from rich.table import Table
 
 from router.gate.evaluate import DEFAULT_REFIT_EVERY, Evaluation, evaluate, read_rows, rule_for
 from tierflow.app.console import console
-from tierflow.cli.base import app
 from tierflow.core.config import load_config
 from tierflow.core.settings import get_settings
+
+app = typer.Typer()  # this module's commands, loaded by name (tierflow/cli/commands.py)
 
 
 @app.command("eval")

@@ -12,12 +12,15 @@ import typer
 
 from tierflow.app.console import console, print_event
 from tierflow.app.fleet import running_fleet
-from tierflow.cli.base import app, db_app
 from tierflow.core.config import EXTRA_BUFFERS_CHOICES
 from tierflow.core.db import upgrade_database
 from tierflow.core.settings import get_settings, redact_url
-from workers.local_server import serve
+from workers.engine.server import serve
 from workers.pools import POOLS, worker_argv
+
+app = typer.Typer()  # this module's commands, loaded by name (tierflow/cli/commands.py)
+db_app = typer.Typer(no_args_is_help=True, help="Database migrations.")
+app.add_typer(db_app, name="db")
 
 
 @app.command()

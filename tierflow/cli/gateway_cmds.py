@@ -10,8 +10,9 @@ from tierflow import store
 from tierflow.app.console import console
 from tierflow.app.fleet import adopt_running_fleet
 from tierflow.app.gateway import DEFAULT_PORT, serve
-from tierflow.cli.base import app
 from tierflow.core.errors import TierflowError
+
+app = typer.Typer()  # this module's commands, loaded by name (tierflow/cli/commands.py)
 
 keys_app = typer.Typer(no_args_is_help=True, help="The gateway's API keys (one per daemon).")
 app.add_typer(keys_app, name="keys")

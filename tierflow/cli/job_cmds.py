@@ -15,8 +15,9 @@ from schemas.jobs import JobResult
 from tierflow.app.console import console
 from tierflow.app.demo import run_demo
 from tierflow.app.fleet import adopt_running_fleet
-from tierflow.cli.base import app
 from tierflow.core.errors import JobValidationError
+
+app = typer.Typer()  # this module's commands, loaded by name (tierflow/cli/commands.py)
 
 
 def print_result(result: JobResult) -> None:

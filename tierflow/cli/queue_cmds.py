@@ -8,8 +8,9 @@ from rich.table import Table
 
 from tierflow.app.console import console
 from tierflow.app.fleet import adopt_running_fleet
-from tierflow.cli.base import app
 from workers.queues import depth_server, queue_load
+
+app = typer.Typer()  # this module's commands, loaded by name (tierflow/cli/commands.py)
 
 
 @app.command("queue-depth")

@@ -13,8 +13,9 @@ from router.export import export_usage_log
 from tierflow.app.console import console
 from tierflow.app.fleet import adopt_running_fleet
 from tierflow.app.status import gate_table, render_status, watch_status
-from tierflow.cli.base import app
 from tierflow.store.costs import get_cost_summary
+
+app = typer.Typer()  # this module's commands, loaded by name (tierflow/cli/commands.py)
 
 
 def _since(hours: float | None) -> datetime | None:
