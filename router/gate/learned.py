@@ -77,11 +77,12 @@ class LogisticScorer:
 
 def gate_score(feats: dict[str, float], scorer: Scorer | None, verifiers: Sequence[str]) -> float:
     """The gate's score of one answer's features: the scorer's probability when fitted, else
-    the mean of the verdicts' scores (``learned`` abstaining counts 1.0, as its verdict does)."""
+    the mean of the other verdicts' scores (an unfitted ``learned`` abstains and is not counted:
+    until labels exist the gate is exactly the one without it)."""
     if scorer is not None:
         return scorer(feats)
-    scores = [1.0 if name == "learned" else feats.get(f"{name}_score", 0.0) for name in verifiers]
-    return sum(scores) / len(scores)
+    scores = [feats.get(f"{name}_score", 0.0) for name in verifiers if name != "learned"]
+    return sum(scores) / len(scores) if scores else 1.0
 
 
 def gate_rank(feats: dict[str, float], scorer: Scorer | None, verifiers: Sequence[str]) -> float:
