@@ -19,7 +19,7 @@ from router import submit_job
 from router.dispatch import enqueue_attempt, enqueue_route
 from tests.bench.sql_guard import commits_per_job, count_statements_per_job
 from tests.conftest import DB_NAME
-from tests.support.services import fleet_config
+from tests.support.services import fleet_config, skip_unless_ci
 from tierflow import store
 from tierflow.core.constants import Tier
 from tierflow.core.redis_client import get_keys, get_redis
@@ -55,7 +55,7 @@ def test_a_successful_single_attempt_job_costs_at_most_its_budget(fleet) -> None
     assert commits <= MAX_COMMITS_PER_JOB, f"{commits:.1f} commits per job"
     traced = count_statements_per_job(DB_NAME, one_job, n=2)
     if traced is None:
-        pytest.skip("PostgreSQL server log not readable: statements not counted")
+        skip_unless_ci("PostgreSQL server log not readable: statements not counted")
     worst = max(len(t.statements) for t in traced)
     print(f"statements per job: {worst}")
     for statement in traced[0].statements:

@@ -18,6 +18,29 @@ from tests.support import services
 pytestmark = pytest.mark.integration
 
 
+def schema_diff(url: str) -> list[object]:
+    """Alembic autogenerate's differences between the database at ``url`` and the models."""
+    engine = create_engine(url)
+    try:
+        with engine.connect() as conn:
+            context = MigrationContext.configure(conn, opts={"compare_type": True})
+            return list(compare_metadata(context, Base.metadata))
+    finally:
+        engine.dispose()
+
+
+def public_tables(url: str) -> set[str]:
+    engine = create_engine(url)
+    try:
+        with engine.connect() as conn:
+            rows = conn.execute(
+                text("SELECT tablename FROM pg_tables WHERE schemaname = 'public'")
+            ).scalars()
+            return set(rows)
+    finally:
+        engine.dispose()
+
+
 def test_models_match_migrations(services_ready: None) -> None:
     name = "tierflow_migcheck_" + services.uuid.uuid4().hex[:8]
     url = services.create_database(name)
@@ -25,11 +48,7 @@ def test_models_match_migrations(services_ready: None) -> None:
         from tierflow.core.db import upgrade_database
 
         upgrade_database(url)
-        engine = create_engine(url)
-        with engine.connect() as conn:
-            context = MigrationContext.configure(conn, opts={"compare_type": True})
-            diff = compare_metadata(context, Base.metadata)
-        engine.dispose()
+        diff = schema_diff(url)
         assert diff == [], f"models and migrations disagree: {diff}"
     finally:
         services.drop_database(name)
@@ -44,8 +63,19 @@ def test_migrations_downgrade_to_base_and_back(services_ready: None) -> None:
     try:
         cfg = alembic_config(url)
         command.upgrade(cfg, "head")
+        assert set(Base.metadata.tables) <= public_tables(url)
         command.downgrade(cfg, "base")
+        # Every downgrade ran: nothing but Alembic's own bookkeeping is left.
+        assert public_tables(url) <= {"alembic_version"}
         command.upgrade(cfg, "head")
+        # Back at head, the schema is the models' again (types, indexes, constraints).
+        assert schema_diff(url) == [], "the migrated-down-and-up schema differs from the models"
+        head = ScriptDirectory.from_config(cfg).get_current_head()
+        engine = create_engine(url)
+        with engine.connect() as conn:
+            at = conn.execute(text("SELECT version_num FROM alembic_version")).scalars().all()
+        engine.dispose()
+        assert at == [head]
     finally:
         services.drop_database(name)
 

@@ -13,8 +13,9 @@ import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
+import pytest
 import yaml
 
 from tierflow.app.embedded import free_port
@@ -24,6 +25,18 @@ PG_HOST = os.environ.get("TIERFLOW_TEST_PG_HOST", "127.0.0.1")
 PG_PORT = int(os.environ.get("TIERFLOW_TEST_PG_PORT", "5432"))
 REDIS_URL = os.environ.get("TIERFLOW_TEST_REDIS_URL", "redis://127.0.0.1:6379/0")
 ADMIN_URL = f"postgresql+psycopg://postgres@{PG_HOST}:{PG_PORT}/postgres"
+
+
+def under_ci() -> bool:
+    """Whether ``CI`` is set (1, true, yes): a missing service then fails a test, never skips."""
+    return os.environ.get("CI", "").lower() in {"1", "true", "yes"}
+
+
+def skip_unless_ci(reason: str) -> NoReturn:
+    """Skip the test on a laptop; fail it under ``CI=true``, where it must run."""
+    if under_ci():
+        pytest.fail(f"{reason} (CI=true: this test must run)")
+    pytest.skip(reason)
 
 
 def port_open(host: str, port: int, timeout: float = 1.0) -> bool:

@@ -11,10 +11,15 @@ from pathlib import Path
 
 import pytest
 
-from tests.support.services import REPO, RedisServer
+from tests.support.services import REPO, RedisServer, skip_unless_ci
 from tierflow.app.watchdog import watch
 
-pytestmark = pytest.mark.skipif(not shutil.which("redis-server"), reason="needs redis-server")
+
+@pytest.fixture(autouse=True)
+def _redis_server() -> None:
+    if not shutil.which("redis-server"):
+        skip_unless_ci("needs redis-server")
+
 
 OWNER = """
 import sys, time
