@@ -4,14 +4,15 @@ re-enqueued one may wait, from the settings.
 Both are bounded by the broker's visibility timeout: Redis hands a message that stayed
 unacknowledged that long to a second worker.
 
-A lease is renewed while the model call runs (:class:`LeaseKeeper`): one thread per process
-pushes every held lease on by :func:`lease_seconds` every third of it, in one statement. So a
-live call keeps its attempt however slow it is (a long stream, a provider that answers in
-minutes), and a holder that died, hung or was paused stops renewing and loses it within one
-lease. Cutting streams at a total deadline instead would bound the call but not the holder:
-a worker paused (a VM migration, a stop-the-world pause, SIGSTOP) past its lease would still
-come back to write over a new holder; the renewal makes the lease a liveness signal, and the
-fence in :func:`tierflow.store.finish_attempt` turns away whoever lost it anyway.
+A lease is a heartbeat (:func:`lease_seconds`, ``TIERFLOW_LEASE_S``, 15 s by default), renewed
+while the attempt runs (:class:`LeaseKeeper`): one thread per process pushes every held lease on
+every third of it, in one statement. A live call keeps its attempt however slow it is, and a
+holder that died, hung, was paused or cut off stops renewing and loses it within one lease (the
+sweeper then re-sends the job; ``tierflow up`` releases a dead child's leases at once). How long
+an attempt may run is a separate bound, the hard time limit (:func:`attempt_deadline`): its call
+is given no more than what is left of it (:func:`call_timeout`), a stream is cut at it, and the
+keeper stops renewing a lease past it. The fence in :func:`tierflow.store.finish_attempt` turns
+away whoever lost the lease anyway (a paused worker that comes back).
 """
 
 from __future__ import annotations
@@ -45,11 +46,28 @@ def max_countdown() -> float:
 
 
 def lease_seconds() -> float:
-    """How long a claimed attempt stays ours (seconds): the hard time limit plus a margin, ending
-    before the visibility timeout, so a redelivery after a worker died finds the lease over."""
-    settings = get_settings()
-    margin = min(30.0, (settings.visibility_timeout - settings.task_time_limit) / 2)
-    return settings.task_time_limit + margin
+    """How long a claimed attempt stays ours without a renewal (seconds): ``TIERFLOW_LEASE_S``
+    (default 15). A heartbeat, not the time limit: the keeper renews it every third of itself
+    while the attempt runs, and a holder that stops renewing (killed, frozen, cut off) loses
+    the attempt to the next delivery within one lease."""
+    return float(get_settings().lease_s)
+
+
+def attempt_deadline(started: float) -> float:
+    """The ``time.monotonic()`` past which an attempt that started at ``started`` may not run:
+    the hard time limit (``TIERFLOW_TASK_TIME_LIMIT``) after its start."""
+    return started + float(get_settings().task_time_limit)
+
+
+def call_timeout(model_timeout_s: float, deadline: float | None = None) -> float:
+    """The timeout (seconds) a model call is given: the model's own, capped by the soft time
+    limit and by what is left before ``deadline`` (a ``time.monotonic()``), never below 0.1 s.
+    Celery's time limits do not apply to the thread pools the fleet runs, so this is what
+    bounds a silent call."""
+    timeout = min(float(model_timeout_s), float(get_settings().task_soft_time_limit))
+    if deadline is not None:
+        timeout = min(timeout, deadline - time.monotonic())
+    return max(timeout, 0.1)
 
 
 def capacity_wait(job_id: str, wait_s: float, waits: int) -> float:
@@ -80,10 +98,12 @@ class LeaseHold:
     lease_s: float
     renewed_at: float = field(default_factory=time.monotonic)  # the claim, or the last renewal
     lost: threading.Event = field(default_factory=threading.Event)  # taken over meanwhile
+    deadline: float | None = None  # time.monotonic() past which it is no longer renewed
 
     @property
     def due_at(self) -> float:
-        return self.renewed_at + self.lease_s / 3
+        due = self.renewed_at + self.lease_s / 3
+        return due if self.deadline is None else min(due, self.deadline)
 
 
 class LeaseKeeper:
@@ -107,10 +127,33 @@ class LeaseKeeper:
 
     @contextmanager
     def hold(
-        self, job_id: str, attempt_no: int, worker: str, lease_s: float
+        self,
+        job_id: str,
+        attempt_no: int,
+        worker: str,
+        lease_s: float,
+        deadline: float | None = None,
     ) -> Iterator[LeaseHold]:
-        """Keep (job_id, attempt_no)'s lease, just claimed by ``worker``, alive until exit."""
-        held = LeaseHold((job_id, attempt_no, worker), lease_s)
+        """Keep (job_id, attempt_no)'s lease, just claimed by ``worker``, alive until exit (or
+        until ``deadline``, a ``time.monotonic()``, whichever comes first)."""
+        held = self.keep(job_id, attempt_no, worker, lease_s, deadline)
+        try:
+            yield held
+        finally:
+            self.drop(held.key)
+
+    def keep(
+        self,
+        job_id: str,
+        attempt_no: int,
+        worker: str,
+        lease_s: float,
+        deadline: float | None = None,
+    ) -> LeaseHold:
+        """Start renewing (job_id, attempt_no)'s lease, held by ``worker``, until :meth:`drop`
+        or ``deadline`` (a ``time.monotonic()``: past it the lease runs out by itself, so an
+        attempt over its hard time limit is taken over even if its thread never returns)."""
+        held = LeaseHold((job_id, attempt_no, worker), lease_s, deadline=deadline)
         with self._lock:
             self._held[held.key] = held
             self._start()
@@ -119,11 +162,12 @@ class LeaseKeeper:
             early = held.due_at < self._sleeps_until
         if early:
             self._wake.set()
-        try:
-            yield held
-        finally:
-            with self._lock:
-                self._held.pop(held.key, None)
+        return held
+
+    def drop(self, key: HeldLease) -> None:
+        """Stop renewing ``key``'s lease (its outcome is stored, or it was given back)."""
+        with self._lock:
+            self._held.pop(key, None)
 
     def held(self) -> list[LeaseHold]:
         with self._lock:
@@ -157,6 +201,10 @@ class LeaseKeeper:
         now = time.monotonic()
         by_length: dict[float, list[LeaseHold]] = {}
         for h in self.held():
+            if h.deadline is not None and now >= h.deadline:
+                log.warning("attempt %s #%s is past its hard time limit", h.key[0], h.key[1])
+                self.drop(h.key)  # no renewal past it: the lease runs out by itself
+                continue
             if force or now >= h.due_at - h.lease_s / 6:
                 by_length.setdefault(h.lease_s, []).append(h)
         for lease_s, holds in by_length.items():

@@ -49,10 +49,9 @@ from tierflow import store
 from tierflow.core import errors
 from tierflow.core.config import ActionRule, LLMConfig
 from tierflow.core.constants import Tier
-from tierflow.core.settings import get_settings
 from tierflow.core.tokens import estimate_tokens
 from workers.backends.base import Completion, CompletionRequest
-from workers.leases import LEASES, capacity_wait, lease_seconds
+from workers.leases import LEASES, call_timeout, capacity_wait, lease_seconds
 from workers.limits import FleetLimits
 from workers.packing import (
     PackedPrompt,
@@ -222,7 +221,7 @@ def _call_pack(
         system=packed.system,
         max_tokens=pack_max_tokens(model.max_tokens, len(live)),
         temperature=model.temperature,
-        timeout_s=min(model.timeout_s, float(get_settings().task_soft_time_limit)),
+        timeout_s=call_timeout(model.timeout_s),
     )
     run.packed, run.model = len(live), model.name
     completion, error, latency_ms = _call(picked, limits, request, live)

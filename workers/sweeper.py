@@ -8,6 +8,16 @@ A stalled job is re-sent only when it truly stopped: when a queue its next messa
 holds a backlog, the job is taken to be waiting its turn there, touched and looked at again a
 pass later, never duplicated into a long queue. A job whose message was really lost behind a
 backlog that never drains is ended by its deadline.
+
+A job whose attempt's lease *lapsed* (its holder stopped renewing it: killed, frozen, cut off
+from the database) is re-sent by the first pass after the lapse, backlog or not: its message sits
+unacknowledged with the lost holder, in no queue (:func:`tierflow.store.lapsed_jobs`; the re-send
+touches the job, so one lapse is re-sent once). With beat's sweep every
+:data:`~tierflow.core.constants.SWEEP_INTERVAL_S` a lost holder's jobs move on within a lease
+and an interval. ``tierflow up`` does not wait for that: it releases a dead child's leases and
+re-sends their jobs at once (:func:`release_dead_worker`). The broker's copies the dead holder
+left unacknowledged come back after the visibility timeout as replays (the claim finds the
+attempt finished or held), never as a second call.
 """
 
 from __future__ import annotations
@@ -16,6 +26,7 @@ from collections.abc import Callable
 from datetime import datetime, timedelta
 
 from router.dispatch import enqueue_attempt, enqueue_route
+from router.fairshare import job_daemon
 from schemas.tables import Attempt, Job
 from tierflow import store
 from tierflow.core.constants import ROUTER_QUEUE, JobStatus, Tier, tier_queue
@@ -26,16 +37,16 @@ from workers.queues import queue_depth
 SWEEP_BATCH = 500  # stalled jobs read per pass; the rest wait for the next pass
 
 
-from router.fairshare import job_daemon
 def sweep(now: datetime, stale_after: timedelta, batch: int = SWEEP_BATCH) -> dict[str, int]:
-    """One pass; returns counts of jobs expired (deadline passed), jobs re-sent, and stalled
-    jobs left waiting in a queue with a backlog.
+    """One pass; returns counts of jobs expired (deadline passed), jobs re-sent because their
+    holder's lease lapsed (``lapsed``), stalled jobs re-sent, and stalled jobs left waiting in a
+    queue with a backlog.
 
     A job past its deadline ends ``expired`` whether it waits in a queue or is mid-run, and is
     never sent again: the attempt pipeline refuses to call a model for a finished job.
     """
     config = get_settings().llm
-    counts = {"expired": 0, "rerouted": 0, "resent": 0, "waiting": 0}
+    counts = {"expired": 0, "lapsed": 0, "rerouted": 0, "resent": 0, "waiting": 0}
     for job in store.open_jobs_past(now):
         outcome.finish_expired(job, config)
         counts["expired"] += 1
@@ -47,6 +58,10 @@ def sweep(now: datetime, stale_after: timedelta, batch: int = SWEEP_BATCH) -> di
                 depths[queue] = queue_depth(queue)
         return any(depths[q] > 0 for q in queues)
 
+    for job in store.lapsed_jobs(batch):
+        if job.plan and _resend_attempt(job, lambda queues: False):
+            counts["lapsed"] += 1
+        store.touch_jobs([job.id])
     for job in store.stalled_jobs(stale_after.total_seconds(), batch):
         if job.status == JobStatus.QUEUED.value:
             if backlog([ROUTER_QUEUE]):
@@ -88,3 +103,20 @@ def _resend_attempt(job: Job, backlog: Callable[[list[str]], bool]) -> bool:
         daemon=job_daemon(job.job_metadata),
     )
     return True
+
+
+def release_dead_worker(worker_prefix: str) -> list[str]:
+    """A worker process known dead (``host/pid.``, the start of its deliveries' ids): end its
+    leases now and send each of its jobs' attempts again; return the jobs re-sent.
+
+    The next delivery takes each attempt over at once (its lease is over), whatever the
+    queues hold: the dead process's messages sit unacknowledged in no queue."""
+    sent = []
+    for job_id in store.release_leases_of(worker_prefix):
+        job = store.load_job(job_id)
+        if job is None or job.finished_at is not None or not job.plan:
+            continue
+        if _resend_attempt(job, lambda queues: False):
+            sent.append(job_id)
+    store.touch_jobs(sent)
+    return sent

@@ -15,6 +15,7 @@ the broker waits for its live lease instead (see :func:`tierflow.store.claim_att
 from __future__ import annotations
 
 import logging
+import os
 import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -397,9 +398,14 @@ def audit_answer(self: Task, job_id: Any, attempt_no: Any = 0) -> str | None:
 
 
 def delivery_name(task: Task) -> str:
-    """This run's ``host/run:task_id`` (as ``run_attempt`` names its runs): its claim and its
-    writes are fenced by it."""
-    return f"{task.request.hostname or 'local'}/{uuid.uuid4().hex[:8]}:{task.request.id}"
+    """This run's ``host/pid.run:task_id``: its claim and its writes are fenced by it.
+
+    The task id ties a retry to its claim; the run id tells two runs of one task id apart (the
+    broker can hand the same message out twice), so the fence knows exactly which run holds
+    the attempt; ``host/pid.`` names the process, so a supervisor that saw it die releases its
+    leases at once (:func:`workers.sweeper.release_dead_worker`)."""
+    host = task.request.hostname or "local"
+    return f"{host}/{os.getpid()}.{uuid.uuid4().hex[:8]}:{task.request.id}"
 
 
 @app.task(name=TASK_RESUME_ATTEMPT, bind=True, **_RETRY)
@@ -501,8 +507,7 @@ def run_pack(self: Task, job_ids: Any, waits: Any = 0) -> str | None:
     except (JobValidationError, ValueError) as exc:
         _dead_letter(self, str(exc))
         return None
-    run = uuid.uuid4().hex[:8]
-    worker = f"{self.request.hostname or 'local'}/{run}:{self.request.id}"
+    worker = delivery_name(self)
     with pack_fails_on_bug(self, ids):
         done = run_pack_steps(
             ids,

@@ -53,3 +53,48 @@ def test_a_hold_due_after_the_threads_next_tick_does_not_wake_it(monkeypatch) ->
                 time.sleep(0.02)
         renewed = [keys for _, keys in renewals.calls]
         assert any(("second", 0, "w:2") in keys for keys in renewed)  # by the thread's own tick
+
+
+def test_a_lease_is_not_renewed_past_its_hard_deadline() -> None:
+    """Renewed every third of itself until the deadline; then dropped, so it runs out by
+    itself even when the thread holding it never returns."""
+    renewals = Renewals()
+    keeper = LeaseKeeper(renewals)
+    deadline = time.monotonic() + 0.5
+    held = keeper.keep("long", 0, "w:1", 0.3, deadline)
+    time.sleep(1.2)
+    times = [at for at, keys in renewals.calls if ("long", 0, "w:1") in keys]
+    assert times, "never renewed before its deadline"
+    assert all(at < deadline + 0.05 for at in times), "renewed past the deadline"
+    assert held.key not in {h.key for h in keeper.held()}
+    assert not held.lost.is_set()  # not taken over: over its time limit
+
+
+def test_drop_stops_the_renewals_of_a_kept_lease() -> None:
+    renewals = Renewals()
+    keeper = LeaseKeeper(renewals)
+    keeper.keep("job", 0, "w:1", 0.3)
+    assert renewals.seen.wait(2.0)
+    keeper.drop(("job", 0, "w:1"))
+    count = len(renewals.calls)
+    time.sleep(0.4)
+    assert len(renewals.calls) == count
+
+
+def test_call_timeout_never_reaches_past_the_deadline(monkeypatch) -> None:
+    from workers.leases import call_timeout
+
+    monkeypatch.setenv("TIERFLOW_TASK_SOFT_TIME_LIMIT", "20")
+    monkeypatch.setenv("TIERFLOW_TASK_TIME_LIMIT", "30")
+    from tierflow.core.settings import reset_settings
+
+    reset_settings()
+    try:
+        assert call_timeout(60.0) == 20.0  # the soft limit caps the model's own
+        assert call_timeout(5.0) == 5.0
+        left = call_timeout(60.0, time.monotonic() + 3.0)
+        assert 2.5 < left <= 3.0
+        assert call_timeout(60.0, time.monotonic() - 1.0) == 0.1  # past it: the floor
+    finally:
+        monkeypatch.undo()
+        reset_settings()

@@ -102,6 +102,7 @@ def test_steps_are_wired_once_in_order() -> None:
         "Price",
         "SettleBudget",
         "Persist",
+        "DropLease",
         "Decide",
         "Notify",
         "Metrics",

@@ -105,3 +105,15 @@ def test_redact_url_hides_passwords() -> None:
 def test_missing_config_file_is_clear(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match="cannot read"):
         load_config(tmp_path / "nope.yaml")
+
+
+def test_the_lease_is_a_validated_setting(monkeypatch: pytest.MonkeyPatch) -> None:
+    assert Settings().lease_s == 15.0  # a heartbeat, not the 300 s time limit
+    monkeypatch.setenv("TIERFLOW_LEASE_S", "0.5")
+    with pytest.raises(ValueError, match="lease_s"):
+        Settings()
+    monkeypatch.setenv("TIERFLOW_LEASE_S", "900")
+    with pytest.raises(ValueError):
+        Settings()
+    monkeypatch.setenv("TIERFLOW_LEASE_S", "5")
+    assert Settings().lease_s == 5.0

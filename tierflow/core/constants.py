@@ -137,7 +137,9 @@ TASK_AUDIT = "tierflow.audit_answer"
 TASK_RUN_PACK = "tierflow.run_pack"  # first attempts of small label jobs, one call
 MAX_PACK_SIZE = 16  # jobs one packed prompt may hold (router/batch.py, workers/packs.py)
 PACK_MAX_PROMPT_CHARS = 2000  # a job is small enough to pack: prompt and context
-SWEEP_INTERVAL_S = 30.0  # beat sends a sweep this often; one runs per interval fleet-wide
+# Beat sends a sweep this often; one runs per interval fleet-wide. A job whose holder's lease ran
+# out (a dead, frozen or cut-off worker) is re-sent by the next pass: recovery within lease + this.
+SWEEP_INTERVAL_S = 5.0
 TASK_AUTO_MODE = "tierflow.check_auto_mode"
 AUTO_MODE_INTERVAL_S = 5.0  # beat checks local availability this often (automatic mode)
 # Provider Batch APIs (workers/provider_batch): beat sends both ticks this often, one of each

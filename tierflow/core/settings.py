@@ -65,6 +65,9 @@ class Settings(BaseSettings):
     task_soft_time_limit: int = Field(default=270, gt=0)
     task_time_limit: int = Field(default=300, gt=0)
     visibility_timeout: int = Field(default=900, gt=0)
+    # An attempt's lease is a heartbeat: its holder renews it every third of lease_s while it
+    # works, so a dead, frozen or cut-off holder loses it within lease_s. Not the time limit.
+    lease_s: float = Field(default=15.0, ge=1.0, le=600.0)
     # Celery task events (for Flower): off by default, each costs Redis publishes per job;
     # Flower enables the workers' events itself when it starts.
     task_events: bool = False
@@ -100,6 +103,8 @@ class Settings(BaseSettings):
             raise ValueError("TIERFLOW_TASK_SOFT_TIME_LIMIT must be below TIERFLOW_TASK_TIME_LIMIT")
         if self.task_time_limit >= self.visibility_timeout:
             raise ValueError("TIERFLOW_TASK_TIME_LIMIT must be below TIERFLOW_VISIBILITY_TIMEOUT")
+        if self.lease_s >= self.visibility_timeout:
+            raise ValueError("TIERFLOW_LEASE_S must be below TIERFLOW_VISIBILITY_TIMEOUT")
         for name in ("broker_url", "redis_url"):
             url = getattr(self, name)
             if url and urlsplit(url).scheme not in {"redis", "rediss"}:

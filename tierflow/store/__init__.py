@@ -56,7 +56,7 @@ from tierflow.store.labels import (
     record_label,
 )
 from tierflow.store.provider_batches import allow_provider_batch, cancel_deferred_jobs
-from tierflow.store.sweeps import stalled_jobs, touch_jobs
+from tierflow.store.sweeps import lapsed_jobs, release_leases_of, stalled_jobs, touch_jobs
 
 __all__ = [
     "Claim",
@@ -86,6 +86,7 @@ __all__ = [
     "job_result",
     "job_status",
     "labels_for",
+    "lapsed_jobs",
     "list_keys",
     "load_attempt",
     "load_job",
@@ -97,6 +98,7 @@ __all__ = [
     "record_label",
     "record_superseded_call",
     "release_attempt",
+    "release_leases_of",
     "renew_lease",
     "renew_leases",
     "revoke_key",

@@ -18,6 +18,7 @@
     SettleBudget the budget's reservation settled to the real cost         budget.py
     Persist      store the outcome once (a success ends the job in the same  persist.py
                  commit)
+    DropLease    stop renewing the attempt's lease (kept from the call on)  call.py
     Decide       succeed / retry / fall back / fail, from the row alone     decide.py
     Notify       stream reset, fallback event (never on a replay)           notify.py
     Metrics      Prometheus counters of the stored attempt (not replays)    metrics.py
@@ -49,10 +50,11 @@ from __future__ import annotations
 from tierflow.core.config import LLMConfig
 from tierflow.core.constants import ItemState
 from tierflow.store import provider_batches
+from workers.leases import LEASES
 from workers.pipeline.audit import Audit
 from workers.pipeline.budget import BudgetGate, SettleBudget
 from workers.pipeline.cache import CacheLookup, CacheStore
-from workers.pipeline.call import CallModel
+from workers.pipeline.call import CallModel, DropLease
 from workers.pipeline.claim import ClaimAttempt, LoadJob
 from workers.pipeline.context import AttemptContext, Step, run_steps
 from workers.pipeline.decide import Decide
@@ -87,6 +89,7 @@ STEPS: tuple[Step, ...] = (
     Price(),
     SettleBudget(),
     Persist(),
+    DropLease(),
     Decide(),
     Notify(),
     Metrics(),
@@ -128,7 +131,10 @@ def run_attempt_steps(
         waits=waits,
         delivery_retry=delivery_retry,
     )
-    return run_steps(ctx, steps)
+    try:
+        return run_steps(ctx, steps)
+    finally:  # a delivery that raised or stopped before DropLease renews nothing more
+        LEASES.drop((job_id, attempt_no, worker))
 
 
 def resume_attempt_steps(

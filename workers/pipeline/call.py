@@ -15,7 +15,7 @@ from tierflow.core.constants import AttemptStatus
 from tierflow.core.settings import get_settings
 from workers import notify
 from workers.backends.base import Completion, CompletionRequest
-from workers.leases import LEASES, lease_seconds
+from workers.leases import LEASES, attempt_deadline, call_timeout, lease_seconds
 from workers.limits import FleetLimits
 from workers.pipeline.context import AttemptContext, Step
 from workers.selection import Pick
@@ -54,8 +54,12 @@ def instructions(rule: ActionRule) -> str | None:
     return None
 
 
-def build_request(job: Job, rule: ActionRule, model: ModelConfig) -> CompletionRequest:
-    """The model call for a job: the prompt, its context, and the answer format the gate expects."""
+def build_request(
+    job: Job, rule: ActionRule, model: ModelConfig, deadline: float | None = None
+) -> CompletionRequest:
+    """The model call for a job: the prompt, its context, and the answer format the gate
+    expects; its timeout is :func:`~workers.leases.call_timeout` (never past ``deadline``, a
+    ``time.monotonic()``)."""
     context = {k: v for k, v in (job.context or {}).items() if k not in ROUTING_FLAGS}
     prompt = job.prompt
     if context:
@@ -67,22 +71,36 @@ def build_request(job: Job, rule: ActionRule, model: ModelConfig) -> CompletionR
         temperature=model.temperature,
         json_output=kind_of(rule) == "json" and model.supports_json,
         stop=LABEL_STOP if kind_of(rule) == "label" and model.provider in LINE_PROVIDERS else (),
-        # The call must end before the task's soft time limit: the thread pools the fleet
-        # runs do not enforce Celery's time limits, and a call running past the visibility
-        # timeout would see its message handed to a second worker.
-        timeout_s=min(model.timeout_s, float(get_settings().task_soft_time_limit)),
+        # the thread pools the fleet runs do not enforce Celery's time limits: this does
+        timeout_s=call_timeout(model.timeout_s, deadline),
     )
 
 
-def call_backend(job: Job, pick: Pick, request: CompletionRequest) -> Completion:
-    """One call; a streaming job's chunks are published to its waiter as they come."""
+def call_backend(
+    job: Job, pick: Pick, request: CompletionRequest, deadline: float | None = None
+) -> Completion:
+    """One call; a streaming job's chunks are published to its waiter as they come. A stream
+    still running at ``deadline`` (a ``time.monotonic()``: the attempt's hard time limit) is
+    cut at its next chunk and raises :class:`~tierflow.core.errors.BackendTimeout`; a silent
+    one ends by the request's own timeout, which never reaches past the deadline."""
     if not job.stream:
         return pick.backend.complete(request)
     completion: Completion | None = None
-    for chunk in pick.backend.stream(request):
-        notify.publish_job_event(job.id, {"type": "chunk", **chunk.as_event()})
-        if chunk.done:
-            completion = chunk.completion
+    chunks = pick.backend.stream(request)
+    try:
+        for chunk in chunks:
+            if deadline is not None and time.monotonic() >= deadline and not chunk.done:
+                limit = get_settings().task_time_limit
+                raise errors.BackendTimeout(
+                    f"{pick.model.name}: stream cut at the attempt's hard time limit ({limit} s)"
+                )
+            notify.publish_job_event(job.id, {"type": "chunk", **chunk.as_event()})
+            if chunk.done:
+                completion = chunk.completion
+    finally:
+        close = getattr(chunks, "close", None)
+        if close is not None:
+            close()  # a cut stream's connection goes back now, not when it is collected
     if completion is None:
         raise errors.MalformedResponse(f"{pick.model.name}: stream ended without a final chunk")
     return completion
@@ -105,7 +123,8 @@ def account_failure(limits: FleetLimits, model: ModelConfig, exc: errors.Backend
 
 
 class CallModel(Step):
-    """Call the picked model once, keeping the attempt's lease alive meanwhile (see
+    """Call the picked model once, within the attempt's hard time limit, keeping the attempt's
+    lease alive from the call until :class:`DropLease` (see
     :class:`workers.leases.LeaseKeeper`). Its slot is given back and its token reservation
     settled to the real usage, whatever happens; an error becomes the attempt's outcome."""
 
@@ -116,12 +135,14 @@ class CallModel(Step):
         assert ctx.job is not None and ctx.pick is not None and ctx.limits is not None
         pick, limits = ctx.pick, ctx.limits
         rule = ctx.config.routing.actions.get(ctx.job.action_type, ActionRule())
-        ctx.request = build_request(ctx.job, rule, pick.model)
+        deadline = attempt_deadline(ctx.started_at)
+        ctx.request = build_request(ctx.job, rule, pick.model, deadline)
         started = time.perf_counter()
+        # The lease is renewed from here until the outcome is stored (DropLease, or the end of
+        # the delivery), the gate's own calls included, and never past the hard time limit.
+        LEASES.keep(ctx.job_id, ctx.attempt_no, ctx.worker, lease_seconds(), deadline)
         try:
-            # the claim's lease is renewed while the call runs, however long it takes
-            with LEASES.hold(ctx.job_id, ctx.attempt_no, ctx.worker, lease_seconds()):
-                ctx.completion = call_backend(ctx.job, pick, ctx.request)
+            ctx.completion = call_backend(ctx.job, pick, ctx.request, deadline)
         except errors.BackendError as exc:
             limits.settle(pick.model, pick.reservation, pick.reservation.input_tokens, 0)
             account_failure(limits, pick.model, exc)
@@ -149,3 +170,14 @@ class CallModel(Step):
             "retry_after_s": getattr(ctx.error, "retry_after", None),
             "latency_ms": ctx.latency_ms,
         }
+
+
+class DropLease(Step):
+    """Stop renewing the attempt's lease once its outcome is stored (placed after Persist; a
+    delivery that ends before it drops it in :func:`workers.pipeline.run_attempt_steps`)."""
+
+    def applies(self, ctx: AttemptContext) -> bool:
+        return True
+
+    def run(self, ctx: AttemptContext) -> None:
+        LEASES.drop((ctx.job_id, ctx.attempt_no, ctx.worker))

@@ -10,6 +10,7 @@ replay never calls a model or charges again.
 
 from __future__ import annotations
 
+import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -39,6 +40,8 @@ class AttemptContext:
     config: LLMConfig
     waits: int = 0  # times this attempt already waited for capacity (the backoff's exponent)
     delivery_retry: int = 0  # Celery's retry number of this delivery (see claim_attempt)
+    # time.monotonic() when this delivery began: its hard time limit runs from here
+    started_at: float = field(default_factory=time.monotonic)
     job: Job | None = None
     plan: TierPlan | None = None
     tier: Tier | None = None
