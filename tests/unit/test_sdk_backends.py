@@ -23,6 +23,7 @@ from tests.support.fake_providers import (
 )
 from tierflow.app.embedded import free_port
 from tierflow.core import errors
+from tierflow.core.settings import reset_settings
 from workers.backends.anthropic_backend import AnthropicBackend
 from workers.backends.base import Backend, CompletionRequest, registry
 from workers.backends.openai_compatible import (
@@ -331,6 +332,7 @@ def test_local_server_availability_is_probed_and_cached(monkeypatch: pytest.Monk
         srv.close()
     assert backend.availability().ok  # still cached
     monkeypatch.setenv("TIERFLOW_AVAILABILITY_TTL_S", "0")
+    reset_settings()  # the TTL is a setting, read once per process
     down = backend.availability()
     assert not down.ok and "127.0.0.1" in down.reason and "connect" in down.reason
 

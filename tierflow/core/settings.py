@@ -78,7 +78,10 @@ class Settings(BaseSettings):
     # (workers, PostgreSQL, Redis) a daemon's job needs. See router/batch.py.
     batch_in_flight: int = Field(default=64, ge=0)
     batch_yield_in_flight: int = Field(default=1, ge=1)
+    # Seconds a local server's availability probe answer is reused (openai_compatible).
     availability_ttl_s: float = Field(default=5.0, ge=0)
+    # Threads of a local_quality worker (None: workers/pools.py's size, sized for vLLM).
+    local_quality_concurrency: int | None = Field(default=None, gt=0, le=4096)
     # A secret: SecretStr keeps it out of the settings' repr (and so out of logs).
     dashboard_token: SecretStr | None = None
 

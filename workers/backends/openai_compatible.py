@@ -67,11 +67,9 @@ def thread_shard() -> int:
 
 
 def availability_ttl() -> float:
-    """Seconds an availability probe's answer is reused (``TIERFLOW_AVAILABILITY_TTL_S``)."""
-    try:
-        return max(0.0, float(os.environ.get("TIERFLOW_AVAILABILITY_TTL_S", "5")))
-    except ValueError:
-        return 5.0
+    """Seconds an availability probe's answer is reused (``TIERFLOW_AVAILABILITY_TTL_S``, read
+    through :class:`~tierflow.core.settings.Settings`: a bad value stops the start)."""
+    return get_settings().availability_ttl_s
 
 
 class OpenAICompatibleBackend:

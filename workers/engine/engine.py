@@ -1,9 +1,10 @@
 """The embedded local engine: Gemma 3 270M (Q4_K_M GGUF) run in-process by llama.cpp.
 
 :class:`LocalEngine` wraps one ``llama_cpp.Llama``; :func:`get_engine` caches one per process (per
-model file and context size), and the ``llamacpp`` backend calls it without any HTTP. The same
-engine sits behind :mod:`workers.local_server`, the OpenAI-compatible server the default local
-tiers reach through the ``openai`` SDK, exactly as they reach Ollama or vLLM in production.
+model file and context size), and the ``llamacpp`` backend (:mod:`workers.backends.llamacpp`)
+calls it without any HTTP. The same engine sits behind :mod:`workers.engine.server`, the
+OpenAI-compatible server the default local tiers reach through the ``openai`` SDK, exactly as
+they reach Ollama or vLLM in production.
 
 Promises:
 
@@ -25,7 +26,7 @@ Options (``options:`` of the model): ``model_path`` (a GGUF; default: the file a
 
 Extra buffer types (llama.cpp's AMX and repacked weight layouts) are faster where they work and
 crash the process where the CPU only pretends to support them. ``auto`` takes them only when
-:mod:`workers.backends.engine_probe` saw a probe child generate with them (a verdict cached per
+:mod:`workers.engine.probe` saw a probe child generate with them (a verdict cached per
 CPU and llama-cpp-python version); ``on``/``off`` force the choice. The engine logs which path it
 took and why (:attr:`LocalEngine.extra_buffers`).
 """
@@ -45,16 +46,8 @@ from pathlib import Path
 from typing import Any
 
 from tierflow.core import errors
-from tierflow.core.config import EXTRA_BUFFERS_CHOICES, ModelConfig
-from workers.backends.base import (
-    Availability,
-    Completion,
-    CompletionRequest,
-    StreamChunk,
-    register_backend,
-)
-from workers.backends.engine_probe import probe_extra_buffers
-from workers.backends.llama_loader import (
+from tierflow.core.config import EXTRA_BUFFERS_CHOICES
+from workers.engine.loader import (
     INSTALL_HINT,
     import_llama_cpp,
     llama_cpp_version,
@@ -62,6 +55,7 @@ from workers.backends.llama_loader import (
     resolve_model_path,
     supports_extra_buffers_flag,
 )
+from workers.engine.probe import probe_extra_buffers
 
 __all__ = [
     "INSTALL_HINT",
@@ -69,7 +63,6 @@ __all__ = [
     "EngineChunk",
     "EngineResult",
     "ExtraBuffersChoice",
-    "LlamaCppBackend",
     "LocalEngine",
     "build_prompt",
     "choose_extra_buffers",
@@ -77,7 +70,7 @@ __all__ = [
     "resolve_model_path",
 ]
 
-log = logging.getLogger("workers.backends.llamacpp")
+log = logging.getLogger("workers.engine")
 
 MODEL_ID = "gemma-3-270m"
 DEFAULT_N_CTX = 2048
@@ -311,61 +304,3 @@ def get_engine(
         if engine is None:
             engine = _ENGINES[key] = LocalEngine(path, n_ctx=n_ctx, extra_buffers=extra_buffers)
         return engine
-
-
-class LlamaCppBackend:
-    """The ``llamacpp`` provider: the embedded engine, called in-process."""
-
-    provider = "llamacpp"
-
-    def __init__(self, model: ModelConfig) -> None:
-        self.model = model
-        self.model_path: str | None = model.options.get("model_path")
-        self.n_ctx = int(model.options.get("n_ctx", DEFAULT_N_CTX))
-        self.extra_buffers = str(model.options.get("extra_buffers", "auto"))
-
-    def availability(self) -> Availability:
-        try:
-            import_llama_cpp()
-            resolve_model_path(self.model_path)
-        except errors.BackendUnavailable as exc:
-            return Availability(False, str(exc))
-        return Availability(True)
-
-    def _args(self, request: CompletionRequest) -> dict[str, Any]:
-        return {
-            "system": request.system,
-            "max_tokens": request.max_tokens,
-            "temperature": request.temperature,
-            "stop": request.stop,
-            "timeout_s": min(request.timeout_s, self.model.timeout_s),
-        }
-
-    def _completion(self, result: EngineResult) -> Completion:
-        return Completion(
-            result.text,
-            result.prompt_tokens,
-            result.completion_tokens,
-            self.model.model_id,
-            self.provider,
-            result.finish_reason,
-        )
-
-    def complete(self, request: CompletionRequest) -> Completion:
-        engine = get_engine(self.model_path, n_ctx=self.n_ctx, extra_buffers=self.extra_buffers)
-        return self._completion(engine.complete(request.prompt, **self._args(request)))
-
-    def stream(self, request: CompletionRequest) -> Iterator[StreamChunk]:
-        engine = get_engine(self.model_path, n_ctx=self.n_ctx, extra_buffers=self.extra_buffers)
-        text = ""
-        for chunk in engine.stream(request.prompt, **self._args(request)):
-            if chunk.result is not None:
-                yield StreamChunk("", text, True, self.provider, self._completion(chunk.result))
-            else:
-                text += chunk.delta
-                yield StreamChunk(chunk.delta, text, False, self.provider)
-
-
-@register_backend("llamacpp")
-def make_llamacpp(model: ModelConfig) -> LlamaCppBackend:
-    return LlamaCppBackend(model)

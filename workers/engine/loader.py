@@ -1,7 +1,7 @@
 """Loading Gemma 3 270M into llama.cpp: the GGUF file, the ``Llama`` class, extra buffer types.
 
-The floor under :mod:`workers.backends.llamacpp` (the engine) and
-:mod:`workers.backends.engine_probe` (the child that tries the extra-buffer path), so both load
+The floor under :mod:`workers.engine.engine` (the engine) and
+:mod:`workers.engine.probe` (the child that tries the extra-buffer path), so both load
 the model the same way without importing each other.
 
 Extra buffer types are llama.cpp's repacked weight layouts (AMX tiles on Intel Xeon, the CPU

@@ -3,7 +3,7 @@
 Some machines advertise a CPU feature they do not really enable: in some KVM guests AMX is in
 ``/proc/cpuinfo``, and llama.cpp's first AMX tile instruction faults (SIGSEGV). A fault cannot be
 caught in Python, so the probe loads the model *with* extra buffer types in a child
-(``python -m workers.backends.engine_probe``), generates a few tokens, and reads the child's fate:
+(``python -m workers.engine.probe``), generates a few tokens, and reads the child's fate:
 
 - exit 0 with its JSON line: the path works;
 - killed by a fault signal (SIGSEGV, SIGBUS, SIGILL, SIGFPE, SIGABRT): it does not;
@@ -39,9 +39,9 @@ from pathlib import Path
 
 from platformdirs import user_cache_dir
 
-from workers.backends.llama_loader import llama_cpp_version, load_llama, resolve_model_path
+from workers.engine.loader import llama_cpp_version, load_llama, resolve_model_path
 
-log = logging.getLogger("workers.backends.engine_probe")
+log = logging.getLogger("workers.engine.probe")
 
 FAULT_SIGNALS = frozenset(
     {signal.SIGSEGV, signal.SIGBUS, signal.SIGILL, signal.SIGFPE, signal.SIGABRT}
@@ -120,7 +120,7 @@ def default_cache_path() -> Path:
 
 def probe_command(model_path: str | Path | None = None) -> list[str]:
     """The child's command line: this module's :func:`main` under this interpreter."""
-    command = [sys.executable, "-m", "workers.backends.engine_probe"]
+    command = [sys.executable, "-m", "workers.engine.probe"]
     return command + (["--model-path", str(model_path)] if model_path else [])
 
 

@@ -8,7 +8,7 @@ Endpoints:
 - ``GET /v1/models`` lists ``gemma-3-270m``; ``GET /health`` answers ``{"status": "ok"}``.
 - ``POST /v1/chat/completions``: system messages become the system text, the other messages'
   contents (joined by blank lines) the prompt, formatted by
-  :func:`workers.backends.llamacpp.build_prompt`. Answers a ``chat.completion``, or with
+  :func:`workers.engine.engine.build_prompt`. Answers a ``chat.completion``, or with
   ``stream: true`` SSE ``chat.completion.chunk`` lines, a usage chunk when
   ``stream_options.include_usage`` is true, then ``data: [DONE]``.
 - ``POST /v1/completions``: ``prompt`` (a string) continued as is; same streaming rules.
@@ -22,7 +22,7 @@ prompt over the context window gets 400 with code ``context_length_exceeded``.
 Requests are served one generation at a time (the engine's lock); each is logged on one line with
 its status, latency (ms) and generation speed (completion tokens/s). The start-up line says
 whether llama.cpp's extra buffer types are in use and why (``--extra-buffers auto|on|off``; see
-:mod:`workers.backends.llamacpp`).
+:mod:`workers.engine.engine`).
 """
 
 from __future__ import annotations
@@ -43,9 +43,9 @@ from typing import Any
 
 from tierflow.core import errors
 from tierflow.core.config import EXTRA_BUFFERS_CHOICES
-from workers.backends.llamacpp import MODEL_ID, EngineChunk, EngineResult, LocalEngine, get_engine
+from workers.engine.engine import MODEL_ID, EngineChunk, EngineResult, LocalEngine, get_engine
 
-log = logging.getLogger("workers.local_server")  # same name under python -m
+log = logging.getLogger("workers.engine.server")  # same name under python -m
 
 DEFAULT_PORT = 8765
 DEFAULT_MAX_TOKENS = 256
@@ -453,7 +453,7 @@ def serve(
 
 
 def main(argv: list[str] | None = None) -> None:
-    """``python -m workers.local_server [--host H] [--port P] [--model-path GGUF]
+    """``python -m workers.engine.server [--host H] [--port P] [--model-path GGUF]
     [--extra-buffers auto|on|off]``."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
     parser.add_argument("--host", default="127.0.0.1")
