@@ -98,6 +98,7 @@ def fleet(database: str, tmp_path: Any, monkeypatch: pytest.MonkeyPatch) -> Iter
     services.delete_prefix(PREFIX, "cooldown:*")
     services.delete_prefix(PREFIX, "circuit:*")
     services.delete_prefix(PREFIX, "inflight:*")
+    services.delete_prefix(PREFIX, "fair:*")
     services.delete_prefix(PREFIX, "mode")
     _reset_process_state()
 
