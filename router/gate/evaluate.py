@@ -43,6 +43,7 @@ from typing import Any
 from router.gate import Answer, GateReport, judge_answer
 from router.gate.calibration import Calibration, fit_gate, uses_labels
 from router.gate.learned import VETO_PENALTY, Label, LogisticScorer
+from router.gate.prerouting import PolicyCost, cascade_costs, prompt_scores
 from tierflow.core.config import ActionRule, LLMConfig
 from tierflow.core.errors import ConfigError, TierflowError
 
@@ -51,6 +52,7 @@ OPTIONAL = ("strong_answer", "cheap_samples", "cheap_finish_reason")
 CURVE_SHARES = (0.2, 0.3, 0.4, 0.5)
 DEFAULT_REFIT_EVERY = 10
 DEFAULT_ACTION = "(default text rule)"
+TARGET = 0.95  # the share of strong-only accuracy the cost comparison aims at
 _TRUE, _FALSE = {"true", "1"}, {"false", "0"}
 
 
@@ -394,6 +396,8 @@ class Evaluation:
     random: Policy
     curve: list[CurvePoint]
     notes: list[str]
+    at_target: list[PolicyCost] = field(default_factory=list)
+    target: float = TARGET
 
     @property
     def auroc(self) -> float | None:
@@ -439,6 +443,7 @@ def summarize(action: str, rule: ActionRule, played: Replay) -> Evaluation:
         )
         for share in CURVE_SHARES
     ]
+    at_target = _at_target(judged, ranks, cheap, strong)
     gate_acc = sum(j.outcome for j in judged) / n
     oracle_acc = sum(c or s for c, s in zip(cheap, strong, strict=True)) / n
     random_acc = (1 - rate) * weak_acc + rate * strong_acc
@@ -459,7 +464,30 @@ def summarize(action: str, rule: ActionRule, played: Replay) -> Evaluation:
         ),
         curve=curve,
         notes=played.notes,
+        at_target=at_target,
     )
+
+
+def _at_target(
+    judged: Sequence[Judged], ranks: list[float], cheap: list[bool], strong: list[bool]
+) -> list[PolicyCost]:
+    """Calls per row at :data:`TARGET` of strong-only accuracy: random escalation, the oracle,
+    the cascade by the gate's ranking and the router (prompt only) before it."""
+    n, weak_n, strong_n = len(judged), sum(cheap), sum(strong)
+    found: list[PolicyCost] = []
+    if strong_n > weak_n:
+        share = max(0.0, (TARGET * strong_n - weak_n) / (strong_n - weak_n))
+        if share <= 1:
+            found.append(PolicyCost("random", share, 1.0, 0.0, TARGET * strong_n / n))
+    oracle_ranks = [float(c) - float(s) for c, s in zip(cheap, strong, strict=True)]
+    oracle, _ = cascade_costs(oracle_ranks, [0.0] * n, cheap, strong, TARGET)
+    route = prompt_scores([j.row.prompt for j in judged], cheap)
+    cascade, routed = cascade_costs(ranks, route, cheap, strong, TARGET)
+    named = (("oracle", oracle), ("gate cascade", cascade), ("router + gate", routed))
+    for name, p in named:
+        if p is not None:
+            found.append(PolicyCost(name, p.strong, p.cheap, p.routed, p.accuracy))
+    return found
 
 
 def evaluate(

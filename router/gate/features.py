@@ -181,3 +181,24 @@ def answer_features(
     elif kind == "code":
         feats |= code_features(prompt, text, found)
     return feats
+
+
+_PROMPT_WORDS = re.compile(
+    r"(?i)\b(percent|each|every|times|twice|half|average|ratio|total|left|remain\w*|more|less|"
+    r"fewer|after|before|per|rate|how many|how much)\b"
+)
+
+
+def prompt_features(prompt: str) -> dict[str, float]:
+    """Features of the prompt alone, known before any answer: what a pre-generation router
+    reads to predict whether the cheap tier will pass (:mod:`router.gate.prerouting`)."""
+    numbers = _numbers(prompt)
+    return {
+        "p_chars_log": _log(len(prompt)),
+        "p_numbers_log": _log(len(numbers)),
+        "p_decimals": 1.0 if any(n != n.to_integral_value() for n in numbers) else 0.0,
+        "p_large": 1.0 if any(abs(n) >= 1000 for n in numbers) else 0.0,
+        "p_sentences_log": _log(len(re.findall(r"[.?!]", prompt))),
+        "p_cues_log": _log(len(_PROMPT_WORDS.findall(prompt))),
+        "p_options": 1.0 if re.search(r"(?m)^[A-E]\)", prompt) else 0.0,
+    }
