@@ -94,5 +94,16 @@ def render(found: Evaluation, source: str) -> None:
             _share(point.oracle),
         )
     console.print(curve)
+    title = f"Calls per row at {found.target:.0%} of strong-only accuracy"
+    costs = Table("policy", "strong calls", "cheap calls", "routed", "accuracy", title=title)
+    for policy in found.at_target:
+        costs.add_row(
+            policy.name,
+            _share(policy.strong),
+            _share(policy.cheap),
+            _share(policy.routed),
+            _share(policy.accuracy),
+        )
+    console.print(costs)
     for note in found.notes:
         console.print(f"note: {note}")
