@@ -15,7 +15,9 @@ from router import submit_job
 from tests.faults.helpers import attempts, audit, rows
 from tests.support.services import fake_model, fleet_config
 
-pytestmark = [pytest.mark.integration, pytest.mark.slow]
+# One test of this module runs in the fast lane (pytest -m "not slow", README); the
+# others carry the slow mark.
+pytestmark = [pytest.mark.integration]
 
 FAST_DELIVERY = {
     "TIERFLOW_TASK_SOFT_TIME_LIMIT": "8",
@@ -75,6 +77,7 @@ def test_kill_9_mid_job_every_job_succeeds_exactly_once(fleet, database: str) ->
     assert survivor.proc.poll() is None
 
 
+@pytest.mark.slow
 def test_sigterm_finishes_the_job_in_flight_before_exiting(fleet, database: str) -> None:
     (worker,) = fleet(slow_config(3000), workers=1, env=FAST_DELIVERY, concurrency=2)
     job_id = submit_job("Extract topic from: 'graceful stop'", "extract_topic").job_id

@@ -18,7 +18,9 @@ from tests.support.services import REPO, fake_model, fleet_config
 from tierflow import store
 from tierflow.app.embedded import free_port
 
-pytestmark = [pytest.mark.integration, pytest.mark.slow]
+# One test of this module runs in the fast lane (pytest -m "not slow", README); the
+# others carry the slow mark.
+pytestmark = [pytest.mark.integration]
 
 
 @pytest.fixture(scope="module")
@@ -52,6 +54,7 @@ def gemma(name: str, url: str, **extra: Any) -> dict[str, Any]:
     }  # fmt: skip
 
 
+@pytest.mark.slow
 def test_real_local_model_end_to_end(fleet, local_engine: str) -> None:
     fleet(fleet_config(local_fast=[gemma("gemma-fast", local_engine)],
                        local_quality=[gemma("gemma-quality", local_engine)]))  # fmt: skip
@@ -114,6 +117,7 @@ def test_gate_failure_escalates_to_api_priced_from_its_usage(fleet) -> None:
         ("500", "server_error", None), ("timeout:6", "timeout", None),
     ],
 )  # fmt: skip
+@pytest.mark.slow
 def test_api_error_retries_within_the_tier(
     fleet, behaviour: str, kind: str, then: str | None
 ) -> None:

@@ -24,7 +24,9 @@ from tierflow.core.db import session_scope
 from tierflow.core.redis_client import get_keys, get_redis
 from tierflow.core.settings import get_settings
 
-pytestmark = [pytest.mark.integration, pytest.mark.slow]
+# One test of this module runs in the fast lane (pytest -m "not slow", README); the
+# others carry the slow mark.
+pytestmark = [pytest.mark.integration]
 
 
 def specs(count: int, prefix: str = "note") -> list[dict[str, object]]:
@@ -66,6 +68,7 @@ def test_a_batch_runs_to_the_end_with_its_results(fleet) -> None:
     assert len(jobs_of(done.batch_id)) == 200
 
 
+@pytest.mark.slow
 def test_batch_lines_skip_the_router_and_interactive_jobs_do_not(fleet) -> None:
     # Tier workers only: a batch line is planned by its submitter and sent to its tier, so the
     # batch finishes; a daemon's job waits for a router, which is what it goes through.
@@ -82,6 +85,7 @@ def test_batch_lines_skip_the_router_and_interactive_jobs_do_not(fleet) -> None:
     assert store.job_status(handle.job_id) == "queued", "only a router routes a daemon's job"
 
 
+@pytest.mark.slow
 def test_bad_lines_are_refused_alone_and_changed_lines_conflict(fleet) -> None:
     fleet(fleet_config())
     rows = specs(3)
@@ -96,6 +100,7 @@ def test_bad_lines_are_refused_alone_and_changed_lines_conflict(fleet) -> None:
     assert [e.line for e in rerun.errors] == [1] and "idempotency_key" in rerun.errors[0].reason
 
 
+@pytest.mark.slow
 def test_a_submitter_killed_mid_submit_resumes_without_a_duplicate(fleet, tmp_path) -> None:
     fleet(fleet_config(), workers=1, concurrency=8)
     path = write(tmp_path / "big.jsonl", specs(1500, "big"))
@@ -123,6 +128,7 @@ def test_a_submitter_killed_mid_submit_resumes_without_a_duplicate(fleet, tmp_pa
     assert final["statuses"] == {"succeeded": 1500}
 
 
+@pytest.mark.slow
 def test_cancel_stops_every_queued_job_and_keeps_those_in_flight(fleet) -> None:
     fleet(
         fleet_config(local_fast=[fake_model("slow", latency_ms=300)]),
@@ -160,6 +166,7 @@ def test_cancel_stops_every_queued_job_and_keeps_those_in_flight(fleet) -> None:
     assert max(started) <= cancelled_at + 0.5, "an attempt started after the cancel"
 
 
+@pytest.mark.slow
 def test_a_window_keeps_at_most_n_jobs_of_the_batch_unfinished(fleet) -> None:
     # Eight worker threads could run eight of these at once; the window lets three be open.
     fleet(fleet_config(local_fast=[fake_model("slow", latency_ms=150)]), workers=1, concurrency=8)
@@ -175,6 +182,7 @@ def test_a_window_keeps_at_most_n_jobs_of_the_batch_unfinished(fleet) -> None:
     assert max(open_at) == 3, open_at
 
 
+@pytest.mark.slow
 def test_the_window_yields_while_daemons_jobs_are_routed(fleet) -> None:
     fleet(fleet_config(local_fast=[fake_model("slow", latency_ms=100)]), workers=1, concurrency=8)
     # A daemon's job goes through the router, which marks daemons' work as going on.
@@ -203,6 +211,7 @@ def test_the_window_yields_while_daemons_jobs_are_routed(fleet) -> None:
     assert max(open_at) == 1, open_at
 
 
+@pytest.mark.slow
 def test_max_cost_stops_sending_at_the_ceiling_and_a_rerun_resumes(fleet) -> None:
     priced = fake_model("priced", input_cost_per_million=50_000.0, output_cost_per_million=0.0)
     fleet(fleet_config(local_fast=[priced]), workers=1, concurrency=4)
@@ -220,6 +229,7 @@ def test_max_cost_stops_sending_at_the_ceiling_and_a_rerun_resumes(fleet) -> Non
     assert more.existing == done.lines and more.sent == 300 - done.lines
 
 
+@pytest.mark.slow
 def test_dry_run_plans_and_estimates_without_sending(config_file, tmp_path) -> None:
     config_file(fleet_config())
     rows = [*specs(5), {"prompt": "ORCHESTRATE: build it", "action_type": "spawn_daemon"}]

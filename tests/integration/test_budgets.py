@@ -13,7 +13,9 @@ from tests.support.services import fake_model, fleet_config
 from tierflow.core.redis_client import get_keys, get_redis
 from workers.budget import Budgets
 
-pytestmark = [pytest.mark.integration, pytest.mark.slow]
+# One test of this module runs in the fast lane (pytest -m "not slow", README); the
+# others carry the slow mark.
+pytestmark = [pytest.mark.integration]
 
 CEILING = 0.3
 

@@ -8,9 +8,12 @@ from router import submit_job
 from tests.support.services import fake_model, fleet_config
 from tierflow import store
 
-pytestmark = [pytest.mark.integration, pytest.mark.slow]
+# One test of this module runs in the fast lane (pytest -m "not slow", README); the
+# others carry the slow mark.
+pytestmark = [pytest.mark.integration]
 
 
+@pytest.mark.slow
 def test_job_runs_on_its_tier_in_another_process(fleet) -> None:
     fleet(fleet_config())
     handle = submit_job("Extract topic from: 'Fixed auth bug in login flow'", "extract_topic")
@@ -42,6 +45,7 @@ def test_quality_failure_escalates_to_next_tier_with_both_attempts(fleet) -> Non
     assert "format: invalid JSON" in (attempts[0].quality_issues or [])
 
 
+@pytest.mark.slow
 def test_idempotency_key_returns_same_job(fleet) -> None:
     fleet(fleet_config())
     first = submit_job("Should we retry? attempts: 3", "yes_no_decision", idempotency_key="k-1")

@@ -24,7 +24,9 @@ from tests.support.services import fake_model, fleet_config
 from tierflow import store
 from tierflow.app.embedded import free_port
 
-pytestmark = [pytest.mark.integration, pytest.mark.slow]
+# One test of this module runs in the fast lane (pytest -m "not slow", README); the
+# others carry the slow mark.
+pytestmark = [pytest.mark.integration]
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -85,6 +87,7 @@ def gateway(fleet: Any, tmp_path: Path) -> Iterator[Callable[[dict[str, Any]], G
         proc.wait(timeout=10)
 
 
+@pytest.mark.slow
 def test_openai_sdk_jobs_api_and_keys(gateway: Any, database: str) -> None:
     gw = gateway(fleet_config())
     key_id, key = store.create_key("daemon-a")
@@ -259,6 +262,7 @@ def test_failed_job_is_an_error_event_then_done(gateway: Any) -> None:
     assert json.loads(events[0][len("data: ") :])["error"]["code"] == "job_failed"
 
 
+@pytest.mark.slow
 def test_openapi_document_matches_the_gateway(gateway: Any) -> None:
     """schemathesis against ``/openapi.json``: no 5xx, every response as documented.
 

@@ -15,7 +15,9 @@ from tierflow.core.errors import ModeError
 from tierflow.core.redis_client import get_keys, get_redis
 from tierflow.store.modes import last_switched_to
 
-pytestmark = [pytest.mark.integration, pytest.mark.slow]
+# One test of this module runs in the fast lane (pytest -m "not slow", README); the
+# others carry the slow mark.
+pytestmark = [pytest.mark.integration]
 
 WAIT_S = 30
 
@@ -73,6 +75,7 @@ def test_switch_from_python_reaches_the_next_job_and_is_recorded(modes) -> None:
     assert mode_history(1)[0].source == "auto"
 
 
+@pytest.mark.slow
 def test_switch_to_local_stops_the_api_step_of_a_job_in_flight(modes) -> None:
     modes(
         fleet_config(
@@ -100,6 +103,7 @@ def test_switch_to_local_stops_the_api_step_of_a_job_in_flight(modes) -> None:
     assert result.cost_usd == 0.0
 
 
+@pytest.mark.slow
 def test_a_mode_no_tier_can_serve_is_refused(config_file, database) -> None:
     config_file(
         fleet_config(

@@ -17,7 +17,9 @@ from tests.support.services import fake_model, fleet_config
 from tierflow import store
 from tierflow.core.db import session_scope
 
-pytestmark = [pytest.mark.integration, pytest.mark.slow]
+# One test of this module runs in the fast lane (pytest -m "not slow", README); the
+# others carry the slow mark.
+pytestmark = [pytest.mark.integration]
 
 LABELS = ["positive", "negative"]
 ITEM = re.compile(r"Item (\d+):\n(.*?)(?=\n\nItem \d+:|\n\nAnswers)", re.S)
@@ -107,6 +109,7 @@ def test_a_packed_batch_answers_each_job_on_its_own(fleet) -> None:
         assert in_tokens == sum(c.input_tokens for c in srv.calls if c.input_tokens)
 
 
+@pytest.mark.slow
 def test_a_part_missing_from_the_answer_is_that_jobs_error_alone(fleet) -> None:
     def drop_second(prompt: str) -> str:
         return "\n".join(
@@ -125,6 +128,7 @@ def test_a_part_missing_from_the_answer_is_that_jobs_error_alone(fleet) -> None:
         assert completions(srv) == 1
 
 
+@pytest.mark.slow
 def test_a_rerun_resumes_a_packed_batch_without_a_duplicate(fleet) -> None:
     with OpenAIServer(answer=answerer()) as srv:
         fleet(config(srv), workers=1, concurrency=4)
@@ -147,6 +151,7 @@ def test_a_rerun_resumes_a_packed_batch_without_a_duplicate(fleet) -> None:
         assert completions(srv) == calls + 1
 
 
+@pytest.mark.slow
 def test_other_lines_of_a_packed_batch_are_sent_on_their_own(fleet) -> None:
     with OpenAIServer(answer=answerer()) as srv:
         fleet(config(srv), workers=1, concurrency=4)
@@ -167,6 +172,7 @@ def test_other_lines_of_a_packed_batch_are_sent_on_their_own(fleet) -> None:
         assert completions(srv) == 2 + alone_here
 
 
+@pytest.mark.slow
 def test_pack_size_is_checked() -> None:
     with pytest.raises(BatchError, match="pack must be"):
         submit_batch(iter(rows(1)), name="bad-pack", pack=0)

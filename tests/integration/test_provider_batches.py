@@ -35,7 +35,9 @@ from tierflow.store import provider_batches
 from tierflow.store.provider_batches import custom_id_for
 from workers.provider_batch.poll import poll_one
 
-pytestmark = [pytest.mark.integration, pytest.mark.slow]
+# One test of this module runs in the fast lane (pytest -m "not slow", README); the
+# others carry the slow mark.
+pytestmark = [pytest.mark.integration]
 
 KEYS = {"TF_TEST_OPENAI_KEY": "sk-test-notreal-000000", "TF_TEST_ANT_KEY": "sk-ant-notreal-1111"}
 DAY = 24 * 3600
@@ -237,6 +239,7 @@ def test_openai_batch_serves_the_api_tier_at_the_batch_price(fleet) -> None:
         assert BatchHandle(done.batch_id).progress()["cost_usd"] == pytest.approx(total)
 
 
+@pytest.mark.slow
 def test_anthropic_batch_per_request_errors_a_retry_and_a_poller_crash(fleet) -> None:
     with AnthropicBatchServer(respond) as ant:
         fleet(
@@ -296,6 +299,7 @@ def test_anthropic_batch_per_request_errors_a_retry_and_a_poller_crash(fleet) ->
         assert not ant.requests_to("POST", r"/v1/messages")
 
 
+@pytest.mark.slow
 def test_an_expired_openai_batch_keeps_its_partial_results(fleet) -> None:
     with OpenAIBatchServer(respond) as oai:
         oai.expire, oai.run_before_end = True, 4
@@ -325,6 +329,7 @@ def test_an_expired_openai_batch_keeps_its_partial_results(fleet) -> None:
         assert row.request_counts == {"total": 10, "completed": 4, "failed": 6}
 
 
+@pytest.mark.slow
 def test_cancel_ends_jobs_waiting_for_a_provider_batch_and_cancels_it(fleet) -> None:
     with OpenAIBatchServer(respond, delay_s=3600) as oai:
         oai.run_before_end = 2  # two requests had run when the cancel reached the provider

@@ -12,7 +12,9 @@ from router import submit_job
 from tests.support.services import fake_model, fleet_config
 from tierflow.cli import app
 
-pytestmark = [pytest.mark.integration, pytest.mark.slow]
+# One test of this module runs in the fast lane (pytest -m "not slow", README); the
+# others carry the slow mark.
+pytestmark = [pytest.mark.integration]
 
 
 def _cli(*args: str) -> str:
@@ -35,6 +37,7 @@ def test_stream_delivers_chunks_then_the_stored_result(fleet) -> None:
     assert result.status == "succeeded" and result.text == chunks[-1]["text"]
 
 
+@pytest.mark.slow
 def test_rejected_stream_is_reset_before_the_next_tier(fleet) -> None:
     fleet(fleet_config(local_fast=[fake_model("bad-stream", answer="bad_json")]))
     handle = submit_job("Is this a decision or a fact? 'X'", "classify_memory", stream=True)
@@ -44,6 +47,7 @@ def test_rejected_stream_is_reset_before_the_next_tier(fleet) -> None:
     assert handle.wait(timeout=5).tier == "local_quality"
 
 
+@pytest.mark.slow
 def test_report_commands(fleet, tmp_path: Path) -> None:
     fleet(fleet_config())
     handle = submit_job("Summarize these decisions into a note", "write_memory")
