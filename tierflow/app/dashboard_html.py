@@ -266,13 +266,15 @@ def cost_chart(hours: list[dict[str, Any]], width: int = 1200, height: int = 160
 def _gate(overview: dict[str, Any]) -> str:
     rows = []
     for action, row in sorted(overview["gate"].items()):
-        miss = row.get("miss_rate")
+        miss, auc = row.get("miss_rate"), row.get("auroc")
         rows.append(
             f'<tr data-action="{_e(action)}"><td>{_e(action)}</td><td>{row.get("jobs", 0)}</td>'
             f"<td>{float(row.get('escalation_rate') or 0):.0%}</td><td>{row.get('labels', 0)}</td>"
-            f"<td>{'-' if miss is None else f'{float(miss):.0%}'}</td></tr>"
+            f"<td>{'-' if miss is None else f'{float(miss):.0%}'}</td>"
+            f"<td>{'-' if auc is None else f'{float(auc):.2f}'}</td>"
+            f"<td>{_e(str(row.get('gate', '')))}</td></tr>"
         )
-    body = "".join(rows) or '<tr><td colspan="5" class="muted">no finished job yet</td></tr>'
+    body = "".join(rows) or '<tr><td colspan="7" class="muted">no finished job yet</td></tr>'
     return f"""<section class="wide"><h2>Quality gate <span class="muted">(all time)</span></h2>
 <table id="gate"><tr><th>Action</th><th>Jobs</th><th>Escalated</th><th>Labels</th>
-<th>Est. miss rate</th></tr>{body}</table></section>"""
+<th>Est. miss rate</th><th>AUROC (held out)</th><th>Gate</th></tr>{body}</table></section>"""

@@ -12,6 +12,7 @@ import time
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
+from router.gate.health import gate_health
 from router.mode import get_mode, mode_history
 from tierflow.app.queues import queue_depths
 from tierflow.core.config import LLMConfig
@@ -19,7 +20,6 @@ from tierflow.core.constants import LOCAL_TIERS, TIER_ORDER, Mode, Tier
 from tierflow.core.redis_client import get_keys, get_redis
 from tierflow.core.settings import get_settings
 from tierflow.store.activity import hourly_costs, last_attempt_finished_at, running_attempts
-from tierflow.store.labels import gate_figures
 from tierflow.store.usage import provider_stats
 from workers.automode import automatic_cloud, local_down_since
 from workers.backends import registry
@@ -167,7 +167,7 @@ def build_overview(now: datetime | None = None) -> dict[str, Any]:
         "in_flight": in_flight(config),
         "circuit_open": open_circuits(config),
         "costs": cost_timeline(now),
-        "gate": gate_figures(),
+        "gate": gate_health(config),
         "last_attempt_at": last_attempt.isoformat() if last_attempt else None,
     }
 

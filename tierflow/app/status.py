@@ -15,9 +15,9 @@ from rich.live import Live
 from rich.table import Table
 from rich.text import Text
 
+from router.gate.health import gate_health
 from router.mode import get_mode, mode_history
 from tierflow.core.settings import get_settings
-from tierflow.store.labels import gate_figures
 from tierflow.store.usage import provider_stats
 from workers.automode import automatic_cloud
 from workers.backends.base import registry
@@ -59,7 +59,7 @@ def status_renderables() -> list[RenderableType]:
                 Text(f"  {at} {fb['from_tier']}/{fb['from_model']} → {fb['to']}: "
                      f"{fb['reason'][:100]}")
             )  # fmt: skip
-    figures = gate_figures()
+    figures = gate_health(get_settings().llm)
     if figures:
         parts.append(gate_table(figures))
     history = mode_history(5)
@@ -119,17 +119,20 @@ def watch_status(
 def gate_table(figures: dict[str, dict[str, Any]]) -> Table:
     """The gate's own figures per action: escalation, labels, estimated miss rate of passes."""
     table = Table(
-        "action", "jobs", "escalated", "labels", "audited passes", "est. miss rate",
-        title="Quality gate (all time)",
+        "action", "gate", "jobs", "escalated", "labels", "audited passes", "est. miss rate",
+        "AUROC (held out)", title="Quality gate (all time)",
     )  # fmt: skip
     for action, row in sorted(figures.items()):
         miss = row.get("miss_rate")
+        auc = row.get("auroc")
         table.add_row(
             action,
+            str(row.get("gate", "")),
             str(row.get("jobs", 0)),
             f"{float(row.get('escalation_rate') or 0):.0%}",
             str(row.get("labels", 0)),
             str(row.get("audited_passes", 0)),
             "-" if miss is None else f"{float(miss):.0%}",
+            "-" if auc is None else f"{float(auc):.2f}",
         )
     return table

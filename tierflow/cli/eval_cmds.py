@@ -10,6 +10,7 @@ from rich.table import Table
 
 from router.gate.evaluate import DEFAULT_REFIT_EVERY, Evaluation, evaluate, read_rows, rule_for
 from tierflow.app.console import console
+from tierflow.app.fleet_eval import fleet_evaluation
 from tierflow.core.config import load_config
 from tierflow.core.settings import get_settings
 
@@ -32,27 +33,44 @@ def eval_command(
         DEFAULT_REFIT_EVERY, min=1, help="With --prequential: refit every N rows."
     ),
     as_json: bool = typer.Option(False, "--json", help="One JSON object instead of tables."),
+    fleet: bool = typer.Option(
+        False,
+        "--fleet",
+        help="Run the file through a fleet started for it (real workers, routing, gate, "
+        "labels, audits): one tier replays the cheap answers, the next the strong ones.",
+    ),
+    limit: int = typer.Option(None, min=1, help="Only the first N rows (N distinct prompts)."),
+    timeout: float = typer.Option(
+        600.0, min=1, help="With --fleet: seconds to wait for every job in all."
+    ),
 ) -> None:
-    """Replay labelled answers through the gate offline: its cost and quality beside baselines.
+    """Replay labelled answers through the gate: its cost and quality beside baselines.
 
     The baselines are weak-only, strong-only, the oracle and random escalation at the gate's
-    rate; no model is called."""
+    rate. Offline (the default) no model is called; with --fleet the rows go through real
+    workers whose models replay the file's answers, and the same table is printed."""
 
-    llm = load_config(config) if config is not None else get_settings().llm
-    name, rule = rule_for(llm, action)
-    rows = read_rows(file)
-    found = evaluate(
-        rows,
-        rule,
-        llm.routing.quality_threshold,
-        action=name,
-        prequential=prequential,
-        refit_every=refit_every,
-    )
-    if as_json:
-        typer.echo(json.dumps({"file": str(file), **found.as_dict()}))
+    if fleet:
+        found = fleet_evaluation(file, action, config, limit=limit, timeout_s=timeout)
+        mode = "through the fleet (its gate refits as its labels come)"
     else:
-        render(found, str(file))
+        llm = load_config(config) if config is not None else get_settings().llm
+        name, rule = rule_for(llm, action)
+        rows = read_rows(file)[:limit]
+        found = evaluate(
+            rows,
+            rule,
+            llm.routing.quality_threshold,
+            action=name,
+            prequential=prequential,
+            refit_every=refit_every,
+        )
+        mode = None
+    if as_json:
+        extra = {"mode": "fleet"} if fleet else {}
+        typer.echo(json.dumps({"file": str(file), **found.as_dict(), **extra}))
+    else:
+        render(found, str(file), mode)
 
 
 def _share(value: float | None) -> str:
@@ -63,14 +81,19 @@ def _auc(value: float | None) -> str:
     return "" if value is None else f"{value:.3f}"
 
 
-def render(found: Evaluation, source: str) -> None:
-    """The comparison table and the accuracy-at-budget table."""
+def _fit_mode(found: Evaluation) -> str:
     if not found.fitted:
-        mode = "nothing fitted"
-    elif found.prequential:
-        mode = f"prequential (refit every {found.refit_every} rows)"
-    else:
-        mode = "in-sample (fitted on every row, then judged them: optimistic)"
+        return "nothing fitted"
+    if found.prequential:
+        return f"prequential (refit every {found.refit_every} rows)"
+    return "in-sample (fitted on every row, then judged them: optimistic)"
+
+
+def render(found: Evaluation, source: str, mode: str | None = None) -> None:
+    """The comparison table and the accuracy-at-budget table; ``mode`` says how the gate was
+    fitted (default: read from ``found``)."""
+    if mode is None:
+        mode = _fit_mode(found)
     console.print(
         f"{source}: {found.rows} rows, action [bold]{found.action}[/bold] "
         f"(verifiers {', '.join(found.verifiers)}), {mode}, threshold {found.threshold:.3f}"
@@ -96,13 +119,13 @@ def render(found: Evaluation, source: str) -> None:
     console.print(curve)
     title = f"Calls per row at {found.target:.0%} of strong-only accuracy"
     costs = Table("policy", "strong calls", "cheap calls", "routed", "accuracy", title=title)
-    for policy in found.at_target:
+    for calls in found.at_target:
         costs.add_row(
-            policy.name,
-            _share(policy.strong),
-            _share(policy.cheap),
-            _share(policy.routed),
-            _share(policy.accuracy),
+            calls.name,
+            _share(calls.strong),
+            _share(calls.cheap),
+            _share(calls.routed),
+            _share(calls.accuracy),
         )
     console.print(costs)
     for note in found.notes:
