@@ -186,8 +186,11 @@ def tier_capacity(config: LLMConfig, tier: Tier | str) -> int | None:
 
 
 def contended(config: LLMConfig, tier: Tier | str) -> bool:
-    """Whether admission applies to ``tier``: it has a capacity, or some daemon has a cap.
-    Elsewhere nothing can be shared and attempts go straight to the queue."""
+    """Whether admission applies to ``tier``: fair shares are on (``fair_share``) and it has
+    a capacity or some daemon has a cap. Elsewhere nothing can be shared and attempts go
+    straight to the queue."""
+    if not config.fair_share:
+        return False
     return tier_capacity(config, tier) is not None or any(
         share.max_in_flight is not None for share in config.daemons.values()
     )

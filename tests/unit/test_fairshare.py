@@ -80,6 +80,12 @@ def test_capacity_is_the_sum_of_model_caps_and_uncapped_tiers_admit_freely() -> 
     assert tier_capacity(config(None), FAST) is None
     assert not contended(config(None), FAST)
     assert contended(config(None, {"a": {"max_in_flight": 2}}), FAST)
+    assert contended(config(4), FAST)
+    off = services.fleet_config(
+        local_fast=[services.fake_model("fast", limits={"max_concurrency": 4})]
+    )
+    off["fair_share"] = False
+    assert not contended(parse_config(off), FAST)
     assert job_daemon({"daemon": "a"}) == "a" and job_daemon({"daemon": ""}) is None
     assert job_daemon({"daemon": 3}) is None and job_daemon(None) is None
 
@@ -93,6 +99,10 @@ def test_bad_daemon_settings_are_refused_at_start() -> None:
         config(4, {" a": {}})
     with pytest.raises(ConfigError, match="burst"):
         config(4, {"a": {"burst": 3}})
+    raw = services.fleet_config()
+    raw.update(fair_share=False, daemons={"a": {"weight": 2}})
+    with pytest.raises(ConfigError, match="fair_share"):
+        parse_config(raw)
 
 
 def test_a_daemon_alone_gets_every_slot_and_the_next_as_each_frees(

@@ -333,6 +333,9 @@ class LLMConfig(_Strict):
     caching: CachingConfig = CachingConfig()
 
     @field_validator("daemons")
+    # false: no admission, every attempt straight to its tier's queue (first in, first out
+    # within a priority: the behaviour before fair shares); daemons' weights and caps unused.
+    fair_share: bool = True
     @classmethod
     def _daemon_names(cls, daemons: dict[str, DaemonShare]) -> dict[str, DaemonShare]:
         bad = [n for n in daemons if not n or len(n) > 64 or n != n.strip()]
@@ -343,6 +346,12 @@ class LLMConfig(_Strict):
     @field_validator("tiers")
     @classmethod
     def _all_tiers(cls, tiers: dict[Tier, TierConfig]) -> dict[Tier, TierConfig]:
+    @model_validator(mode="after")
+    def _shares_used(self) -> LLMConfig:
+        if not self.fair_share and self.daemons:
+            raise ValueError("daemons: weights and caps need fair_share: true")
+        return self
+
         names = [m.name for t in tiers.values() for m in t.models]
         dupes = sorted({n for n in names if names.count(n) > 1})
         if dupes:
