@@ -10,6 +10,12 @@ goes first on the same queues. ``max_cost_usd`` stops sending new lines once the
 that much (the rest stay unsent: rerun to resume). A bad line is refused with its number and
 reason and the others go on.
 
+**Chunks**: lines are read, checked, planned and stored a chunk at a time
+(:data:`CHUNK_LINES`; one multi-row insert in one transaction,
+:func:`tierflow.store.batch_jobs.create_batch_jobs`), then sent; the fleet's mode is read once
+per chunk, the submitter holds one chunk in memory, and a resume learns each stored line's
+status from its chunk's own transaction.
+
 ``provider_batch=True`` (``tierflow batch run --deadline 24h``; or ``provider_batches.default``
 in the config when not given) lets the batch's API-tier calls go through the providers' Batch
 APIs (OpenAI Batch, Anthropic Message Batches) at their batch price, answered within a day
@@ -50,10 +56,11 @@ its deferred jobs wait hours for the provider without taking any CPU.
 
 from __future__ import annotations
 
+import itertools
 import json
 import logging
 import time
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from pathlib import Path
@@ -76,14 +83,17 @@ from tierflow.core.constants import (
     PACK_MAX_PROMPT_CHARS,
     TERMINAL_STATUSES,
     JobStatus,
+    Mode,
     Tier,
 )
 from tierflow.core.errors import JobValidationError, TierflowError, describe_validation_error
 from tierflow.core.settings import get_settings
 from tierflow.core.tokens import estimate_tokens
+from tierflow.store.batch_jobs import NewLine, StoredLine, create_batch_jobs
 
 log = logging.getLogger(__name__)
 COST_CHECK_EVERY = 100  # lines between two reads of the batch's spending
+CHUNK_LINES = 500  # lines checked, planned and stored in one transaction
 WINDOW_POLL_S = 0.02  # a full window's pause between two reads of its jobs' states
 SPEC_FIELDS = ("prompt", "action_type", "context", "metadata")
 ESTIMATED_ANSWER_TOKENS = 256  # a dry run's guess of each answer's length, capped by max_tokens
@@ -113,9 +123,18 @@ class Submitted:
     errors: list[LineError] = field(default_factory=list)
 
 
-def read_jsonl(path: str | Path) -> Iterator[dict[str, Any]]:
-    """One job spec per non-empty line; a line that is not a JSON object raises BatchError
-    naming it (the file is read lazily, line by line)."""
+@dataclass(frozen=True)
+class BadLine:
+    """A line of a file that is not a job spec (not JSON, or not an object): reported with its
+    number and reason by :func:`submit_batch`, stored nowhere."""
+
+    reason: str
+
+
+def read_jsonl(path: str | Path) -> Iterator[dict[str, Any] | BadLine]:
+    """One job spec per non-empty line, read lazily, line by line; a line that is not a JSON
+    object is a :class:`BadLine` naming the file's line. Raises BatchError when the file
+    cannot be read."""
     file = Path(path)
     if not file.is_file():
         raise BatchError(f"cannot read {path}: no such file")
@@ -126,13 +145,17 @@ def read_jsonl(path: str | Path) -> Iterator[dict[str, Any]]:
             try:
                 spec = json.loads(line)
             except ValueError:
-                raise BatchError(f"{path}:{number}: not valid JSON") from None
+                yield BadLine(f"{path}:{number}: not valid JSON")
+                continue
             if not isinstance(spec, dict):
-                raise BatchError(f"{path}:{number}: each line must be a JSON object")
+                yield BadLine(f"{path}:{number}: each line must be a JSON object")
+                continue
             yield spec
 
 
-def _request(spec: dict[str, Any], key: str, deadline: datetime) -> JobRequest:
+def _request(spec: dict[str, Any] | BadLine, key: str, deadline: datetime) -> JobRequest:
+    if isinstance(spec, BadLine):
+        raise JobValidationError(spec.reason)
     unknown = sorted(set(spec) - set(SPEC_FIELDS))
     if unknown:
         raise JobValidationError(f"unknown fields {unknown} (a line may have {SPEC_FIELDS})")
@@ -151,7 +174,7 @@ def _request(spec: dict[str, Any], key: str, deadline: datetime) -> JobRequest:
 
 
 def submit_batch(
-    specs: Iterable[dict[str, Any]],
+    specs: Iterable[dict[str, Any] | BadLine],
     *,
     name: str,
     max_cost_usd: float | None = None,
@@ -162,70 +185,188 @@ def submit_batch(
 ) -> Submitted:
     """Store and send a batch's jobs (or resume it); return what was done. See the module.
 
+    Lines are read, checked, planned and stored :data:`CHUNK_LINES` at a time (one multi-row
+    insert, one transaction per chunk; fewer with a window or a cost ceiling, see
+    :meth:`BatchRun.next_chunk_size`), then sent; memory holds one chunk. A bad line (not
+    JSON, a field refused, too large, its key bound to another request) is reported in
+    ``errors`` with its number (1-based) and stored nowhere; the others go on.
+
     ``pack``: up to this many small ``label`` jobs per model call (1 to
     :data:`~tierflow.core.constants.MAX_PACK_SIZE`; None or 1: no packing). ``in_flight``: at
     most this many of the jobs sent unfinished at once (None: ``TIERFLOW_BATCH_IN_FLIGHT``; 0:
     no window). Raises :class:`BatchError` for a pack size or window out of range, or when
     ``provider_batch`` is asked for with too short a deadline.
     """
-    if pack is not None and not 1 <= pack <= MAX_PACK_SIZE:
-        raise BatchError(f"pack must be 1 to {MAX_PACK_SIZE}, got {pack}")
-    if in_flight is None:
-        in_flight = get_settings().batch_in_flight
-    if in_flight < 0:
-        raise BatchError(f"in_flight must be 0 (no window) or more, got {in_flight}")
-    if pack is not None and in_flight and pack > in_flight:
-        raise BatchError(f"a pack of {pack} cannot be sent through a window of {in_flight}")
-    # a pack is one call: while yielding, the window still lets one whole pack through
-    yield_to = min(max(get_settings().batch_yield_in_flight, pack or 1), in_flight)
-    settings = get_settings().llm.provider_batches
-    long_enough = deadline_s >= settings.min_deadline_hours * 3600
-    if provider_batch and not long_enough:
-        raise BatchError(
-            f"provider batches answer within {settings.window_hours:g}h: a deadline of at least "
-            f"{settings.min_deadline_hours:g}h is needed, got {deadline_s / 3600:g}h"
-        )
-    batch, _ = store.open_batch(name, max_cost_usd)
-    if batch.status == "cancelled":
-        raise BatchError(f"batch {name} was cancelled; use a new name")
-    if (settings.default if provider_batch is None else provider_batch) and long_enough:
-        store.allow_provider_batch(batch.id)  # before any line is sent: every attempt sees it
-        in_flight = 0  # deferred jobs would fill the window for hours (see the module)
-    done = Submitted(batch.id, batch.name)
-    limits = get_settings().llm.inputs
-    # From the batch's creation, so a resumed line asks for the same deadline as before (the
-    # idempotency fingerprint includes it).
-    deadline = batch.created_at + timedelta(seconds=deadline_s)
-    if deadline <= utcnow():
-        raise BatchError(f"batch {name} is past its deadline ({deadline:%Y-%m-%d %H:%M} UTC)")
-    packer = Packer(pack) if pack is not None and pack > 1 else None
-    window = Window(in_flight, yield_to, done) if in_flight else None
-    for line, spec in enumerate(specs):
-        done.lines = line + 1
-        if max_cost_usd is not None and line % COST_CHECK_EVERY == 0:
-            spent = store.batch_cost(batch.id)
-            if spent >= max_cost_usd:
-                done.stopped_at_cost = spent
-                done.lines = line
-                break
-        try:
-            # The key hashes the request too: a changed line is refused, never confused.
-            request = _request(spec, f"batch:{batch.id}:{line}", deadline)
-            problems = request.size_problems(limits)
-            if problems:
-                raise JobValidationError("; ".join(problems))
-            if window is not None:
-                window.wait_for_room(packer)
-            sent = _submit_line(request, batch.id, line, done, packer)
-            if window is not None and sent is not None:
-                window.open.append(sent)
-        except JobValidationError as exc:
-            done.errors.append(LineError(line + 1, str(exc)))
-    if packer is not None:
-        packer.flush()
-    store.note_submitted(batch.id, done.lines)
-    store.settle_batch(batch.id)
-    return done
+    run = BatchRun.open(name, max_cost_usd, deadline_s, provider_batch, pack, in_flight)
+    for chunk in _chunks(specs, run.next_chunk_size):
+        if run.over_budget():
+            break
+        run.submit_chunk(chunk)
+    return run.finish()
+
+
+def _chunks(
+    specs: Iterable[dict[str, Any] | BadLine], size: Callable[[], int]
+) -> Iterator[list[tuple[int, dict[str, Any] | BadLine]]]:
+    """``(line, spec)`` pairs (line 0-based), read lazily, ``size()`` at a time (asked before
+    each chunk's first line is read)."""
+    lines = enumerate(specs)
+    while True:
+        chunk = list(itertools.islice(lines, size()))
+        if not chunk:
+            return
+        yield chunk
+
+
+@dataclass
+class BatchRun:
+    """One submission of a batch: what it was asked, what it did so far (``done``)."""
+
+    batch_id: str
+    deadline: datetime
+    max_cost_usd: float | None
+    done: Submitted
+    packer: Packer | None
+    window: Window | None
+
+    @classmethod
+    def open(
+        cls,
+        name: str,
+        max_cost_usd: float | None,
+        deadline_s: float,
+        provider_batch: bool | None,
+        pack: int | None,
+        in_flight: int | None,
+    ) -> BatchRun:
+        """Check the options, open (or find) the batch by name; see :func:`submit_batch`."""
+        if pack is not None and not 1 <= pack <= MAX_PACK_SIZE:
+            raise BatchError(f"pack must be 1 to {MAX_PACK_SIZE}, got {pack}")
+        if in_flight is None:
+            in_flight = get_settings().batch_in_flight
+        if in_flight < 0:
+            raise BatchError(f"in_flight must be 0 (no window) or more, got {in_flight}")
+        if pack is not None and in_flight and pack > in_flight:
+            raise BatchError(f"a pack of {pack} cannot be sent through a window of {in_flight}")
+        # a pack is one call: while yielding, the window still lets one whole pack through
+        yield_to = min(max(get_settings().batch_yield_in_flight, pack or 1), in_flight)
+        settings = get_settings().llm.provider_batches
+        long_enough = deadline_s >= settings.min_deadline_hours * 3600
+        if provider_batch and not long_enough:
+            raise BatchError(
+                f"provider batches answer within {settings.window_hours:g}h: a deadline of at "
+                f"least {settings.min_deadline_hours:g}h is needed, got {deadline_s / 3600:g}h"
+            )
+        batch, _ = store.open_batch(name, max_cost_usd)
+        if batch.status == "cancelled":
+            raise BatchError(f"batch {name} was cancelled; use a new name")
+        if (settings.default if provider_batch is None else provider_batch) and long_enough:
+            store.allow_provider_batch(batch.id)  # before any line is sent: every attempt sees it
+            in_flight = 0  # deferred jobs would fill the window for hours (see the module)
+        # From the batch's creation, so a resumed line asks for the same deadline as before
+        # (the idempotency fingerprint includes it).
+        deadline = batch.created_at + timedelta(seconds=deadline_s)
+        if deadline <= utcnow():
+            raise BatchError(f"batch {name} is past its deadline ({deadline:%Y-%m-%d %H:%M} UTC)")
+        done = Submitted(batch.id, batch.name)
+        packer = Packer(pack) if pack is not None and pack > 1 else None
+        window = Window(in_flight, yield_to, done) if in_flight else None
+        return cls(batch.id, deadline, max_cost_usd, done, packer, window)
+
+    def next_chunk_size(self) -> int:
+        """Lines in the next chunk: :data:`CHUNK_LINES`; under a cost ceiling at most
+        :data:`COST_CHECK_EVERY` (the spending is read between chunks); with a window, once it
+        has room, at most that room, so no more of the batch's jobs are stored unsent than
+        the window lets through (a stored, unsent job would look stalled to the sweeper)."""
+        size = CHUNK_LINES
+        if self.max_cost_usd is not None:
+            size = min(size, COST_CHECK_EVERY)
+        if self.window is not None:
+            self.window.wait_for_room(self.packer)
+            size = min(size, max(self.window.limit() - len(self.window.open), 1))
+        return size
+
+    def over_budget(self) -> bool:
+        """Whether the batch has spent its ceiling; the lines not yet read then stay unsent."""
+        if self.max_cost_usd is None:
+            return False
+        spent = store.batch_cost(self.batch_id)
+        if spent < self.max_cost_usd:
+            return False
+        self.done.stopped_at_cost = spent
+        return True
+
+    def submit_chunk(self, chunk: list[tuple[int, dict[str, Any] | BadLine]]) -> None:
+        """Check, plan and store the chunk's lines in one transaction, then send them."""
+        self.done.lines = chunk[-1][0] + 1
+        limits = get_settings().llm.inputs
+        mode = get_mode()  # one read per chunk: every line of it is planned under this mode
+        items: list[NewLine] = []
+        pack_plans: list[TierPlan | None] = []
+        for line, spec in chunk:
+            try:
+                # The key hashes the request too: a changed line is refused, never confused.
+                request = _request(spec, f"batch:{self.batch_id}:{line}", self.deadline)
+                problems = request.size_problems(limits)
+                if problems:
+                    raise JobValidationError("; ".join(problems))
+            except JobValidationError as exc:
+                self.done.errors.append(LineError(line + 1, str(exc)))
+                continue
+            pack_plan = self.packer.plan_for(request) if self.packer is not None else None
+            plan = None if pack_plan is not None else _plan(request, mode)
+            stored_plan = (plan.complexity.value, plan.to_json()) if plan is not None else None
+            items.append(NewLine(request, line, stored_plan))
+            pack_plans.append(pack_plan)
+        stored = create_batch_jobs(items, self.batch_id, get_settings().job_deadline_s)
+        for item, pack_plan, found in zip(items, pack_plans, stored, strict=True):
+            if found.conflict is not None:
+                self.done.errors.append(LineError(item.line + 1, str(found.conflict)))
+                continue
+            if self.window is not None:
+                self.window.wait_for_room(self.packer)
+            sent = self._send(item, found, pack_plan)
+            if self.window is not None and sent is not None:
+                self.window.open.append(sent)
+
+    def _send(self, item: NewLine, found: StoredLine, pack_plan: TierPlan | None) -> str | None:
+        """Send a stored line's job; return its id when it was sent now (None: it was already
+        there and is left as it is). A packable line goes to the packer; a planned one straight
+        to its first tier, so batch lines never queue on the router and an interactive job's
+        routing never waits behind a batch (a line whose plan is an error goes to the router,
+        which fails it with the reason)."""
+        request, job_id = item.request, found.job_id
+        if not found.created:
+            self.done.existing += 1
+            # stored before a crash but maybe never sent (queued, or routed with no attempt
+            # yet): packed again, or the router plans it or resends its first attempt (a
+            # duplicate send is claimed once)
+            queued = found.status == JobStatus.QUEUED.value
+            if queued and self.packer is not None and self.packer.add(job_id, request, pack_plan):
+                return job_id
+            if found.status in (JobStatus.QUEUED.value, JobStatus.ROUTED.value):
+                enqueue_route(job_id, request.priority)
+                return job_id
+            return None
+        self.done.sent += 1
+        if self.packer is not None and self.packer.add(job_id, request, pack_plan):
+            return job_id
+        if item.plan is None:
+            enqueue_route(job_id, request.priority)
+        else:
+            first = Tier(item.plan[1]["chain"][0])
+            enqueue_attempt(
+                job_id, first, 0, 0, priority=request.priority, action=request.action_type
+            )
+        return job_id
+
+    def finish(self) -> Submitted:
+        """Send what the packer holds, record the lines read, settle the batch's state."""
+        if self.packer is not None:
+            self.packer.flush()
+        store.note_submitted(self.batch_id, self.done.lines)
+        store.settle_batch(self.batch_id)
+        return self.done
 
 
 class Window:
@@ -257,53 +398,11 @@ class Window:
             self.open = store.unfinished(self.open)
 
 
-def _submit_line(
-    request: JobRequest, batch_id: str, line: int, done: Submitted, packer: Packer | None = None
-) -> str | None:
-    """Store one line's job and send it; return its id when it was sent now (None: it was
-    already there and is left as it is). Packable lines go to the packer; any other line is
-    planned here, by the router's own :func:`~router.plan.plan_job`, stored routed with its plan
-    in the same insert and sent straight to its first tier: batch lines never queue on the
-    router, so an interactive job's routing never waits behind a batch (a line whose plan is
-    an error goes to the router, which fails it with the reason)."""
-    pack_plan = packer.plan_for(request) if packer is not None else None
-    plan = None if pack_plan is not None else _plan(request)
-    job_id, created = store.create_job(
-        request,
-        get_settings().job_deadline_s,
-        batch_id=batch_id,
-        batch_line=line,
-        plan=(plan.complexity.value, plan.to_json()) if plan is not None else None,
-    )
-    if not created:
-        done.existing += 1
-        # stored before a crash but maybe never sent (queued, or routed with no attempt yet):
-        # packed again, or the router plans it or resends its first attempt (a duplicate send
-        # is claimed once)
-        status = store.job_status(job_id)
-        queued = status == JobStatus.QUEUED.value
-        if queued and packer is not None and packer.add(job_id, request, pack_plan):
-            return job_id
-        if status in (JobStatus.QUEUED.value, JobStatus.ROUTED.value):
-            enqueue_route(job_id, request.priority)
-            return job_id
-        return None
-    done.sent += 1
-    if packer is not None and packer.add(job_id, request, pack_plan):
-        return job_id
-    if plan is None:
-        enqueue_route(job_id, request.priority)
-    else:
-        first = plan.chain[0]
-        enqueue_attempt(job_id, first, 0, 0, priority=request.priority, action=request.action_type)
-    return job_id
-
-
-def _plan(request: JobRequest) -> TierPlan | None:
-    """The line's plan under the fleet's mode now (one statement), or None when it is an
-    error (the router then fails the job with it)."""
+def _plan(request: JobRequest, mode: Mode) -> TierPlan | None:
+    """The line's plan under ``mode`` (the fleet's, read once per chunk), or None when it is
+    an error (the router then fails the job with it)."""
     config = get_settings().llm
-    plan = plan_job(request.action_type, request.prompt, request.context, config, get_mode())
+    plan = plan_job(request.action_type, request.prompt, request.context, config, mode)
     return None if plan.error else plan
 
 
@@ -367,7 +466,7 @@ class Packer:
             enqueue_pack([j for j, _ in routed], tier, max(p for _, p in routed), action=action)
 
 
-def estimate_batch(specs: Iterable[dict[str, Any]], config: LLMConfig) -> dict[str, Any]:
+def estimate_batch(specs: Iterable[dict[str, Any] | BadLine], config: LLMConfig) -> dict[str, Any]:
     """A dry run: jobs per first tier from the router's plan, and the estimated cost (US
     dollars) on each plan's first model beside API-only (the baseline model), from token
     estimates: the prompt's, and an answer of ``ESTIMATED_ANSWER_TOKENS`` capped by max_tokens.
@@ -379,6 +478,8 @@ def estimate_batch(specs: Iterable[dict[str, Any]], config: LLMConfig) -> dict[s
     lines = 0
     for spec in specs:
         lines += 1
+        if isinstance(spec, BadLine):
+            continue  # refused when submitted; the estimate counts the line only
         prompt = str(spec.get("prompt") or "")
         context = spec.get("context") or {}
         plan = plan_job(spec.get("action_type") or "unknown", prompt, context, config, mode)

@@ -1,0 +1,126 @@
+"""A batch's lines stored a chunk at a time: one multi-row insert, one transaction per chunk.
+
+``create_batch_jobs`` is :func:`tierflow.store.jobs.create_job` for many lines at once, with the
+same promises per line: one job per idempotency key, the key bound to its request's fingerprint
+(the same key with another request is that line's :class:`IdempotencyConflict`, nothing stored
+for it), a planned line stored routed with its plan in the insert. The whole chunk is one
+transaction: its insert (``INSERT .. VALUES (..), (..) ON CONFLICT DO NOTHING RETURNING``) and
+the read of the rows it found already there (their id, fingerprint and status, so a resume
+knows without another read which stored lines may still be unsent).
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import timedelta
+from typing import Any
+
+from sqlalchemy import func, select
+from sqlalchemy.dialects.postgresql import insert
+
+from schemas.jobs import JobRequest, utcnow
+from schemas.tables import Job
+from tierflow.core.constants import JobStatus
+from tierflow.core.db import session_scope
+from tierflow.core.errors import IdempotencyConflict
+
+
+@dataclass(frozen=True)
+class NewLine:
+    """One line to store: its request (with its idempotency key), its line number in the batch
+    (0-based) and, when the submitter planned it, ``(complexity, plan)``."""
+
+    request: JobRequest
+    line: int
+    plan: tuple[str, dict[str, Any]] | None = None
+
+
+@dataclass(frozen=True)
+class StoredLine:
+    """What became of one line: its job, whether this call created it, and the job's status
+    (the stored one for a line found there already). ``conflict`` is set, and ``job_id`` names
+    the other job, when the key was bound to another request: nothing was stored for it."""
+
+    job_id: str
+    created: bool
+    status: str
+    conflict: IdempotencyConflict | None = None
+
+
+def _row(item: NewLine, batch_id: str, default_deadline_s: int) -> dict[str, Any]:
+    request = item.request
+    if request.idempotency_key is None:
+        raise ValueError(f"batch line {item.line} has no idempotency key")
+    now = utcnow()
+    row: dict[str, Any] = {
+        "id": str(uuid.uuid4()),
+        "idempotency_key": request.idempotency_key,
+        "request_fingerprint": request.fingerprint(),
+        "status": JobStatus.QUEUED.value,
+        "action_type": request.action_type,
+        "prompt": request.prompt,
+        "context": request.context,
+        "metadata": request.metadata,
+        "priority": request.priority,
+        "stream": request.stream,
+        "allow_degraded": request.allow_degraded,
+        "deadline": request.deadline or now + timedelta(seconds=default_deadline_s),
+        "batch_id": batch_id,
+        "batch_line": item.line,
+        "complexity": None,
+        "plan": None,
+        "cost_usd": 0,
+        "api_baseline_cost_usd": 0,
+        "degraded": False,
+        "fake": False,
+        "created_at": func.now(),
+        "updated_at": func.now(),
+    }
+    if item.plan is not None:
+        row.update(status=JobStatus.ROUTED.value, complexity=item.plan[0], plan=item.plan[1])
+    return row
+
+
+def create_batch_jobs(
+    items: Sequence[NewLine], batch_id: str, default_deadline_s: int
+) -> list[StoredLine]:
+    """Store a chunk of a batch's lines in one transaction; one :class:`StoredLine` per item,
+    in order. Raises ``ValueError`` for an item without an idempotency key (a batch line always
+    has one), and SQLAlchemy's errors for the database's (nothing of the chunk is then stored).
+    """
+    if not items:
+        return []
+    rows = [_row(item, batch_id, default_deadline_s) for item in items]
+    keys = [row["idempotency_key"] for row in rows]
+    if len(set(keys)) != len(keys):
+        raise ValueError("a chunk holds one idempotency key twice")
+    statement = (
+        insert(Job)
+        .values(rows)
+        .on_conflict_do_nothing(index_elements=[Job.idempotency_key])
+        .returning(Job.idempotency_key)
+    )
+    with session_scope() as session:
+        created = set(session.execute(statement).scalars())
+        missing = [key for key in keys if key not in created]
+        found = {
+            row.idempotency_key: row
+            for row in session.execute(
+                select(Job.idempotency_key, Job.id, Job.request_fingerprint, Job.status).where(
+                    Job.idempotency_key.in_(missing)
+                )
+            )
+        } if missing else {}  # fmt: skip
+    stored: list[StoredLine] = []
+    for row in rows:
+        key = row["idempotency_key"]
+        if key in created:
+            stored.append(StoredLine(row["id"], True, row["status"]))
+            continue
+        other = found[key]  # the row the insert conflicted with
+        same = other.request_fingerprint in (None, row["request_fingerprint"])
+        conflict = None if same else IdempotencyConflict(key, other.id)
+        stored.append(StoredLine(other.id, False, other.status, conflict))
+    return stored
