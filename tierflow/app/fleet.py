@@ -5,15 +5,19 @@ llama.cpp engine when a local model points at ``TIERFLOW_LOCAL_ENGINE_URL``, the
 the router and one per tier, Celery beat (the sweeper's schedule) and Flower if asked. Children
 inherit the environment with every URL filled in. A :class:`~tierflow.app.supervisor.Supervisor`
 restarts any child that dies, with backoff, and logs it; children die with the supervisor, even
-by ``kill -9``. The engine's state (down and why, restarting, up) goes to Redis for workers'
-error messages (:mod:`tierflow.core.engine_state`). Leaving the context (Ctrl-C, SIGTERM) stops
-the workers warmly (in-flight jobs finish), then the engine, then the services.
+by ``kill -9``. A worker child that dies has its leases released and its jobs re-sent before it
+is restarted, so its jobs move on in seconds, not a lease later. The engine's state (down and
+why, restarting, up) goes to Redis for workers' error messages
+(:mod:`tierflow.core.engine_state`). Leaving the context (Ctrl-C, SIGTERM) stops the workers
+warmly (in-flight jobs finish), then the engine, then the services.
 """
 
 from __future__ import annotations
 
 import json
+import logging
 import os
+import socket
 import sys
 import urllib.request
 from collections.abc import Callable, Iterator
@@ -33,6 +37,9 @@ from tierflow.core.engine_state import record_engine_state
 from tierflow.core.errors import ConfigError
 from tierflow.core.settings import get_settings, redact_url, reset_settings
 from workers.pools import POOLS, worker_argv
+from workers.sweeper import release_dead_worker
+
+log = logging.getLogger(__name__)
 
 ENGINE = "local-engine"
 ENGINE_START_S = 180.0  # first start may assemble the GGUF and run the extra-buffers probe
@@ -160,6 +167,25 @@ def prepare_services(state_dir: Path) -> EmbeddedServices:
     return services
 
 
+def release_dead_worker_leases(event: Event) -> list[str]:
+    """When a worker child died (an ``exited`` event of ``worker-NAME``): end the leases its
+    process held and send its jobs' attempts again, at once (the jobs re-sent). Its deliveries
+    are named ``NAME@HOST/PID.run:task`` (:func:`workers.tasks.delivery_name`), so exactly that
+    process's attempts are released, never another fleet's on the same host."""
+    if event.kind != "exited" or event.pid is None or not event.child.startswith("worker-"):
+        return []
+    name = event.child.removeprefix("worker-")
+    prefix = f"{name}@{socket.gethostname()}/{event.pid}."
+    try:
+        sent = release_dead_worker(prefix)
+    except Exception:  # the database is away: the leases lapse and the sweeper re-sends
+        log.warning("could not release the leases of %s", prefix, exc_info=True)
+        return []
+    if sent:
+        log.warning("%s died holding %d jobs: released and re-sent", event.child, len(sent))
+    return sent
+
+
 @contextmanager
 def running_fleet(
     *,
@@ -172,9 +198,10 @@ def running_fleet(
     """Start the fleet, yield it, and stop every part on the way out (also on Ctrl-C).
 
     ``on_event`` sees every supervisor event (starts, exits with their restart delay, ready),
-    from the supervisor's thread. Raises ConfigError when a part cannot start at all.
+    from the supervisor's thread. A worker child's death releases its leases and re-sends its
+    jobs before it is restarted (:func:`release_dead_worker_leases`). Raises ConfigError when
+    a part cannot start at all.
     """
-
     state_dir = get_settings().state_dir
     state_dir.mkdir(parents=True, exist_ok=True)
     if flower_port:  # Flower shows queued jobs too: the workers send task events from the start
@@ -183,6 +210,7 @@ def running_fleet(
 
     def handle(event: Event) -> None:
         _record_engine_event(event)
+        release_dead_worker_leases(event)
         if on_event is not None:
             on_event(event)
 
@@ -193,49 +221,13 @@ def running_fleet(
         fleet.notes.append(f"broker   {redact_url(settings.broker_url)}")
         fleet.notes.append(f"database {redact_url(settings.database_url)}")
         upgrade_database()
-        if services.redis_url or services.database_url:
-            endpoints_file(state_dir).write_text(
-                json.dumps(
-                    {
-                        "TIERFLOW_BROKER_URL": services.redis_url,
-                        "TIERFLOW_DATABASE_URL": services.database_url,
-                        "pid": os.getpid(),
-                    }
-                )
-            )
+        _record_endpoints(state_dir, services)
         supervisor.start()
-        engine_url = settings.local_engine_url
-        if with_engine and engine_models() and not _healthy(engine_url):
-            port = urlsplit(engine_url).port or 8765
-            argv = [sys.executable, "-m", "tierflow.cli", "local-engine", "--port", str(port),
-                    "--extra-buffers", _engine_extra_buffers()]  # fmt: skip
-            supervisor.add(ENGINE, argv, health=lambda: _healthy(engine_url), stop_order=1)
-            supervisor.wait_ready([ENGINE], ENGINE_START_S)
-            fleet.notes.append(f"engine   {engine_url} (embedded llama.cpp, Gemma 3 270M)")
+        if with_engine:
+            _start_engine(fleet)
         prepare_multiprocess_dir(state_dir / "metrics")  # the workers' Prometheus counters
-        workers = []
-        for name in ["router", *(tiers or [n for n in POOLS if n != "router"])]:
-            argv = [sys.executable, "-m", "celery", *worker_argv(name, beat=False)]
-            supervisor.add(f"worker-{name}", argv, ready_marker=" ready.")
-            workers.append(f"worker-{name}")
-        # Beat in its own process, not the router's -B: the embedded beat is a grandchild that
-        # a parent-death signal on the worker would not reach, so it could outlive the fleet.
-        supervisor.add(
-            "beat",
-            [sys.executable, "-m", "celery", "-A", "workers.app", "beat",
-             "-s", str(state_dir / "celerybeat-schedule"), "-l", "INFO"],
-        )  # fmt: skip
-        if flower_port:
-            supervisor.add(
-                "flower",
-                [sys.executable, "-m", "celery", "-A", "workers.app", "flower",
-                 f"--port={flower_port}", "--address=127.0.0.1"],
-            )  # fmt: skip
-            fleet.notes.append(f"flower   http://127.0.0.1:{flower_port}")
-        if dashboard_port:
-            argv, note, env = dashboard_child(dashboard_port)
-            supervisor.add("dashboard", [sys.executable, *argv], env=env)
-            fleet.notes.append(note)
+        workers = _add_workers(supervisor, tiers)
+        _add_extras(fleet, flower_port, dashboard_port)
         supervisor.wait_ready(workers, WORKERS_START_S)
         yield fleet
     finally:
@@ -244,3 +236,65 @@ def running_fleet(
         if ENGINE in supervisor.names:
             record_engine_state("stopped", "local engine stopped with the fleet")
         services.stop()
+
+
+def _record_endpoints(state_dir: Path, services: EmbeddedServices) -> None:
+    """Write the embedded services' URLs and this pid for :func:`adopt_running_fleet`."""
+    if services.redis_url or services.database_url:
+        endpoints_file(state_dir).write_text(
+            json.dumps(
+                {
+                    "TIERFLOW_BROKER_URL": services.redis_url,
+                    "TIERFLOW_DATABASE_URL": services.database_url,
+                    "pid": os.getpid(),
+                }
+            )
+        )
+
+
+def _start_engine(fleet: Fleet) -> None:
+    """Start the embedded engine and wait for it, when a local model points at it and nothing
+    answers there yet."""
+    engine_url = get_settings().local_engine_url
+    if not engine_models() or _healthy(engine_url):
+        return
+    port = urlsplit(engine_url).port or 8765
+    argv = [sys.executable, "-m", "tierflow.cli", "local-engine", "--port", str(port),
+            "--extra-buffers", _engine_extra_buffers()]  # fmt: skip
+    fleet.supervisor.add(ENGINE, argv, health=lambda: _healthy(engine_url), stop_order=1)
+    fleet.supervisor.wait_ready([ENGINE], ENGINE_START_S)
+    fleet.notes.append(f"engine   {engine_url} (embedded llama.cpp, Gemma 3 270M)")
+
+
+def _add_workers(supervisor: Supervisor, tiers: list[str] | None) -> list[str]:
+    """One worker for the router and one per tier (all, or ``tiers``), then beat; the workers'
+    names, to wait for."""
+    state_dir = get_settings().state_dir
+    workers = []
+    for name in ["router", *(tiers or [n for n in POOLS if n != "router"])]:
+        argv = [sys.executable, "-m", "celery", *worker_argv(name, beat=False)]
+        supervisor.add(f"worker-{name}", argv, ready_marker=" ready.")
+        workers.append(f"worker-{name}")
+    # Beat in its own process, not the router's -B: the embedded beat is a grandchild that
+    # a parent-death signal on the worker would not reach, so it could outlive the fleet.
+    supervisor.add(
+        "beat",
+        [sys.executable, "-m", "celery", "-A", "workers.app", "beat",
+         "-s", str(state_dir / "celerybeat-schedule"), "-l", "INFO"],
+    )  # fmt: skip
+    return workers
+
+
+def _add_extras(fleet: Fleet, flower_port: int | None, dashboard_port: int | None) -> None:
+    """Flower and the dashboard, when asked for."""
+    if flower_port:
+        fleet.supervisor.add(
+            "flower",
+            [sys.executable, "-m", "celery", "-A", "workers.app", "flower",
+             f"--port={flower_port}", "--address=127.0.0.1"],
+        )  # fmt: skip
+        fleet.notes.append(f"flower   http://127.0.0.1:{flower_port}")
+    if dashboard_port:
+        argv, note, env = dashboard_child(dashboard_port)
+        fleet.supervisor.add("dashboard", [sys.executable, *argv], env=env)
+        fleet.notes.append(note)

@@ -6,7 +6,8 @@ the supervisor and only then), reaps the dead and restarts them after :class:`Ba
 1 s after an exit, doubling to 30 s, back to 1 s once a child has stayed up 60 s. It never gives
 up on a child and never stops for one. Each exit is an :class:`Event` ("worker-local_fast exited
 with SIGKILL; restart 2 in 2.0s"), written to ``supervisor.log`` in the log directory, handed to
-``on_event`` and counted in :attr:`Child.restarts`.
+``on_event`` (called on the supervisor thread before any restart, with the dead process's pid)
+and counted in :attr:`Child.restarts`.
 
 Readiness: a child may name a marker that its log shows once it is ready (Celery's ``" ready."``;
 only output written since its latest start counts) or a health check (the engine's ``/health``);
@@ -69,6 +70,7 @@ class Event:
     restarts: int = 0  # restarts of this child so far (the one announced included)
     delay_s: float | None = None  # when it exited: seconds until the restart
     at: float = field(default_factory=time.time)  # Unix time
+    pid: int | None = None  # the process the event is about (the dead one, for "exited")
 
 
 @dataclass(eq=False)
@@ -287,12 +289,19 @@ class Supervisor:
         child.exits += 1
         delay = self.backoff.delay(child.streak)
         child.last_exit = describe_exit(how) if isinstance(how, int) else how
+        pid = child.pid
         child.proc, child.ready, child.restart_at = None, False, now + delay
         message = (
             f"{child.name} exited with {child.last_exit}; "
             f"restart {child.restarts + 1} in {delay:.1f}s"
         )
-        self._emit(Event("exited", child.name, message, child.last_exit, child.restarts + 1, delay))
+        # on_event runs here, before any restart: what it does about the dead process (the
+        # fleet releases its leases) is done before a new one starts
+        self._emit(
+            Event(
+                "exited", child.name, message, child.last_exit, child.restarts + 1, delay, pid=pid
+            )
+        )
 
     def _is_ready(self, child: Child) -> bool:
         if child.health is not None:
