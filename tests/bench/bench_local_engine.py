@@ -1,7 +1,15 @@
-"""Benchmark the embedded engine on this machine: direct calls vs. the OpenAI-compatible server.
+"""Benchmark the embedded engine on this machine: batched vs. sequential, direct vs. HTTP.
 
     .venv/bin/python tests/bench/bench_local_engine.py [--requests 10] [--max-tokens 32]
-        [--extra-buffers auto|on|off]
+        [--extra-buffers auto|on|off] [--concurrency 1,2,4,8] [--concurrent-tokens 64]
+
+First table (``--concurrency``): at each level C, 2*C greedy requests of ``--concurrent-tokens``
+tokens sent from C threads at once, to the sequential engine this project had before continuous
+batching (one ``Llama.create_completion`` at a time under a lock, the same model file and
+threads) and to the batched engine (slots = the largest C), same prompts, same run. Reports
+aggregate completion tokens/s (all tokens / wall time), latency p50/p95 (ms) and the ratio.
+Second table: the batched engine alone, one request at a time, four ways (direct, direct stream,
+HTTP, HTTP stream).
 
 Each mode runs one warm-up request, then ``--requests`` greedy completions of ``--max-tokens``
 tokens over distinct prompts (so llama.cpp's prompt-prefix reuse does not flatter the numbers).
@@ -18,14 +26,23 @@ from __future__ import annotations
 
 import argparse
 import statistics
+import threading
 import time
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
 import openai
 
 from tierflow.core.config import EXTRA_BUFFERS_CHOICES
-from workers.engine.engine import MODEL_ID, get_engine
+from workers.engine.engine import (
+    DEFAULT_N_CTX,
+    MODEL_ID,
+    LocalEngine,
+    choose_extra_buffers,
+    get_engine,
+)
+from workers.engine.loader import load_llama, resolve_model_path
 from workers.engine.probe import probe_extra_buffers
 from workers.engine.server import start_in_thread
 
@@ -71,11 +88,59 @@ def run(name: str, call: Callable[[str], Sample], n: int) -> dict[str, object]:
     }
 
 
+def concurrency_table(levels: list[int], max_tokens: int, extra_buffers: bool) -> None:
+    """Sequential (before) vs batched (now) at each concurrency level, printed as a table."""
+    old = load_llama(resolve_model_path(), n_ctx=DEFAULT_N_CTX, extra_buffers=extra_buffers)
+    lock = threading.Lock()
+
+    def sequential(prompt: str) -> Sample:
+        t = time.perf_counter()
+        with lock:
+            out = old.create_completion(prompt, max_tokens=max_tokens, temperature=0.0)
+        return Sample(time.perf_counter() - t, out["usage"]["completion_tokens"])
+
+    engine = LocalEngine(slots=max(levels), extra_buffers="on" if extra_buffers else "off")
+
+    def batched(prompt: str) -> Sample:
+        t = time.perf_counter()
+        result = engine.complete(prompt, max_tokens=max_tokens, temperature=0.0)
+        return Sample(time.perf_counter() - t, result.completion_tokens)
+
+    def level(call: Callable[[str], Sample], c: int) -> tuple[float, float, float]:
+        prompts = [PROMPTS[i % len(PROMPTS)] for i in range(2 * c)]
+        t = time.perf_counter()
+        with ThreadPoolExecutor(c) as pool:
+            samples = list(pool.map(call, prompts))
+        wall = time.perf_counter() - t
+        ms = [x.seconds * 1000 for x in samples]
+        return sum(x.tokens for x in samples) / wall, statistics.median(ms), _percentile(ms, 0.95)
+
+    sequential(PROMPTS[-1]), batched(PROMPTS[-1])  # warm-up
+    print(f"\nconcurrent greedy requests of {max_tokens} tokens; engine {engine.describe()}")
+    header = (
+        f"{'C':>3}{'seq tok/s':>11}{'seq p50':>9}{'seq p95':>9}"
+        f"{'batch tok/s':>13}{'b p50':>8}{'b p95':>8}{'x':>7}"
+    )
+    print(header)
+    print("-" * len(header))
+    for c in levels:
+        s_rate, s_p50, s_p95 = level(sequential, c)
+        b_rate, b_p50, b_p95 = level(batched, c)
+        print(
+            f"{c:>3}{s_rate:>11.1f}{s_p50:>9.0f}{s_p95:>9.0f}"
+            f"{b_rate:>13.1f}{b_p50:>8.0f}{b_p95:>8.0f}{b_rate / s_rate:>7.2f}"
+        )
+    engine.close()
+    old.close()
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description="benchmark the embedded llama.cpp engine")
     parser.add_argument("--requests", type=int, default=10)
     parser.add_argument("--max-tokens", type=int, default=32)
     parser.add_argument("--extra-buffers", choices=EXTRA_BUFFERS_CHOICES, default="auto")
+    parser.add_argument("--concurrency", default="1,2,4,8", help="levels; empty: skip the table")
+    parser.add_argument("--concurrent-tokens", type=int, default=64)
     args = parser.parse_args()
     max_tokens = args.max_tokens
     if args.extra_buffers == "on":
@@ -83,6 +148,12 @@ def main() -> None:
         if not verdict.works:
             raise SystemExit(f"extra buffers on: not measured, {verdict.describe()}")
 
+    if args.concurrency:
+        levels = [int(c) for c in args.concurrency.split(",")]
+        chosen = choose_extra_buffers(args.extra_buffers).enabled
+        concurrency_table(levels, args.concurrent_tokens, chosen)
+    if args.requests <= 0:
+        return
     started = time.perf_counter()
     engine = get_engine(extra_buffers=args.extra_buffers)
     print(f"engine ready in {time.perf_counter() - started:.2f}s (model load {engine.load_s:.2f}s)")

@@ -82,6 +82,10 @@ class Settings(BaseSettings):
     availability_ttl_s: float = Field(default=5.0, ge=0)
     # Threads of a local_quality worker (None: workers/pools.py's size, sized for vLLM).
     local_quality_concurrency: int | None = Field(default=None, gt=0, le=4096)
+    # The embedded engine: sequences decoded together (None: sized from the cores, see
+    # workers/engine/engine.py's default_slots) and context tokens per sequence.
+    engine_slots: int | None = Field(default=None, ge=1, le=64)
+    engine_slot_ctx: int = Field(default=2048, ge=256, le=32768)
     # A secret: SecretStr keeps it out of the settings' repr (and so out of logs).
     dashboard_token: SecretStr | None = None
 

@@ -110,26 +110,35 @@ class Registry:
 
     factories: dict[str, BackendFactory] = field(default_factory=dict)
     known_options: dict[str, frozenset[str]] = field(default_factory=dict)
+    validators: dict[str, Callable[[ModelConfig], None]] = field(default_factory=dict)
     _instances: dict[tuple[str, str], Backend] = field(default_factory=dict)
 
     def register(
-        self, *names: str, options: Iterable[str] | None = None
+        self,
+        *names: str,
+        options: Iterable[str] | None = None,
+        validate: Callable[[ModelConfig], None] | None = None,
     ) -> Callable[[BackendFactory], BackendFactory]:
         """Register a factory under ``names``. ``options`` are the keys of a model's
-        ``options:`` the backend reads; any other key is refused at start (None: not checked)."""
+        ``options:`` the backend reads; any other key is refused at start (None: not checked).
+        ``validate`` checks a model's option values at start, raising ValueError saying what
+        is wrong (reported as a ConfigError naming the model's field)."""
 
         def decorate(factory: BackendFactory) -> BackendFactory:
             for name in names:
                 self.factories[name] = factory
                 if options is not None:
                     self.known_options[name] = frozenset(options)
+                if validate is not None:
+                    self.validators[name] = validate
             return factory
 
         return decorate
 
     def check(self, config: LLMConfig) -> None:
-        """Refuse, naming the field, a model whose provider is unknown or whose options the
-        backend does not read. Run at every start, so a typo fails before the first job."""
+        """Refuse, naming the field, a model whose provider is unknown, whose options the
+        backend does not read, or whose option values its validator refuses. Run at every
+        start, so a typo fails before the first job."""
         for tier, tier_config in config.tiers.items():
             for i, model in enumerate(tier_config.models):
                 where = f"tiers.{tier.value}.models.{i}"
@@ -145,6 +154,12 @@ class Registry:
                         f"{where}.options: {model.provider} does not read {', '.join(unknown)} "
                         f"(it reads: {', '.join(sorted(allowed or ())) or 'no options'})"
                     )
+                validate = self.validators.get(model.provider)
+                if validate is not None:
+                    try:
+                        validate(model)
+                    except ValueError as exc:
+                        raise ConfigError(f"{where}.options: {exc}") from exc
 
     def backend_for(self, model: ModelConfig) -> Backend:
         """The (cached) backend serving ``model``; ConfigError for an unknown provider."""

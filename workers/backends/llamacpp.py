@@ -4,7 +4,8 @@ A thin registered backend: the model, the batching and the extra-buffers choice 
 :mod:`workers.engine.engine`; this module maps a :class:`CompletionRequest` onto the engine and
 its result onto a :class:`Completion`. Options (``options:`` of the model): ``model_path`` (a
 GGUF; default: the packaged Gemma 3 270M), ``n_ctx`` (context tokens per slot, default 2048) and
-``extra_buffers`` (``auto``, ``on`` or ``off``; default ``auto``).
+``slots`` (sequences decoded together; default ``TIERFLOW_ENGINE_SLOTS``, else sized from the
+cores) and ``extra_buffers`` (``auto``, ``on`` or ``off``; default ``auto``).
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ from typing import Any
 
 from tierflow.core import errors
 from tierflow.core.config import ModelConfig
+from tierflow.core.settings import get_settings
 from workers.backends.base import (
     Availability,
     Completion,
@@ -21,7 +23,13 @@ from workers.backends.base import (
     StreamChunk,
     register_backend,
 )
-from workers.engine.engine import DEFAULT_N_CTX, EngineResult, get_engine
+from workers.engine.engine import (
+    DEFAULT_N_CTX,
+    EngineResult,
+    LocalEngine,
+    default_slots,
+    get_engine,
+)
 from workers.engine.loader import import_llama_cpp, resolve_model_path
 
 
@@ -35,6 +43,14 @@ class LlamaCppBackend:
         self.model_path: str | None = model.options.get("model_path")
         self.n_ctx = int(model.options.get("n_ctx", DEFAULT_N_CTX))
         self.extra_buffers = str(model.options.get("extra_buffers", "auto"))
+        self.slots = int(
+            model.options.get("slots") or get_settings().engine_slots or default_slots()
+        )
+
+    def _engine(self) -> LocalEngine:
+        return get_engine(
+            self.model_path, n_ctx=self.n_ctx, slots=self.slots, extra_buffers=self.extra_buffers
+        )
 
     def availability(self) -> Availability:
         try:
@@ -64,13 +80,11 @@ class LlamaCppBackend:
         )
 
     def complete(self, request: CompletionRequest) -> Completion:
-        engine = get_engine(self.model_path, n_ctx=self.n_ctx, extra_buffers=self.extra_buffers)
-        return self._completion(engine.complete(request.prompt, **self._args(request)))
+        return self._completion(self._engine().complete(request.prompt, **self._args(request)))
 
     def stream(self, request: CompletionRequest) -> Iterator[StreamChunk]:
-        engine = get_engine(self.model_path, n_ctx=self.n_ctx, extra_buffers=self.extra_buffers)
         text = ""
-        for chunk in engine.stream(request.prompt, **self._args(request)):
+        for chunk in self._engine().stream(request.prompt, **self._args(request)):
             if chunk.result is not None:
                 yield StreamChunk("", text, True, self.provider, self._completion(chunk.result))
             else:

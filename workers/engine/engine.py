@@ -39,14 +39,13 @@ import logging
 import os
 import threading
 import time
-from collections.abc import Generator, Iterator
-from contextlib import contextmanager
+from collections.abc import Generator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 from tierflow.core import errors
 from tierflow.core.config import EXTRA_BUFFERS_CHOICES
+from workers.engine.batcher import Batcher, BatchRequest
 from workers.engine.loader import (
     INSTALL_HINT,
     import_llama_cpp,
@@ -73,7 +72,10 @@ __all__ = [
 log = logging.getLogger("workers.engine")
 
 MODEL_ID = "gemma-3-270m"
-DEFAULT_N_CTX = 2048
+DEFAULT_N_CTX = 2048  # tokens per slot
+DEFAULT_SLOTS = 4  # sequences decoded together
+MAX_SLOTS = 64
+MIN_SLOT_CTX, MAX_SLOT_CTX = 256, 32768
 
 
 def build_prompt(prompt: str, system: str | None = None) -> str:
@@ -134,31 +136,62 @@ def choose_extra_buffers(
     return ExtraBuffersChoice(verdict.works, verdict.describe())
 
 
+def default_slots(cores: int | None = None) -> int:
+    """Slots when none are set: 4 per core, 4 to 16 (``cores`` defaults to this machine's).
+
+    A decode step of several sequences costs little more than one on this small model, so a few
+    slots per core raise throughput; past 16 the per-request latency grows faster than the gain.
+    """
+    cores = cores or os.cpu_count() or 1
+    return max(4, min(16, 4 * cores))
+
+
 class LocalEngine:
-    """One llama.cpp model in this process; thread-safe (generations are serialised)."""
+    """One llama.cpp model in this process, decoding up to ``slots`` requests together.
+
+    Thread-safe: any thread may call :meth:`complete` or :meth:`stream`; a scheduler thread
+    (:class:`~workers.engine.batcher.Batcher`) runs the decode steps.
+    """
 
     def __init__(
         self,
         model_path: str | Path | None = None,
         *,
         n_ctx: int = DEFAULT_N_CTX,
+        slots: int = DEFAULT_SLOTS,
         extra_buffers: str = "auto",
     ) -> None:
-        """Load the model; ``extra_buffers`` as :func:`choose_extra_buffers` (may probe first)."""
+        """Load the model; ``n_ctx`` is tokens per slot (prompt and completion); ``extra_buffers``
+        as :func:`choose_extra_buffers` (may probe first). ConfigError for bad sizes."""
+        if not 1 <= slots <= MAX_SLOTS or not MIN_SLOT_CTX <= n_ctx <= MAX_SLOT_CTX:
+            raise errors.ConfigError(
+                f"engine slots must be 1-{MAX_SLOTS} and context per slot "
+                f"{MIN_SLOT_CTX}-{MAX_SLOT_CTX} tokens (got {slots} x {n_ctx})"
+            )
         import_llama_cpp()
         self.model_path = resolve_model_path(model_path)
-        self.n_ctx = n_ctx
+        self.n_ctx, self.slots = n_ctx, slots
         started = time.perf_counter()
         self.extra_buffers = choose_extra_buffers(extra_buffers, model_path=self.model_path)
         self.choose_s = time.perf_counter() - started  # seconds to decide (a probe, or ~0)
         log.info("%s", self.extra_buffers.describe())
         started = time.perf_counter()
+        # The Llama object holds the weights and the vocabulary; its own context stays small and
+        # unused: the batcher makes the context the requests run in.
         self._llm = load_llama(
-            self.model_path, n_ctx=n_ctx, extra_buffers=self.extra_buffers.enabled
+            self.model_path, n_ctx=MIN_SLOT_CTX, extra_buffers=self.extra_buffers.enabled
         )
+        self._batcher = Batcher(self._llm, slots=slots, slot_ctx=n_ctx)
         self.load_s = time.perf_counter() - started  # seconds to load the model
         self.has_chat_template = "tokenizer.chat_template" in self._llm.metadata
-        self._lock = threading.Lock()
+
+    def describe(self) -> str:
+        """The sizes for the start-up line: ``4 slots x 2048 tokens``."""
+        return f"{self.slots} slots x {self.n_ctx} tokens"
+
+    def busy(self) -> tuple[int, int]:
+        """(sequences decoding now, requests waiting for a slot)."""
+        return self._batcher.busy()
 
     def complete(
         self,
@@ -171,22 +204,18 @@ class LocalEngine:
         timeout_s: float | None = None,
     ) -> EngineResult:
         """Continue ``build_prompt(prompt, system)`` by at most ``max_tokens`` tokens."""
-        deadline = None if timeout_s is None else time.monotonic() + timeout_s
-        with self._locked(deadline), _mapped_errors():
-            started = time.perf_counter()
-            response = self._llm.create_completion(
-                build_prompt(prompt, system),
-                **self._sampling(max_tokens, temperature, stop, deadline),
-            )
-            seconds = time.perf_counter() - started
-        choice, usage = response["choices"][0], response["usage"]
-        return EngineResult(
-            choice["text"],
-            usage["prompt_tokens"],
-            usage["completion_tokens"],
-            choice["finish_reason"],
-            seconds,
+        chunks = self.stream(
+            prompt,
+            system=system,
+            max_tokens=max_tokens,
+            temperature=temperature,
+            stop=stop,
+            timeout_s=timeout_s,
         )
+        for chunk in chunks:
+            if chunk.result is not None:
+                return chunk.result
+        raise errors.ServerError("llamacpp: the generation ended without a result")
 
     def stream(
         self,
@@ -198,79 +227,41 @@ class LocalEngine:
         stop: tuple[str, ...] | list[str] = (),
         timeout_s: float | None = None,
     ) -> Generator[EngineChunk, None, None]:
-        """Like :meth:`complete`, piece by piece; holds the engine until exhausted or closed."""
+        """Like :meth:`complete`, piece by piece; closing the generator frees the slot."""
         deadline = None if timeout_s is None else time.monotonic() + timeout_s
+        tokens = self._llm.tokenize(
+            build_prompt(prompt, system).encode(), add_bos=True, special=True
+        )
+        request = BatchRequest(tokens, max(1, max_tokens), temperature, tuple(stop), deadline)
+        self._batcher.submit(request)
         pieces: list[str] = []
-        finish: str | None = None
-        with self._locked(deadline), _mapped_errors():
-            started = time.perf_counter()
-            parts = self._llm.create_completion(
-                build_prompt(prompt, system),
-                stream=True,
-                **self._sampling(max_tokens, temperature, stop, deadline),
-            )
-            try:
-                for part in parts:
-                    choice = part["choices"][0]
-                    finish = choice.get("finish_reason") or finish
-                    if choice["text"]:
-                        pieces.append(choice["text"])
-                        yield EngineChunk(choice["text"])
-            finally:
-                parts.close()  # inside the lock: never leave llama.cpp mid-generation to others
-            seconds = time.perf_counter() - started
-            prompt_tokens, completion_tokens = self._llm.last_usage()
-        result = EngineResult("".join(pieces), prompt_tokens, completion_tokens, finish, seconds)
+        try:
+            while True:
+                piece = request.out.get()
+                if piece.error is not None:
+                    raise piece.error
+                if piece.finish is not None:
+                    break
+                pieces.append(piece.text)
+                yield EngineChunk(piece.text)
+        finally:
+            request.cancel()  # a no-op once finished; frees the slot when the consumer left
+        result = EngineResult(
+            "".join(pieces),
+            piece.prompt_tokens,
+            piece.completion_tokens,
+            piece.finish,
+            piece.seconds,
+        )
         yield EngineChunk("", result)
 
-    def _sampling(
-        self,
-        max_tokens: int,
-        temperature: float,
-        stop: tuple[str, ...] | list[str],
-        deadline: float | None,
-    ) -> dict[str, Any]:
-        params: dict[str, Any] = {
-            "max_tokens": max(1, max_tokens),
-            "temperature": temperature,
-            "stop": list(stop),
-        }
-        if deadline is not None:
-            llama_cpp = import_llama_cpp()
-
-            def past_deadline(_ids: Any, _logits: Any) -> bool:
-                if time.monotonic() > deadline:
-                    raise errors.BackendTimeout("llamacpp: no answer within the timeout")
-                return False
-
-            params["stopping_criteria"] = llama_cpp.StoppingCriteriaList([past_deadline])
-        return params
-
-    @contextmanager
-    def _locked(self, deadline: float | None) -> Iterator[None]:
-        wait = -1.0 if deadline is None else max(0.0, deadline - time.monotonic())
-        if not self._lock.acquire(timeout=wait):
-            raise errors.BackendTimeout("llamacpp: engine busy past the timeout")
-        try:
-            yield
-        finally:
-            self._lock.release()
+    def close(self) -> None:
+        """Stop the scheduler and free the context and the model."""
+        self._batcher.close()
+        self._llm.close()
 
 
-@contextmanager
-def _mapped_errors() -> Iterator[None]:
-    """llama.cpp's ValueError/RuntimeError as tierflow errors (context overflow is permanent)."""
-    try:
-        yield
-    except ValueError as exc:
-        if "context window" in str(exc):
-            raise errors.ContextTooLong(f"llamacpp: {exc}") from None
-        raise errors.InvalidRequest(f"llamacpp: {exc}") from None
-    except RuntimeError as exc:
-        raise errors.ServerError(f"llamacpp: {exc}") from None
-
-
-_ENGINES: dict[tuple[int, str, int, str], LocalEngine] = {}
+_ENGINES: dict[tuple[int, str, int, int, str], LocalEngine] = {}
 _ENGINES_LOCK = threading.Lock()
 
 
@@ -280,7 +271,7 @@ def _close_engines() -> None:
     with _ENGINES_LOCK:
         for engine in _ENGINES.values():
             with contextlib.suppress(Exception):
-                engine._llm.close()
+                engine.close()
         _ENGINES.clear()
 
 
@@ -288,19 +279,22 @@ def get_engine(
     model_path: str | Path | None = None,
     *,
     n_ctx: int = DEFAULT_N_CTX,
+    slots: int = DEFAULT_SLOTS,
     extra_buffers: str = "auto",
 ) -> LocalEngine:
-    """This process's engine for the model file, context size and extra-buffers mode, loaded on
-    first use.
+    """This process's engine for the model file, context per slot, slots and extra-buffers mode,
+    loaded on first use.
 
     Keyed by process id too, so a forked worker loads its own instead of using its parent's.
     Raises BackendUnavailable when llama-cpp-python or the GGUF is missing.
     """
     import_llama_cpp()
     path = resolve_model_path(model_path)
-    key = (os.getpid(), str(path), n_ctx, extra_buffers)
+    key = (os.getpid(), str(path), n_ctx, slots, extra_buffers)
     with _ENGINES_LOCK:
         engine = _ENGINES.get(key)
         if engine is None:
-            engine = _ENGINES[key] = LocalEngine(path, n_ctx=n_ctx, extra_buffers=extra_buffers)
+            engine = _ENGINES[key] = LocalEngine(
+                path, n_ctx=n_ctx, slots=slots, extra_buffers=extra_buffers
+            )
         return engine

@@ -5,7 +5,8 @@ The default local tiers reach Gemma 3 270M through this server with the official
 
 Endpoints:
 
-- ``GET /v1/models`` lists ``gemma-3-270m``; ``GET /health`` answers ``{"status": "ok"}``.
+- ``GET /v1/models`` lists ``gemma-3-270m``; ``GET /health`` answers ``{"status": "ok"}`` with
+  the engine's ``slots`` and the sequences ``running`` and ``waiting`` for a slot.
 - ``POST /v1/chat/completions``: system messages become the system text, the other messages'
   contents (joined by blank lines) the prompt, formatted by
   :func:`workers.engine.engine.build_prompt`. Answers a ``chat.completion``, or with
@@ -19,9 +20,11 @@ accepted and ignored: one base model is served and it cannot be forced into JSON
 not a JSON object, or bad parameters, get 400 with an OpenAI-style ``invalid_request_error``; a
 prompt over the context window gets 400 with code ``context_length_exceeded``.
 
-Requests are served one generation at a time (the engine's lock); each is logged on one line with
-its status, latency (ms) and generation speed (completion tokens/s). The start-up line says
-whether llama.cpp's extra buffer types are in use and why (``--extra-buffers auto|on|off``; see
+Requests are decoded together, up to the engine's slots (continuous batching,
+:mod:`workers.engine.batcher`; more wait for a slot); each is logged on one line with its status,
+latency (ms) and generation speed (completion tokens/s). The start-up line says the slots and the
+context per slot (``TIERFLOW_ENGINE_SLOTS``, ``TIERFLOW_ENGINE_SLOT_CTX``), and whether
+llama.cpp's extra buffer types are in use and why (``--extra-buffers auto|on|off``; see
 :mod:`workers.engine.engine`).
 """
 
@@ -43,7 +46,15 @@ from typing import Any
 
 from tierflow.core import errors
 from tierflow.core.config import EXTRA_BUFFERS_CHOICES
-from workers.engine.engine import MODEL_ID, EngineChunk, EngineResult, LocalEngine, get_engine
+from tierflow.core.settings import get_settings
+from workers.engine.engine import (
+    MODEL_ID,
+    EngineChunk,
+    EngineResult,
+    LocalEngine,
+    default_slots,
+    get_engine,
+)
 
 log = logging.getLogger("workers.engine.server")  # same name under python -m
 
@@ -255,7 +266,9 @@ class _Handler(BaseHTTPRequestHandler):
         elif path == f"/v1/models/{MODEL_ID}":
             status, payload = 200, model
         elif path == "/health":
+            running, waiting = self.server.engine.busy()
             status, payload = 200, {"status": "ok", "model": MODEL_ID}
+            payload |= {"slots": self.server.engine.slots, "running": running, "waiting": waiting}
         else:
             status, payload = 404, ApiError(404, f"no route GET {path}").body()
         self._send_json(status, payload)
@@ -397,9 +410,23 @@ def make_server(
     port: int = DEFAULT_PORT,
     model_path: str | Path | None = None,
     extra_buffers: str = "auto",
+    *,
+    slots: int | None = None,
+    slot_ctx: int | None = None,
 ) -> LocalServer:
-    """A bound server (port 0 picks a free one) with the engine loaded; not yet serving."""
-    return LocalServer((host, port), get_engine(model_path, extra_buffers=extra_buffers))
+    """A bound server (port 0 picks a free one) with the engine loaded; not yet serving.
+
+    ``slots`` and ``slot_ctx`` default to ``TIERFLOW_ENGINE_SLOTS`` (else :func:`default_slots`)
+    and ``TIERFLOW_ENGINE_SLOT_CTX``.
+    """
+    settings = get_settings()
+    engine = get_engine(
+        model_path,
+        n_ctx=slot_ctx or settings.engine_slot_ctx,
+        slots=slots or settings.engine_slots or default_slots(),
+        extra_buffers=extra_buffers,
+    )
+    return LocalServer((host, port), engine)
 
 
 def start_in_thread(
@@ -436,10 +463,11 @@ def serve(
         for sig in (signal.SIGTERM, signal.SIGINT):
             previous[sig] = signal.signal(sig, stop)
     log.info(
-        "serving %s (%s, loaded in %.2fs; %s) on %s",
+        "serving %s (%s, loaded in %.2fs; %s; %s) on %s",
         MODEL_ID,
         engine.model_path,
         engine.load_s,
+        engine.describe(),
         engine.extra_buffers.describe(),
         server.url,
     )
