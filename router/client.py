@@ -204,24 +204,19 @@ def submit_job(
     free tiers (or from the cache) alone.
     """
     settings = get_settings()
-    try:
-        request = JobRequest(
-            prompt=prompt,
-            action_type=action_type,
-            context=context or {},
-            idempotency_key=idempotency_key,
-            priority=priority,
-            deadline=deadline,
-            metadata=metadata or {},
-            stream=stream,
-            allow_degraded=allow_degraded,
-            cache=cache,
-        )
-    except ValidationError as exc:
-        raise JobValidationError(describe_validation_error(exc, empty="job")) from None
-    problems = request.size_problems(settings.llm.inputs)
-    if problems:
-        raise JobValidationError("; ".join(problems))
+    request = _valid_request(
+        settings.llm,
+        prompt=prompt,
+        action_type=action_type,
+        context=context or {},
+        idempotency_key=idempotency_key,
+        priority=priority,
+        deadline=deadline,
+        metadata=metadata or {},
+        stream=stream,
+        allow_degraded=allow_degraded,
+        cache=cache,
+    )
     if request.deadline is not None and request.deadline <= utcnow():
         # A new job could only expire; a retry of an accepted one gets that job (or the conflict).
         existing = store.job_for_key(request)
@@ -236,24 +231,42 @@ def submit_job(
         return JobHandle(job_id, created)
     handle = JobHandle(job_id, created)
     if created:
-        handle._listen()
-        try:
-            facts = route_facts(
-                request.action_type,
-                request.prompt,
-                request.context,
-                request.priority,
-                job_daemon(request.metadata),
-            )
-            enqueue_route(job_id, request.priority, request.action_type, facts)
-        except Exception:
-            # The job is accepted and durable: it stays queued in PostgreSQL and the sweeper
-            # sends it to the router once the broker is back.
-            log.warning(
-                "broker unavailable; job %s stays queued for the sweeper", job_id, exc_info=True
-            )
-            handle.sent, handle.note = False, BROKER_DOWN_NOTE
+        _send(handle, request)
     return handle
+
+
+def _valid_request(config: LLMConfig, **fields: Any) -> JobRequest:
+    """The :class:`JobRequest` of ``fields``, within the config's input limits; else
+    :class:`JobValidationError` naming the bad field."""
+    try:
+        request = JobRequest(**fields)
+    except ValidationError as exc:
+        raise JobValidationError(describe_validation_error(exc, empty="job")) from None
+    problems = request.size_problems(config.inputs)
+    if problems:
+        raise JobValidationError("; ".join(problems))
+    return request
+
+
+def _send(handle: JobHandle, request: JobRequest) -> None:
+    """Send a new job to the router, its waiter listening first. A broker that cannot be reached
+    leaves the job queued in PostgreSQL (the sweeper sends it once the broker is back) and the
+    handle says so (``sent`` False, ``note``)."""
+    handle._listen()
+    try:
+        facts = route_facts(
+            request.action_type,
+            request.prompt,
+            request.context,
+            request.priority,
+            job_daemon(request.metadata),
+        )
+        enqueue_route(handle.job_id, request.priority, request.action_type, facts)
+    except Exception:
+        log.warning(
+            "broker unavailable; job %s stays queued for the sweeper", handle.job_id, exc_info=True
+        )
+        handle.sent, handle.note = False, BROKER_DOWN_NOTE
 
 
 def budget_refusal(request: JobRequest, config: LLMConfig) -> str | None:
