@@ -9,7 +9,9 @@ waits in its daemon's line in Redis. When a slot frees, the next attempt is take
 waiting daemons by **stride scheduling**: each daemon has a pass, the eligible daemon with the
 lowest pass goes next and its pass grows by ``1 / weight``; a daemon that starts waiting joins
 at the current virtual time (the last pass served), so idle time earns no credit. Within a
-daemon, higher priority first, then first come. One daemon alone takes every free slot: a slot
+daemon, higher priority first, then first come; batch lines (priority ``BATCH_PRIORITY``) wait in
+a line of their own that is served only when no daemon's is eligible, so batches yield to
+daemons as they did by priority. One daemon alone takes every free slot: a slot
 is never withheld while anyone eligible waits.
 
 Every move (offer, release, pump) is one Lua script over the tier's keys, so it is atomic
@@ -40,9 +42,12 @@ import redis
 from redis.commands.core import Script
 
 from tierflow.core.config import LLMConfig
-from tierflow.core.constants import Keys, Tier
+from tierflow.core.constants import BATCH_PRIORITY, Keys, Tier
 
-DEFAULT_DAEMON = "-"  # the line of jobs that name no daemon (not a valid configured name clash)
+DEFAULT_DAEMON = "-"  # the line of the jobs that name no daemon
+# Batch lines (priority BATCH_PRIORITY and below) wait in a line of their own, admitted only when
+# no daemon's line is eligible: batches yield to daemons, as they did by priority alone.
+BATCH_LINE = "~batch"
 
 # The shared body: drop expired slots, then admit while a slot is free and a daemon is eligible.
 _COMMON = """
@@ -67,16 +72,22 @@ local function admit(capacity, ttl)
   while capacity < 0 or redis.call('ZCARD', stem .. ':slots') < capacity do
     local picked = nil
     local ready = redis.call('ZRANGE', stem .. ':ready', 0, -1, 'WITHSCORES')
-    for i = 1, #ready, 2 do
-      local d = ready[i]
-      local conf = redis.call('HGET', stem .. ':conf', d) or '1 0'
-      local weight, cap = string.match(conf, '^(%S+) (%S+)$')
-      cap = tonumber(cap)
-      local held = tonumber(redis.call('HGET', stem .. ':count', d) or '0')
-      if cap <= 0 or held < cap then
-        picked = {d, tonumber(ready[i + 1]), tonumber(weight)}
-        break
+    -- first round: every daemon but the batch line; second: the batch line, which yields
+    for round = 1, 2 do
+      for i = 1, #ready, 2 do
+        local d = ready[i]
+        if (d == ARGV[#ARGV]) == (round == 2) then
+          local conf = redis.call('HGET', stem .. ':conf', d) or '1 0'
+          local weight, cap = string.match(conf, '^(%S+) (%S+)$')
+          cap = tonumber(cap)
+          local held = tonumber(redis.call('HGET', stem .. ':count', d) or '0')
+          if cap <= 0 or held < cap then
+            picked = {d, tonumber(ready[i + 1]), tonumber(weight)}
+            break
+          end
+        end
       end
+      if picked then break end
     end
     if not picked then break end
     local d, pass, weight = picked[1], picked[2], picked[3]
@@ -107,7 +118,8 @@ local function admit(capacity, ttl)
 end
 """
 
-# ARGV: capacity (-1: none), slot ttl ms, daemon, "weight cap", member, payload, priority
+# ARGV: capacity (-1: none), slot ttl ms, daemon, "weight cap", member, payload, priority,
+# the batch line's name (last, as in every script: admit() reads it there)
 _OFFER = (
     _COMMON
     + """
@@ -135,7 +147,7 @@ return admit(capacity, ttl)
 """
 )
 
-# ARGV: capacity, slot ttl ms, member ('' : none)
+# ARGV: capacity, slot ttl ms, member ('' : none), the batch line's name
 _RELEASE = (
     _COMMON
     + """
@@ -231,7 +243,7 @@ class FairShare:
         at once, its slot renewed."""
         if payload.get("m") != member:
             raise ValueError("payload['m'] must be the slot member")
-        name = daemon or DEFAULT_DAEMON
+        name = BATCH_LINE if priority <= BATCH_PRIORITY else daemon or DEFAULT_DAEMON
         share = self.config.daemons.get(name)
         weight = share.weight if share else 1.0
         cap = share.max_in_flight if share and share.max_in_flight else 0
@@ -245,6 +257,7 @@ class FairShare:
                 member,
                 json.dumps(payload, separators=(",", ":"), sort_keys=True),
                 priority,
+                BATCH_LINE,
             ],
         )
         return [json.loads(p) for p in raw]
@@ -254,7 +267,7 @@ class FairShare:
         the payloads to send. Called with None it only re-admits (after slots expired)."""
         raw = self._release(
             keys=[self.keys.fair(Tier(tier).value)],
-            args=[self._capacity(tier), self.ttl_ms, member or ""],
+            args=[self._capacity(tier), self.ttl_ms, member or "", BATCH_LINE],
         )
         return [json.loads(p) for p in raw]
 

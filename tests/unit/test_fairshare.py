@@ -193,3 +193,35 @@ def test_the_slot_of_a_dead_holder_expires_and_the_next_job_is_admitted(
     assert share.release(FAST, None) == []
     time.sleep(0.3)
     assert [p["j"] for p in share.release(FAST, None)] == [waiting]
+
+
+def test_batch_lines_yield_to_every_daemon(client: redis.Redis, keys: Keys) -> None:
+    lines = Lines(FairShare(client, keys, config(1), 60))
+    lines.offer("A")
+    batch = [lines.offer("A", priority=1) for _ in range(3)]
+    interactive = lines.offer("B")
+    lines.release_one()
+    assert lines.sent[-1]["j"] == interactive
+    lines.release_one()
+    assert lines.sent[-1]["j"] == batch[0]  # nothing else waits: the batch is not held back
+
+
+def test_metrics_show_each_daemons_share_of_a_contended_tier(
+    config_file: Any, monkeypatch: pytest.MonkeyPatch, client: redis.Redis, keys: Keys
+) -> None:
+    from tierflow.app.metrics import share_gauges
+    from tierflow.core.settings import get_settings
+
+    monkeypatch.setenv("TIERFLOW_KEY_PREFIX", keys.prefix)
+    raw = services.fleet_config(
+        local_fast=[services.fake_model("fast", limits={"max_concurrency": 2})]
+    )
+    config_file(raw)
+    lines = Lines(FairShare(client, keys, get_settings().llm, 60))
+    for _ in range(3):
+        lines.offer("A")
+    lines.offer("B")
+    running, waiting = share_gauges(get_settings().llm)
+    assert {(s.labels["daemon"], s.value) for s in running.samples} == {("A", 2), ("B", 0)}
+    assert {(s.labels["daemon"], s.value) for s in waiting.samples} == {("A", 1), ("B", 1)}
+    assert {s.labels["tier"] for s in running.samples} == {"local_fast"}
