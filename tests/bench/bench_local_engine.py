@@ -7,7 +7,8 @@ First table (``--concurrency``): at each level C, 2*C greedy requests of ``--con
 tokens sent from C threads at once, to the sequential engine this project had before continuous
 batching (one ``Llama.create_completion`` at a time under a lock, the same model file and
 threads) and to the batched engine (slots = the largest C), same prompts, same run. Reports
-aggregate completion tokens/s (all tokens / wall time), latency p50/p95 (ms) and the ratio.
+aggregate completion tokens/s (all tokens / wall time), latency p50/p95 (ms) and the ratio;
+then the prompt tokens the prefix cache reused over two rounds of requests sharing a system text.
 Second table: the batched engine alone, one request at a time, four ways (direct, direct stream,
 HTTP, HTTP stream).
 
@@ -65,6 +66,7 @@ class Sample:
     seconds: float  # whole request
     tokens: int  # completion tokens
     first_token_s: float | None = None  # streams only
+    text: str = ""
 
 
 def _percentile(values: list[float], q: float) -> float:
@@ -97,20 +99,24 @@ def concurrency_table(levels: list[int], max_tokens: int, extra_buffers: bool) -
         t = time.perf_counter()
         with lock:
             out = old.create_completion(prompt, max_tokens=max_tokens, temperature=0.0)
-        return Sample(time.perf_counter() - t, out["usage"]["completion_tokens"])
+        usage = out["usage"]["completion_tokens"]
+        return Sample(time.perf_counter() - t, usage, text=out["choices"][0]["text"])
 
     engine = LocalEngine(slots=max(levels), extra_buffers="on" if extra_buffers else "off")
 
     def batched(prompt: str) -> Sample:
         t = time.perf_counter()
         result = engine.complete(prompt, max_tokens=max_tokens, temperature=0.0)
-        return Sample(time.perf_counter() - t, result.completion_tokens)
+        return Sample(time.perf_counter() - t, result.completion_tokens, text=result.text)
 
-    def level(call: Callable[[str], Sample], c: int) -> tuple[float, float, float]:
+    texts: dict[str, list[tuple[str, str]]] = {"seq": [], "batch": []}
+
+    def level(call: Callable[[str], Sample], c: int, name: str) -> tuple[float, float, float]:
         prompts = [PROMPTS[i % len(PROMPTS)] for i in range(2 * c)]
         t = time.perf_counter()
         with ThreadPoolExecutor(c) as pool:
             samples = list(pool.map(call, prompts))
+        texts[name] += [(p, x.text) for p, x in zip(prompts, samples, strict=True)]
         wall = time.perf_counter() - t
         ms = [x.seconds * 1000 for x in samples]
         return sum(x.tokens for x in samples) / wall, statistics.median(ms), _percentile(ms, 0.95)
@@ -124,12 +130,36 @@ def concurrency_table(levels: list[int], max_tokens: int, extra_buffers: bool) -
     print(header)
     print("-" * len(header))
     for c in levels:
-        s_rate, s_p50, s_p95 = level(sequential, c)
-        b_rate, b_p50, b_p95 = level(batched, c)
+        s_rate, s_p50, s_p95 = level(sequential, c, "seq")
+        b_rate, b_p50, b_p95 = level(batched, c, "batch")
         print(
             f"{c:>3}{s_rate:>11.1f}{s_p50:>9.0f}{s_p95:>9.0f}"
             f"{b_rate:>13.1f}{b_p50:>8.0f}{b_p95:>8.0f}{b_rate / s_rate:>7.2f}"
         )
+    alone = dict(texts["seq"])  # greedy and one at a time: each prompt's reference answer
+    same = sum(alone[p] == t for p, t in texts["batch"])
+    print(
+        f"batched greedy answers identical to the sequential engine's: {same} of "
+        f"{len(texts['batch'])} (the rest part where batched kernels round differently)"
+    )
+    system = "You are a careful assistant. Answer in one short sentence, plainly. " * 12
+    before, prompt_tokens = engine.reused_tokens, 0
+    t = time.perf_counter()
+    for _round in range(2):  # the second round finds every slot holding the system text
+        with ThreadPoolExecutor(max(levels)) as pool:
+            results = list(
+                pool.map(
+                    lambda p: engine.complete(p, system=system, max_tokens=16, temperature=0.0),
+                    PROMPTS[: max(levels)],
+                )
+            )
+        prompt_tokens += sum(r.prompt_tokens for r in results)
+    reused = engine.reused_tokens - before
+    print(
+        f"\nprefix cache: 2 rounds of {max(levels)} requests sharing a system text: "
+        f"{reused} of {prompt_tokens} prompt tokens reused ({reused / prompt_tokens:.0%}), "
+        f"{time.perf_counter() - t:.1f}s"
+    )
     engine.close()
     old.close()
 

@@ -424,6 +424,23 @@ def test_engine_decodes_sequences_together() -> None:
     assert steps < sum(counts) + 4  # fewer decode steps than one per token per request
 
 
+def test_shared_system_text_is_decoded_once() -> None:
+    system = "You answer geography questions in one short sentence. " * 8
+
+    def run() -> tuple[list[str], list[int], int]:
+        engine = LocalEngine(slots=1, n_ctx=512, extra_buffers="off")
+        first = engine.complete(FRANCE, system=system, max_tokens=6, temperature=0.0)
+        second = engine.complete("Water boils at", system=system, max_tokens=6, temperature=0.0)
+        third = engine.complete(FRANCE, system=system, max_tokens=6, temperature=0.0)
+        texts = [first.text, third.text]
+        return texts, [first.prompt_tokens, second.prompt_tokens], engine.reused_tokens
+
+    texts, prompt_tokens, reused = run_in_child(run)
+    assert texts[0] == texts[1]  # an answer from kept cells is the answer from fresh ones
+    # The second and third prompts reuse at least the system text (first prompt: nothing kept).
+    assert reused >= 2 * (prompt_tokens[0] // 2), (reused, prompt_tokens)
+
+
 def test_context_overflow_fails_that_request_alone(
     live_server: EngineServer, client: openai.OpenAI
 ) -> None:

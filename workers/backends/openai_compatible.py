@@ -38,6 +38,9 @@ from workers.backends.base import (
 from workers.backends.sdk_errors import map_sdk_error, scrub
 
 _DEFAULT_URLS = {"ollama": "http://127.0.0.1:11434/v1", "vllm": "http://127.0.0.1:8000/v1"}
+# Options of a model served by the embedded engine (base_url = TIERFLOW_LOCAL_ENGINE_URL): read
+# by the engine when it starts (workers/engine/server.py, tierflow up), refused on other models.
+ENGINE_OPTIONS = ("extra_buffers", "slots")
 _PLACEHOLDER_KEY = "not-needed"  # local servers ignore it, but the SDK wants a non-empty key
 _SDK_ERRORS = (openai.OpenAIError, httpx2.HTTPError, ValueError)
 # A GPU worker keeps hundreds of requests in flight to its vLLM server, so the connection pool
@@ -84,6 +87,12 @@ class OpenAICompatibleBackend:
         self._client_key_digest = ""
         self._clients_lock = threading.Lock()
         self._probe: tuple[float, Availability] | None = None
+        engine_options = sorted(set(model.options) & set(ENGINE_OPTIONS))
+        if engine_options and not self._is_local_engine():
+            raise errors.ConfigError(
+                f"{model.name}: options {', '.join(engine_options)} are read by the embedded "
+                f"engine, so only on a model whose base_url is TIERFLOW_LOCAL_ENGINE_URL"
+            )
 
     def _api_key(self) -> str | None:
         if self.key_env is None:
@@ -239,6 +248,6 @@ class OpenAICompatibleBackend:
         return Availability(True)
 
 
-@register_backend("openai_compatible", "openai", "vllm", "ollama", options=())
+@register_backend("openai_compatible", "openai", "vllm", "ollama", options=ENGINE_OPTIONS)
 def make_openai_compatible(model: ModelConfig) -> OpenAICompatibleBackend:
     return OpenAICompatibleBackend(model)

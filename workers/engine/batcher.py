@@ -5,8 +5,10 @@ slots (each slot is a llama.cpp sequence id with its own KV cells), then builds 
 ``llama_batch`` holding, for every running sequence, its next token (or the next chunk of its
 prompt), calls ``llama_decode`` once, and samples each sequence's next token from its own row of
 logits with its own sampler. A sequence that ends (end of text, a stop string, ``max_tokens``,
-its slot's context full), is cancelled by its consumer, or passes its deadline has its KV cells
-removed (``llama_memory_seq_rm``) and its slot freed for the next request.
+its slot's context full), is cancelled by its consumer, or passes its deadline frees its slot for
+the next request. The slot keeps that sequence's KV cells: the next request admitted to it reuses
+the cells of the prefix its prompt shares with them and the rest are removed
+(``llama_memory_seq_rm``), so requests sharing a long system text decode it once per slot.
 
 Promises:
 
@@ -79,7 +81,8 @@ class _Running:
     seq: int
     sampler: Any
     started: float
-    fed: int = 0  # prompt tokens already decoded
+    fed: int = 0  # prompt tokens already decoded (or reused from the slot's last sequence)
+    decoded: list[int] = field(default_factory=list)  # generated tokens already decoded
     next_token: int | None = None  # sampled, to be decoded in the next step
     generated: int = 0
     text: str = ""  # decoded so far, stop strings not yet cut
@@ -120,6 +123,11 @@ class Batcher:
         self._waiting: deque[BatchRequest] = deque()
         self._running: list[_Running] = []
         self._free = list(range(slots))
+        # Tokens whose KV cells a free slot still holds (its last sequence): a new prompt that
+        # starts the same way reuses them (a prefix cache; requests of one action share a long
+        # system text).
+        self._kept: dict[int, list[int]] = {seq: [] for seq in range(slots)}
+        self.reused_tokens = 0  # prompt tokens not recomputed thanks to the kept cells
         self._cond = threading.Condition()
         self._closed = False
         self.steps = 0  # decode steps run (the tests and the bench read it)
@@ -192,12 +200,28 @@ class Batcher:
             if not self._free:
                 kept.append(request)
                 continue
-            seq = self._free.pop(0)
-            self._lib.llama_memory_seq_rm(self._memory, seq, -1, -1)
-            self._running.append(
-                _Running(request, seq, self._sampler(request), time.perf_counter())
-            )
+            seq, reuse = self._slot_for(request.tokens)
+            self._free.remove(seq)
+            sampler = self._sampler(request)
+            self._running.append(_Running(request, seq, sampler, time.perf_counter(), fed=reuse))
         self._waiting = kept
+
+    def _slot_for(self, tokens: list[int]) -> tuple[int, int]:
+        """The free slot whose kept cells share the longest prefix with ``tokens``, and how many
+        of them it reuses (at least the last prompt token is always decoded again, for logits);
+        the rest of its cells are removed."""
+        best, reuse = self._free[0], 0
+        for seq in self._free:
+            common = _common_prefix(self._kept[seq], tokens)
+            if common > reuse:
+                best, reuse = seq, common
+        reuse = min(reuse, len(tokens) - 1)
+        if reuse <= 0 or not self._lib.llama_memory_seq_rm(self._memory, best, reuse, -1):
+            self._lib.llama_memory_seq_rm(self._memory, best, -1, -1)
+            reuse = 0
+        self._kept[best] = []
+        self.reused_tokens += reuse
+        return best, reuse
 
     def _sampler(self, request: BatchRequest) -> Any:
         lib = self._lib
@@ -230,6 +254,7 @@ class Batcher:
         for running in self._running:  # one token each for sequences already generating
             if running.next_token is not None:
                 self._add(n, running.next_token, running.position, running.seq, True)
+                running.decoded.append(running.next_token)
                 rows.append((running, n))
                 n += 1
         for running in self._running:  # prompt chunks fill the rest of the batch
@@ -303,9 +328,13 @@ class Batcher:
         reason: str | None = None,
         error: errors.BackendError | None = None,
     ) -> None:
-        """Free the slot and its KV cells; tell the consumer how it ended."""
+        """Free the slot (its cells kept for a prompt that starts the same way, unless it failed);
+        tell the consumer how it ended."""
         self._running.remove(running)
-        self._lib.llama_memory_seq_rm(self._memory, running.seq, -1, -1)
+        if error is None:
+            self._kept[running.seq] = running.request.tokens[: running.fed] + running.decoded
+        else:
+            self._lib.llama_memory_seq_rm(self._memory, running.seq, -1, -1)
         self._lib.llama_sampler_free(running.sampler)
         with self._cond:
             self._free.append(running.seq)
@@ -323,6 +352,15 @@ class Batcher:
                     seconds=time.perf_counter() - running.started,
                 )
             )
+
+
+def _common_prefix(a: list[int], b: list[int]) -> int:
+    n = 0
+    for x, y in zip(a, b, strict=False):
+        if x != y:
+            break
+        n += 1
+    return n
 
 
 def _stop_at(text: str, stops: tuple[str, ...]) -> int | None:

@@ -191,6 +191,11 @@ class LocalEngine:
         """The sizes for the start-up line: ``4 slots x 2048 tokens``."""
         return f"{self.slots} slots x {self.n_ctx} tokens"
 
+    @property
+    def reused_tokens(self) -> int:
+        """Prompt tokens not recomputed since the start: their KV cells were kept (prefix cache)."""
+        return self._batcher.reused_tokens
+
     def busy(self) -> tuple[int, int]:
         """(sequences decoding now, requests waiting for a slot)."""
         return self._batcher.busy()

@@ -6,7 +6,8 @@ The default local tiers reach Gemma 3 270M through this server with the official
 Endpoints:
 
 - ``GET /v1/models`` lists ``gemma-3-270m``; ``GET /health`` answers ``{"status": "ok"}`` with
-  the engine's ``slots`` and the sequences ``running`` and ``waiting`` for a slot.
+  the engine's ``slots``, the sequences ``running`` and ``waiting`` for a slot, and the
+  ``prompt_tokens_reused`` from kept KV cells (prefix cache) since the start.
 - ``POST /v1/chat/completions``: system messages become the system text, the other messages'
   contents (joined by blank lines) the prompt, formatted by
   :func:`workers.engine.engine.build_prompt`. Answers a ``chat.completion``, or with
@@ -269,6 +270,7 @@ class _Handler(BaseHTTPRequestHandler):
             running, waiting = self.server.engine.busy()
             status, payload = 200, {"status": "ok", "model": MODEL_ID}
             payload |= {"slots": self.server.engine.slots, "running": running, "waiting": waiting}
+            payload["prompt_tokens_reused"] = self.server.engine.reused_tokens
         else:
             status, payload = 404, ApiError(404, f"no route GET {path}").body()
         self._send_json(status, payload)
@@ -405,6 +407,24 @@ def _api_error(exc: errors.BackendError) -> ApiError:
     return ApiError(500, str(exc), etype="server_error")
 
 
+def configured_slots() -> int | None:
+    """``options.slots`` of the models served at ``TIERFLOW_LOCAL_ENGINE_URL`` (one value), or
+    None; ConfigError when they disagree or one is not a whole number."""
+    settings = get_settings()
+    target = settings.local_engine_url.rstrip("/")
+    values = {
+        m.options["slots"]
+        for tier in settings.llm.tiers.values()
+        for m in tier.models
+        if m.enabled and "slots" in m.options and (m.base_url or "").rstrip("/") == target
+    }
+    if len(values) > 1 or any(not isinstance(v, int) or isinstance(v, bool) for v in values):
+        raise errors.ConfigError(
+            f"models served by the local engine need one whole options.slots: {sorted(values)}"
+        )
+    return values.pop() if values else None
+
+
 def make_server(
     host: str = "127.0.0.1",
     port: int = DEFAULT_PORT,
@@ -416,14 +436,15 @@ def make_server(
 ) -> LocalServer:
     """A bound server (port 0 picks a free one) with the engine loaded; not yet serving.
 
-    ``slots`` and ``slot_ctx`` default to ``TIERFLOW_ENGINE_SLOTS`` (else :func:`default_slots`)
-    and ``TIERFLOW_ENGINE_SLOT_CTX``.
+    ``slots`` defaults to the engine-served models' ``options.slots`` (:func:`configured_slots`),
+    else ``TIERFLOW_ENGINE_SLOTS``, else :func:`default_slots`; ``slot_ctx`` to
+    ``TIERFLOW_ENGINE_SLOT_CTX``.
     """
     settings = get_settings()
     engine = get_engine(
         model_path,
         n_ctx=slot_ctx or settings.engine_slot_ctx,
-        slots=slots or settings.engine_slots or default_slots(),
+        slots=slots or configured_slots() or settings.engine_slots or default_slots(),
         extra_buffers=extra_buffers,
     )
     return LocalServer((host, port), engine)
