@@ -201,6 +201,8 @@ class AttemptSummary(BaseModel):
     cost_usd: float = 0.0
     latency_ms: float | None = None
     cached: str | None = None  # exact | semantic: the answer came from the cache
+    # ms from the end of what came before (the submit, the previous attempt) to its claim
+    queue_ms: float | None = None
 
 
 class JobResult(BaseModel):
@@ -225,6 +227,13 @@ class JobResult(BaseModel):
     finished_at: datetime | None = None
     # exact | semantic when the answer was served from the cache (cost 0), else None
     cached: str | None = None
+    # Where latency_ms went, in ms (tierflow/store/timing.py), once finished: waiting in queues
+    # (and for admission, countdowns), in model calls, in the fleet's own work; overhead_ms is
+    # latency_ms less model_ms.
+    queue_ms: float | None = None
+    model_ms: float | None = None
+    fleet_ms: float | None = None
+    overhead_ms: float | None = None
 
     @property
     def ok(self) -> bool:

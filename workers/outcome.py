@@ -18,6 +18,7 @@ from tierflow.core import errors
 from tierflow.core.config import LLMConfig
 from tierflow.core.constants import AttemptStatus, JobStatus
 from workers import notify
+from workers.job_metrics import observe_job
 
 
 @dataclass(frozen=True)
@@ -93,8 +94,10 @@ def success_fields(attempt: Attempt, config: LLMConfig, *, degraded: bool = Fals
 
 def announce(result: JobResult | None) -> None:
     """Wake the job's waiters with its result (when this call ended the job: ``result`` is
-    what :func:`store.finalize_job` returned), carried in the event so no waiter reads it back."""
+    what :func:`store.finalize_job` returned), carried in the event so no waiter reads it back;
+    the job's overhead and waits are counted here, once (:mod:`workers.job_metrics`)."""
     if result is not None:
+        observe_job(result)
         notify.publish_done(result)
 
 

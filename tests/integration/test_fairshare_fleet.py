@@ -46,9 +46,18 @@ def _submit(daemon: str, n: int) -> list[str]:
         )
         for i in range(n)
     ]
+    waits = []
     for h in handles:
         result = h.wait(timeout=60)
         assert result.status == "succeeded", result.error
+        # where the time went (tierflow/store/timing.py), carried on the result
+        assert result.model_ms is not None and result.model_ms >= 290  # 300 ms calls
+        assert result.overhead_ms == pytest.approx(result.latency_ms - result.model_ms)
+        assert result.queue_ms is not None and result.fleet_ms is not None
+        assert result.queue_ms + result.fleet_ms == pytest.approx(result.overhead_ms)
+        waits.append(result.queue_ms)
+    if daemon == "capped":  # 8 jobs, 2 at a time, 300 ms each: the last waited 3 rounds
+        assert max(waits) >= 800
     return [h.job_id for h in handles]
 
 

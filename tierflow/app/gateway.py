@@ -16,7 +16,8 @@ Routes (every one but ``/openapi.json`` needs ``Authorization: Bearer tf_...``):
 ``x-tierflow-action`` header) leaves it to the header, else ``unknown``. The answer's route
 (the tiers tried, in order), tier, model, cost and quality come back in ``x-tierflow-*``
 headers, with the job's id (``x-tierflow-cached``: ``exact`` or ``semantic`` for an answer
-served from the cache). ``"cache": false`` in a chat or job body skips the cache.
+served from the cache; ``x-tierflow-overhead-ms``: the time that was not the model's, as
+TensorZero and LiteLLM report it). ``"cache": false`` in a chat or job body skips the cache.
 
 **Streaming never breaks.** A job can fall back after its first tier wrote half an answer (the
 gate rejects it), so nothing is streamed until the job has *succeeded*: the gateway waits, then
@@ -243,6 +244,10 @@ def result_headers(result: JobResult, action: str) -> dict[str, str]:
         "x-tierflow-cost-usd": f"{result.cost_usd:.8f}",
         "x-tierflow-quality": "-" if result.quality is None else f"{result.quality:.4f}",
         "x-tierflow-cached": result.cached or "-",
+        # submit to finish less the model calls (tierflow/store/timing.py)
+        "x-tierflow-overhead-ms": "-"
+        if result.overhead_ms is None
+        else f"{result.overhead_ms:.1f}",
     }
     return headers
 

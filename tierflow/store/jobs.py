@@ -24,6 +24,7 @@ from tierflow.core.db import session_scope
 from tierflow.core.errors import IdempotencyConflict
 from tierflow.store import rows
 from tierflow.store.modes import CURRENT_MODE_SQL
+from tierflow.store.timing import AttemptSpan, split_times
 
 
 def _same_request(key: str, job_id: str, stored: str | None, fingerprint: str) -> str:
@@ -297,6 +298,11 @@ def job_result(job_id: str) -> JobResult | None:
 
 def result_of(job: Job, attempts: list[Attempt]) -> JobResult:
     """A job row and its attempts (in attempt order) as a :class:`JobResult`."""
+    times = split_times(
+        job.created_at,
+        job.finished_at,
+        [AttemptSpan(a.started_at, a.finished_at, a.latency_ms) for a in attempts],
+    )
     summaries = [
         AttemptSummary(
             attempt_no=a.attempt_no,
@@ -311,8 +317,9 @@ def result_of(job: Job, attempts: list[Attempt]) -> JobResult:
             cost_usd=float(a.cost_usd or 0),
             latency_ms=a.latency_ms,
             cached=a.cached,
+            queue_ms=times.waits_ms[i] if times else None,
         )
-        for a in attempts
+        for i, a in enumerate(attempts)
     ]
     final = next((a for a in reversed(attempts) if a.model == job.model and a.text), None)
     latency = None
@@ -337,6 +344,10 @@ def result_of(job: Job, attempts: list[Attempt]) -> JobResult:
         output_tokens=final.output_tokens if final else 0,
         finished_at=job.finished_at,
         cached=final.cached if final else None,
+        queue_ms=times.queue_ms if times else None,
+        model_ms=times.model_ms if times else None,
+        fleet_ms=times.fleet_ms if times else None,
+        overhead_ms=times.overhead_ms if times else None,
     )
 
 
