@@ -42,6 +42,7 @@ from tierflow.core.constants import (
     MAX_PACK_SIZE,
     PROVIDER_BATCH_INTERVAL_S,
     SWEEP_INTERVAL_S,
+    STALE_AFTER_S,
     TASK_AUDIT,
     TASK_POLL_PROVIDER_BATCHES,
     TASK_RESUME_ATTEMPT,
@@ -360,7 +361,7 @@ def _run_attempt(
 
 @app.task(name=TASK_SWEEP, bind=True, **_RETRY)
 def sweep_stuck_jobs(
-    self: Task, stale_after_s: float = 120.0, scheduled: bool = False
+    self: Task, stale_after_s: float = STALE_AFTER_S, scheduled: bool = False
 ) -> dict[str, int]:
     """Find jobs that stopped moving and move them: nothing accepted is ever lost silently.
 

@@ -196,6 +196,7 @@ SCHEMAS: dict[str, Any] = {
             "cost_usd": {"type": "number"},
             "latency_ms": {"type": ["number", "null"]},
             "cached": {"enum": ["exact", "semantic", None]},
+            "queue_ms": {"type": ["number", "null"]},
         },
     },
     "JobResult": {
@@ -220,6 +221,10 @@ SCHEMAS: dict[str, Any] = {
             "output_tokens": {"type": "integer"},
             "finished_at": {"type": ["string", "null"], "format": "date-time"},
             "cached": {"enum": ["exact", "semantic", None]},
+            "queue_ms": {"type": ["number", "null"]},
+            "model_ms": {"type": ["number", "null"]},
+            "fleet_ms": {"type": ["number", "null"]},
+            "overhead_ms": {"type": ["number", "null"]},
         },
     },
     "Feedback": {

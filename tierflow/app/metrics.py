@@ -11,7 +11,11 @@
   ``tierflow_queue_depth{queue}`` (every priority list of the queue), ``tierflow_in_flight{model}``
   (live concurrency slots of capped models), ``tierflow_circuit_open{model}``,
   ``tierflow_running_attempts{tier}`` (claimed, not finished: PostgreSQL) and
-  ``tierflow_mode{mode}`` (1 for the current one) with ``tierflow_mode_automatic``.
+  ``tierflow_mode{mode}`` (1 for the current one) with ``tierflow_mode_automatic``;
+  ``tierflow_daemon_running{tier,daemon}`` and ``tierflow_daemon_waiting{tier,daemon}`` (each
+  daemon's slots held and attempts waiting on a contended tier: :mod:`router.fairshare`);
+  ``tierflow_stuck_jobs{tier}`` (accepted, not finished, untouched for ``STALE_AFTER_S`` with
+  nothing running: what the sweep re-sends).
 """
 
 from __future__ import annotations
@@ -26,12 +30,15 @@ from prometheus_client.core import GaugeMetricFamily, Metric
 from prometheus_client.multiprocess import MultiProcessCollector
 from prometheus_client.registry import Collector
 
+from router.dispatch import fair_share
+from router.fairshare import contended
 from router.mode import get_mode
 from tierflow.app.overview import in_flight, open_circuits
 from tierflow.app.queues import queue_depths
-from tierflow.core.constants import Mode
+from tierflow.core.config import LLMConfig
+from tierflow.core.constants import STALE_AFTER_S, Mode, Tier
 from tierflow.core.settings import get_settings
-from tierflow.store.activity import running_attempts
+from tierflow.store.activity import running_attempts, stuck_jobs
 from workers.automode import automatic_cloud
 
 MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"
@@ -79,6 +86,16 @@ class FleetCollector(Collector):
         for tier, n in running_attempts().items():
             running.add_metric([tier], n)
         yield running
+        yield from share_gauges(config)
+        stuck = GaugeMetricFamily(
+            "tierflow_stuck_jobs",
+            f"Jobs accepted, not finished, untouched for {STALE_AFTER_S:g} s with nothing "
+            "running (the sweep re-sends them), by tier.",
+            labels=["tier"],
+        )
+        for tier, n in stuck_jobs(STALE_AFTER_S).items():
+            stuck.add_metric([tier], n)
+        yield stuck
         mode = GaugeMetricFamily("tierflow_mode", "1 for the fleet's mode now.", labels=["mode"])
         current = get_mode()
         for choice in Mode:
@@ -89,6 +106,29 @@ class FleetCollector(Collector):
             "1 while the fleet is in a cloud mode it switched to by itself.",
             value=1 if automatic_cloud() is not None else 0,
         )
+
+
+def share_gauges(config: LLMConfig) -> list[GaugeMetricFamily]:
+    """Per contended tier and daemon (:mod:`router.fairshare`): attempts running (slots held)
+    and waiting in the daemon's line; the daemons' shares of the tier."""
+    running = GaugeMetricFamily(
+        "tierflow_daemon_running",
+        "Attempts of the daemon holding a slot of a contended tier.",
+        labels=["tier", "daemon"],
+    )
+    waiting = GaugeMetricFamily(
+        "tierflow_daemon_waiting",
+        "Attempts of the daemon waiting in its line for a slot of a contended tier.",
+        labels=["tier", "daemon"],
+    )
+    share = fair_share()
+    for tier in config.tiers:
+        if not contended(config, tier):
+            continue
+        for daemon, load in share.loads(Tier(tier)).items():
+            running.add_metric([Tier(tier).value, daemon], load.running)
+            waiting.add_metric([Tier(tier).value, daemon], load.waiting)
+    return [running, waiting]
 
 
 def metrics_registry() -> CollectorRegistry:

@@ -140,6 +140,9 @@ PACK_MAX_PROMPT_CHARS = 2000  # a job is small enough to pack: prompt and contex
 # Beat sends a sweep this often; one runs per interval fleet-wide. A job whose holder's lease ran
 # out (a dead, frozen or cut-off worker) is re-sent by the next pass: recovery within lease + this.
 SWEEP_INTERVAL_S = 5.0
+# A job untouched this long with nothing running is stalled: the sweep re-sends it, and
+# /metrics counts it as stuck (tierflow_stuck_jobs) until something moves it.
+STALE_AFTER_S = 120.0
 TASK_AUTO_MODE = "tierflow.check_auto_mode"
 AUTO_MODE_INTERVAL_S = 5.0  # beat checks local availability this often (automatic mode)
 # Provider Batch APIs (workers/provider_batch): beat sends both ticks this often, one of each

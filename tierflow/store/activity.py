@@ -7,13 +7,13 @@ was submitted (UTC), next to the job's API-only baseline, so each bucket's ``cos
 
 from __future__ import annotations
 
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from sqlalchemy import func, select
+from sqlalchemy import exists, func, select
 
 from schemas.tables import Attempt, Job
-from tierflow.core.constants import TIER_ORDER, AttemptStatus
+from tierflow.core.constants import TERMINAL_STATUSES, TIER_ORDER, AttemptStatus
 from tierflow.core.db import session_scope
 
 
@@ -34,6 +34,40 @@ def running_attempts() -> dict[str, int]:
     with session_scope() as session:
         for tier, count in session.execute(query):
             counts[str(tier)] = int(count)
+    return counts
+
+
+def stuck_jobs(stale_after_s: float) -> dict[str, int]:
+    """Jobs accepted, not finished, untouched for ``stale_after_s`` seconds and with no attempt
+    running under a live lease (what the sweep re-sends), per tier: the last attempt's, else
+    the plan's first, else ``router`` (never routed); every tier is present."""
+    last_tier = (
+        select(Attempt.tier)
+        .where(Attempt.job_id == Job.id)
+        .order_by(Attempt.attempt_no.desc())
+        .limit(1)
+        .scalar_subquery()
+    )
+    live = exists().where(
+        Attempt.job_id == Job.id,
+        Attempt.status == AttemptStatus.RUNNING.value,
+        Attempt.lease_until > func.now(),
+    )
+    tier = func.coalesce(last_tier, Job.plan["chain"][0].as_string(), "router")
+    query = (
+        select(tier, func.count())
+        .where(
+            Job.finished_at.is_(None),  # ix_jobs_open's predicate: the open jobs alone
+            Job.status.not_in(TERMINAL_STATUSES),
+            Job.updated_at < func.now() - timedelta(seconds=stale_after_s),
+            ~live,
+        )
+        .group_by(tier)
+    )
+    counts = {t.value: 0 for t in TIER_ORDER} | {"router": 0}
+    with session_scope() as session:
+        for name, count in session.execute(query):
+            counts[str(name)] = int(count)
     return counts
 
 
