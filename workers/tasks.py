@@ -31,8 +31,8 @@ from celery.exceptions import Retry
 import workers.automode  # noqa: F401 - registers check_auto_mode (automatic mode) on the app
 from router import interactive
 from router.dispatch import FACTS_MAX_CHARS, enqueue_attempt
-from router.mode import mode_of
 from router.fairshare import job_daemon
+from router.mode import mode_of
 from router.plan import plan_job
 from schemas.jobs import utcnow
 from tierflow import store
@@ -41,8 +41,8 @@ from tierflow.core.constants import (
     BATCH_PRIORITY,
     MAX_PACK_SIZE,
     PROVIDER_BATCH_INTERVAL_S,
-    SWEEP_INTERVAL_S,
     STALE_AFTER_S,
+    SWEEP_INTERVAL_S,
     TASK_AUDIT,
     TASK_POLL_PROVIDER_BATCHES,
     TASK_RESUME_ATTEMPT,
@@ -168,8 +168,8 @@ class RouteFacts(NamedTuple):
     prompt: str
     context: dict[str, Any]
     priority: int
-
     daemon: str | None = None
+
 
 def check_route_facts(value: Any) -> RouteFacts | None:
     """The message's routing facts, or None when absent or not as ``route_facts`` makes them
@@ -287,8 +287,8 @@ def run_attempt(
     attempt_no: Any = 0,
     retries_in_step: Any = 0,
     waits: Any = 0,
-) -> str | None:
     fair: Any = None,
+) -> str | None:
     """Run one attempt of a job on this queue's tier, then enqueue whatever comes next.
 
     ``waits`` counts how often this attempt already waited for capacity (a concurrency cap, a

@@ -330,12 +330,12 @@ class LLMConfig(_Strict):
     budgets: dict[str, DaemonBudget] = Field(default_factory=dict)
     # Per daemon: its weight and cap on each contended tier (router/fairshare.py).
     daemons: dict[str, DaemonShare] = Field(default_factory=dict)
-    caching: CachingConfig = CachingConfig()
-
-    @field_validator("daemons")
     # false: no admission, every attempt straight to its tier's queue (first in, first out
     # within a priority: the behaviour before fair shares); daemons' weights and caps unused.
     fair_share: bool = True
+    caching: CachingConfig = CachingConfig()
+
+    @field_validator("daemons")
     @classmethod
     def _daemon_names(cls, daemons: dict[str, DaemonShare]) -> dict[str, DaemonShare]:
         bad = [n for n in daemons if not n or len(n) > 64 or n != n.strip()]
@@ -343,15 +343,15 @@ class LLMConfig(_Strict):
             raise ValueError(f"daemons: names must be 1-64 characters, no edge spaces: {bad}")
         return daemons
 
-    @field_validator("tiers")
-    @classmethod
-    def _all_tiers(cls, tiers: dict[Tier, TierConfig]) -> dict[Tier, TierConfig]:
     @model_validator(mode="after")
     def _shares_used(self) -> LLMConfig:
         if not self.fair_share and self.daemons:
             raise ValueError("daemons: weights and caps need fair_share: true")
         return self
 
+    @field_validator("tiers")
+    @classmethod
+    def _all_tiers(cls, tiers: dict[Tier, TierConfig]) -> dict[Tier, TierConfig]:
         names = [m.name for t in tiers.values() for m in t.models]
         dupes = sorted({n for n in names if names.count(n) > 1})
         if dupes:
