@@ -1,0 +1,338 @@
+"""Benchmark fair shares per daemon on a contended tier, against today's FIFO, in one run.
+
+    python tests/bench/bench_fairness.py [--a-jobs 5000] [--b-jobs 20] [--b-every 0.2]
+        [--latency-ms 50] [--cap 4] [--json]
+
+Needs PostgreSQL on 127.0.0.1:5432 (trust, user ``postgres``) and Redis on 127.0.0.1:6379. The
+run makes its own database and Redis key prefix and removes both (and its workers) at the end.
+
+The tier ``local_fast`` is the fake backend with ``--latency-ms`` calls and
+``limits.max_concurrency: --cap``; workers are real ``celery worker`` processes (a router worker
+and a tier worker, threads), restarted for each scenario with that scenario's config:
+
+- ``B alone``: daemon B sends ``--b-jobs`` jobs one every ``--b-every`` seconds on the idle fleet;
+- ``A alone``: daemon A sends ``--a-jobs`` jobs at once; its throughput (jobs/s, first submit to
+  last result);
+- ``FIFO``: both at once with ``fair_share: false`` (every attempt straight to the tier queue);
+- ``fair``: both at once with fair shares on (the default);
+- ``3:1``: daemons A (weight 3) and C (weight 1) each send half of ``--a-jobs`` at once; the
+  shares are the admissions counted while both still had work waiting.
+
+B's wait is submit to result, per job. Targets (issue 34): B's p95 under contention within 1.5x of
+B alone; A keeps at least 90% of its alone throughput; 3:1 within 10%.
+Not collected by pytest (``tests/bench`` is ignored).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import signal
+import statistics
+import sys
+import tempfile
+import threading
+import time
+import traceback
+import uuid
+from pathlib import Path
+from typing import Any
+
+REPO = Path(__file__).resolve().parents[2]
+if str(REPO) not in sys.path:
+    sys.path.insert(0, str(REPO))
+
+# Only modules that read no tierflow settings may be imported before the environment is set.
+from tests.support.services import (  # noqa: E402
+    REDIS_URL,
+    WorkerProcess,
+    create_database,
+    delete_prefix,
+    drop_database,
+    fake_model,
+    fleet_config,
+    services_up,
+    write_config,
+)
+
+ACTION = "extract_topic"  # simple: local_fast
+WAIT_S = 900.0
+
+
+def log(message: str) -> None:
+    print(message, file=sys.stderr, flush=True)
+
+
+def percentile(values: list[float], q: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, max(0, round(q * (len(ordered) - 1))))]
+
+
+class Scenario:
+    """One fleet (its config, its workers) for one measurement."""
+
+    def __init__(self, args: argparse.Namespace, config_dir: Path, **extra: Any) -> None:
+        config = fleet_config(
+            local_fast=[
+                fake_model(
+                    "fake-fast",
+                    latency_ms=args.latency_ms,
+                    limits={"max_concurrency": args.cap},
+                )
+            ]
+        )
+        config.update(extra)
+        os.environ["TIERFLOW_CONFIG"] = str(write_config(config, config_dir))
+        from tierflow.core.settings import reset_settings
+
+        reset_settings()
+        env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+        self.workers = [
+            WorkerProcess(env, queues="router,maintenance", concurrency=8),
+            WorkerProcess(
+                env,
+                queues="tier.local_fast,tier.local_quality,tier.api_fallback",
+                concurrency=max(8, 2 * args.cap),
+            ),
+        ]
+        for w in self.workers:
+            w.wait_ready()
+
+    def stop(self) -> None:
+        for w in self.workers:
+            w.stop()
+            shutil.rmtree(w.log.parent, ignore_errors=True)
+
+
+def burst(daemon: str, n: int, tag: str) -> tuple[float, list[Any]]:
+    """Submit ``n`` jobs of ``daemon`` as fast as one client can; (start, handles)."""
+    from router import submit_job
+
+    began = time.perf_counter()
+    handles = [
+        submit_job(
+            f"Extract topic from: 'note {tag}-{daemon}-{i}'",
+            ACTION,
+            metadata={"daemon": daemon},
+            cache=False,
+        )
+        for i in range(n)
+    ]
+    return began, handles
+
+
+def finish(handles: list[Any]) -> None:
+    for h in handles:
+        result = h.wait(timeout=WAIT_S)
+        if result.status != "succeeded":
+            raise RuntimeError(f"job {h.job_id} ended {result.status}: {result.error}")
+
+
+def paced(daemon: str, n: int, every: float, tag: str) -> list[float]:
+    """Send ``n`` jobs one every ``every`` seconds, each waited in its own thread; the waits (s)."""
+    from router import submit_job
+
+    waits: list[float] = []
+    lock = threading.Lock()
+
+    def one(i: int) -> None:
+        began = time.perf_counter()
+        handle = submit_job(
+            f"Extract topic from: 'note {tag}-{daemon}-{i}'",
+            ACTION,
+            metadata={"daemon": daemon},
+            cache=False,
+        )
+        result = handle.wait(timeout=WAIT_S)
+        if result.status != "succeeded":
+            raise RuntimeError(f"job {handle.job_id} ended {result.status}")
+        with lock:
+            waits.append(time.perf_counter() - began)
+
+    threads = []
+    for i in range(n):
+        t = threading.Thread(target=one, args=(i,))
+        t.start()
+        threads.append(t)
+        time.sleep(every)
+    for t in threads:
+        t.join()
+    if len(waits) != n:
+        raise RuntimeError(f"{n - len(waits)} of {daemon}'s jobs did not finish")
+    return waits
+
+
+def run_alone_b(args: argparse.Namespace, tag: str) -> dict[str, float]:
+    waits = paced("B", args.b_jobs, args.b_every, tag)
+    return {"p50_ms": 1000 * statistics.median(waits), "p95_ms": 1000 * percentile(waits, 0.95)}
+
+
+def run_alone_a(args: argparse.Namespace, tag: str) -> dict[str, float]:
+    began, handles = burst("A", args.a_jobs, tag)
+    finish(handles)
+    return {"jobs_per_s": args.a_jobs / (time.perf_counter() - began)}
+
+
+def run_contended(args: argparse.Namespace, tag: str) -> dict[str, float]:
+    out: dict[str, Any] = {}
+
+    def a_side() -> None:
+        began, handles = burst("A", args.a_jobs, tag)
+        out["a_sent"] = time.perf_counter()
+        finish(handles)
+        out["a_rate"] = args.a_jobs / (time.perf_counter() - began)
+
+    a = threading.Thread(target=a_side)
+    a.start()
+    time.sleep(1.0)  # A's burst is under way and the tier saturated
+    waits = paced("B", args.b_jobs, args.b_every, tag)
+    a.join()
+    return {
+        "p50_ms": 1000 * statistics.median(waits),
+        "p95_ms": 1000 * percentile(waits, 0.95),
+        "a_jobs_per_s": out["a_rate"],
+    }
+
+
+def run_weighted(args: argparse.Namespace, tag: str) -> dict[str, float]:
+    from router.dispatch import fair_share
+    from tierflow.core.constants import Tier
+
+    half = args.a_jobs // 2
+    handles: list[Any] = []
+    threads = [
+        threading.Thread(target=lambda d=d: handles.extend(burst(d, half, tag)[1]))
+        for d in ("A", "C")
+    ]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    share = fair_share()
+    first = last = None
+    deadline = time.monotonic() + WAIT_S
+    while time.monotonic() < deadline:  # from when both wait to the last moment both still wait
+        loads = share.loads(Tier.LOCAL_FAST)
+        if all(d in loads and loads[d].waiting > 0 for d in ("A", "C")):
+            last = {d: loads[d].served for d in ("A", "C")}
+            first = first or last
+        elif first is not None or sum(x.served for x in loads.values()) >= 2 * half:
+            break
+        time.sleep(0.1)
+    finish(handles)
+    if first is None or last is None or last["C"] == first["C"]:
+        return {"ratio": float("nan")}
+    return {"ratio": (last["A"] - first["A"]) / (last["C"] - first["C"])}
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--a-jobs", type=int, default=5000)
+    parser.add_argument("--b-jobs", type=int, default=20)
+    parser.add_argument("--b-every", type=float, default=0.2)
+    parser.add_argument("--latency-ms", type=int, default=50)
+    parser.add_argument("--cap", type=int, default=4)
+    parser.add_argument("--json", action="store_true")
+    args = parser.parse_args()
+    if args.a_jobs < 2 or args.b_jobs < 1 or args.b_every <= 0 or args.cap < 1:
+        parser.error("--a-jobs >= 2, --b-jobs >= 1, --b-every > 0, --cap >= 1")
+    missing = services_up()
+    if missing:
+        log("missing services: " + ", ".join(missing))
+        return 2
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
+
+    run_id = uuid.uuid4().hex[:10]
+    db_name = f"tierflow_fair_{run_id}"
+    prefix = f"tffair-{run_id}"
+    config_dir = Path(tempfile.mkdtemp(prefix="tierflow-fair-cfg-"))
+    results: dict[str, dict[str, float]] = {}
+    ok = False
+    try:
+        db_url = create_database(db_name)
+        os.environ.pop("TIERFLOW_REDIS_URL", None)
+        os.environ.update(
+            {
+                "TIERFLOW_BROKER_URL": REDIS_URL,
+                "TIERFLOW_DATABASE_URL": db_url,
+                "TIERFLOW_KEY_PREFIX": prefix,
+            }
+        )
+        from tierflow.core.db import upgrade_database
+
+        upgrade_database(db_url)
+        plan: list[tuple[str, dict[str, Any], Any]] = [
+            ("B alone", {}, run_alone_b),
+            ("A alone", {}, run_alone_a),
+            ("FIFO", {"fair_share": False}, run_contended),
+            ("fair", {}, run_contended),
+            ("3:1", {"daemons": {"A": {"weight": 3}, "C": {"weight": 1}}}, run_weighted),
+        ]
+        for name, extra, bench in plan:
+            scenario = Scenario(args, config_dir, **extra)
+            try:
+                log(f"{name} ...")
+                began = time.perf_counter()
+                results[name] = bench(args, f"{run_id}-{name}")
+                log(f"{name}: {results[name]} ({time.perf_counter() - began:.0f}s)")
+            finally:
+                scenario.stop()
+                delete_prefix(prefix, "fair:*")
+        ok = True
+    except Exception:
+        traceback.print_exc()
+    finally:
+        _close()
+        try:
+            drop_database(db_name)
+        except Exception:
+            traceback.print_exc()
+        delete_prefix(prefix)
+        shutil.rmtree(config_dir, ignore_errors=True)
+    if results:
+        print_table(results, args)
+        if args.json:
+            print(json.dumps(results, indent=2))
+    return 0 if ok else 1
+
+
+def print_table(results: dict[str, dict[str, float]], args: argparse.Namespace) -> None:
+    b = results.get("B alone", {})
+    a = results.get("A alone", {})
+    print(
+        f"\nfairness: A {args.a_jobs} jobs at once, B {args.b_jobs} jobs one every "
+        f"{args.b_every}s, fake {args.latency_ms} ms calls, local_fast cap {args.cap}"
+    )
+    print(f"{'scenario':<10} {'B p50 ms':>9} {'B p95 ms':>9} {'B p95 / alone':>14} "
+          f"{'A jobs/s':>9} {'A / alone':>10}")  # fmt: skip
+    for name in ("B alone", "A alone", "FIFO", "fair"):
+        r = results.get(name)
+        if r is None:
+            continue
+        p50, p95 = r.get("p50_ms"), r.get("p95_ms")
+        rate = r.get("a_jobs_per_s", r.get("jobs_per_s"))
+        ratio_b = p95 / b["p95_ms"] if p95 is not None and b.get("p95_ms") else None
+        ratio_a = rate / a["jobs_per_s"] if rate is not None and a.get("jobs_per_s") else None
+        print(
+            f"{name:<10} {_f(p50):>9} {_f(p95):>9} {_f(ratio_b, 2):>14} {_f(rate, 1):>9} "
+            f"{_f(ratio_a, 2):>10}"
+        )
+    if "3:1" in results:
+        print(f"weights 3:1 -> admitted A:C = {_f(results['3:1']['ratio'], 2)} (target 2.7-3.3)")
+
+
+def _f(value: float | None, digits: int = 0) -> str:
+    return "-" if value is None else f"{value:.{digits}f}"
+
+
+def _close() -> None:
+    if "tierflow.core.db" in sys.modules:
+        from tierflow.core.db import reset_engines
+
+        reset_engines()
+
+
+if __name__ == "__main__":
+    sys.exit(main())
