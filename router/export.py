@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import IO, Any
 
 from schemas.tables import Attempt
+from tierflow.core.secrets import scrub as scrub_secrets
 from tierflow.store.costs import Window, as_time
 from tierflow.store.usage import finished_attempts
 
@@ -29,8 +30,10 @@ _SECRET = re.compile(
 
 
 def scrub(text: str | None) -> str | None:
-    """``text`` with anything shaped like an API key or bearer token replaced by ``***``."""
-    return _SECRET.sub("***", text) if text else text
+    """``text`` with anything shaped like an API key or bearer token, the value of a key
+    variable and a URL's password replaced by ``***`` (:func:`tierflow.core.secrets.scrub`,
+    then this module's wider key shapes)."""
+    return _SECRET.sub("***", scrub_secrets(text)) if text else text
 
 
 def usage_record(attempt: Attempt, action: str) -> dict[str, Any]:

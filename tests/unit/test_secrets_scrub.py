@@ -13,6 +13,7 @@ import uuid
 
 import pytest
 
+from router.export import scrub as scrub_for_export
 from schemas.tables import ProviderBatch, ProviderBatchItem
 from tests.support.batch_providers import AnthropicBatchServer, OpenAIBatchServer
 from tests.support.services import fleet_config
@@ -43,6 +44,8 @@ def test_the_value_of_a_configured_key_variable_is_scrubbed(
     ModelConfig(name="m", provider="openai", model_id="x", api_key_env=name)
     assert name in key_variables()
     assert scrub(f"the server said {KEY}.") == "the server said ***."
+    # the usage export and the stored internal errors (workers/outcome.py) use it too
+    assert scrub_for_export(f"at http://u:pw123456@h/ {KEY}") == "at http://u:***@h/ ***"
     monkeypatch.setenv(name, "short")  # shorter than 8: would blank ordinary words
     assert scrub("a short word") == "a short word"
 
