@@ -26,7 +26,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from router.classify import classify_task
-from tierflow.core.config import LLMConfig
+from tierflow.core.config import ActionRule, LLMConfig
 from tierflow.core.constants import TIER_ORDER, Complexity, Mode, Tier
 
 QUALITY_CRITICAL_ACTIONS = frozenset({"spawn_daemon", "exec"})
@@ -72,9 +72,18 @@ class TierPlan:
 
 
 def plan_job(
-    action_type: str, prompt: str, context: dict[str, Any], config: LLMConfig, mode: Mode
+    action_type: str,
+    prompt: str,
+    context: dict[str, Any],
+    config: LLMConfig,
+    mode: Mode,
+    cheap_odds: float | None = None,
 ) -> TierPlan:
-    """Plan one job. Pure: reads no service, calls no model."""
+    """Plan one job. Pure: reads no service, calls no model.
+
+    ``cheap_odds``: the learned chance that the chain's first tier passes this prompt
+    (:func:`router.gate.prerouting.cheap_odds`); below the action's ``route_first_below`` the
+    first tier is skipped (the job goes straight to the next one, sparing the cheap call)."""
     routing = config.routing
     classification = classify_task(
         action_type, prompt, context, Complexity(routing.default_complexity)
@@ -112,10 +121,22 @@ def plan_job(
         reasons.append("fallback chain: " + " → ".join(t.value for t in chain))
 
     chain = _apply_mode(chain, mode, config, reasons)
+    chain = _pre_route(chain, routing.actions.get(action_type), cheap_odds, reasons)
     error = None
     if not any(config.tier_models(t) for t in chain):
         error = f"mode {mode.value}: no enabled model in tiers {[t.value for t in chain]}"
     return TierPlan(complexity, chain[0], chain, mode, quality_critical, reasons, error)
+
+
+def _pre_route(
+    chain: list[Tier], rule: ActionRule | None, odds: float | None, reasons: list[str]
+) -> list[Tier]:
+    """Drop the first tier when the prompt predicts its answer fails (see :func:`plan_job`)."""
+    below = rule.route_first_below if rule is not None else None
+    if below is None or odds is None or len(chain) < 2 or odds >= below:
+        return chain
+    reasons.append(f"pre-routed: P({chain[0].value} passes) = {odds:.2f} < {below}")
+    return chain[1:]
 
 
 def _apply_mode(chain: list[Tier], mode: Mode, config: LLMConfig, reasons: list[str]) -> list[Tier]:

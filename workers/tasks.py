@@ -32,6 +32,7 @@ import workers.automode  # noqa: F401 - registers check_auto_mode (automatic mod
 from router import interactive
 from router.dispatch import FACTS_MAX_CHARS, enqueue_attempt
 from router.fairshare import job_daemon
+from router.gate.prerouting import cheap_odds
 from router.mode import mode_of
 from router.plan import plan_job
 from schemas.jobs import utcnow
@@ -209,7 +210,9 @@ def _route_from_facts(job_id: str, facts: RouteFacts) -> str | None:
     if last is _SeenMode.UNKNOWN or not (last is None or isinstance(last, str)):
         return None
     config = get_settings().llm
-    plan = plan_job(facts.action, facts.prompt, facts.context, config, mode_of(last))
+    rule = config.routing.actions.get(facts.action)
+    odds = cheap_odds(facts.action, rule, facts.prompt)
+    plan = plan_job(facts.action, facts.prompt, facts.context, config, mode_of(last), odds)
     if plan.error:
         return None  # the reading path fails the job, with its row in hand
     if facts.priority > BATCH_PRIORITY:
@@ -244,7 +247,11 @@ def _route(job_id: str) -> str | None:
             resend = False
             if job.priority > BATCH_PRIORITY:
                 interactive.mark()  # batches make room while daemons' jobs come in
-            plan = plan_job(job.action_type, job.prompt, job.context or {}, config, mode_of(mode))
+            rule = config.routing.actions.get(job.action_type)
+            odds = cheap_odds(job.action_type, rule, job.prompt)
+            plan = plan_job(
+                job.action_type, job.prompt, job.context or {}, config, mode_of(mode), odds
+            )
             saved = save(plan.complexity.value, plan.to_json())
     if resend:
         # A redelivery after the plan was stored: the first attempt may not have been sent

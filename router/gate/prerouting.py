@@ -17,13 +17,55 @@ fit on rows before it), the way the fleet would learn it.
 
 from __future__ import annotations
 
+import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 
 from router.gate.features import prompt_features
 from router.gate.learned import Label, LogisticScorer
+from tierflow import store
+from tierflow.core.config import ActionRule
+from tierflow.core.settings import get_settings
 
 ROUTE_SHARES = tuple(i / 20 for i in range(0, 11))  # 0%, 5%, ... 50% routed straight up
+
+
+_SCORERS: dict[str, tuple[float, LogisticScorer | None]] = {}
+
+
+def fit_router(pairs: Sequence[tuple[str, bool]], min_labels: int) -> LogisticScorer | None:
+    """``P(good | prompt features)`` from (prompt, good) pairs; None with fewer than
+    ``min_labels`` or one outcome only."""
+    if len(pairs) < min_labels:
+        return None
+    return LogisticScorer.fit([Label(prompt_features(p), good) for p, good in pairs])
+
+
+def cheap_odds(action: str, rule: ActionRule | None, prompt: str) -> float | None:
+    """The learned chance that the chain's first tier passes ``prompt``, for an action that sets
+    ``route_first_below``; None otherwise or until it has ``min_labels`` labels. One job's
+    daemon feedback wins over the fleet's own labels of it; the fit is read again at most every
+    ``gate_refit_s`` seconds per process."""
+    if rule is None or rule.route_first_below is None:
+        return None
+    now = time.monotonic()
+    cached = _SCORERS.get(action)
+    if cached is None or now - cached[0] >= get_settings().gate_refit_s:
+        chosen: dict[str, tuple[bool, str]] = {}
+        for prompt_seen, good, source in store.labelled_prompts(action):
+            held = chosen.get(prompt_seen)
+            if held is None or source == "feedback" or held[1] != "feedback":
+                chosen[prompt_seen] = (good, source)
+        pairs = [(p, good) for p, (good, _) in chosen.items()]
+        cached = (now, fit_router(pairs, rule.min_labels))
+        _SCORERS[action] = cached
+    scorer = cached[1]
+    return None if scorer is None else scorer(prompt_features(prompt))
+
+
+def forget_routers() -> None:
+    """Drop the cached prompt scorers (tests)."""
+    _SCORERS.clear()
 
 
 @dataclass(frozen=True)

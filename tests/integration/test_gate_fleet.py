@@ -14,10 +14,13 @@ import pytest
 from router import submit_job
 from router.gate.calibration import calibration_for, forget_calibrations, labels_of
 from router.gate.learned import gate_rank
+from router.plan import plan_job
 from tests.support.fake_providers import OpenAIServer
 from tests.support.services import fake_model, fleet_config
 from tierflow import store
 from tierflow.core.config import ActionRule
+from tierflow.core.constants import Mode
+from tierflow.core.settings import get_settings
 from tierflow.store.costs import get_cost_summary
 from workers.backends.fake_answers import is_wrong
 from workers.pipeline.budget import budgets
@@ -325,3 +328,37 @@ def test_an_escalation_is_a_label_and_an_audit_is_a_counted_cost(fleet) -> None:
     assert other is not None
     spent = get_cost_summary()["total_cost"] - spent_before
     assert spent == pytest.approx(float(other.cost_usd) + cost, rel=1e-6)
+
+
+def test_a_prompt_that_predicts_failure_goes_straight_to_the_next_tier(fleet) -> None:
+    """Route before generating: once labels say long, number-heavy prompts fail on the cheap
+    tier, such a prompt skips it (no cheap call, its plan says why) and a short one does not."""
+    triage = {"answer": "label", "labels": LABELS, "route_first_below": 0.5, "min_labels": 8}
+    fleet(
+        fleet_config(local_fast=[fake_model("cheap")], actions=gate_actions(triage=triage)),
+        env={"TIERFLOW_GATE_REFIT_S": "0"},
+    )
+    hard = "[truth: fact] " + " ".join(f"then {i * 37} more" for i in range(1, 12))
+    first = [submit_job(f"[truth: fact] Note {i}?", "triage") for i in range(6)]
+    first += [submit_job(f"{hard} ({i})", "triage") for i in range(6)]
+    for h in first:
+        assert h.wait(timeout=WAIT_S).status == "succeeded"
+    for i, h in enumerate(first):  # the daemons: the short ones were right, the long ones not
+        h.feedback(i < 6)
+    short = submit_job("[truth: fact] Note 99?", "triage", metadata={"round": 2})
+    long = submit_job(f"{hard} (99)", "triage", metadata={"round": 2})
+    short_done, long_done = short.wait(timeout=WAIT_S), long.wait(timeout=WAIT_S)
+    assert short_done.status == long_done.status == "succeeded"
+    long_job, short_job = store.load_job(long.job_id), store.load_job(short.job_id)
+    assert long_job is not None and short_job is not None
+    assert any("pre-routed" in r for r in long_job.plan["reasons"]), long_job.plan
+    assert long_job.plan["chain"] == unrouted_chain(long_job.prompt)[1:]
+    assert not any("pre-routed" in r for r in short_job.plan["reasons"])
+    assert short_job.plan["chain"] == unrouted_chain(short_job.prompt)
+    assert store.attempts_of(long.job_id)[0].tier == long_job.plan["chain"][0]
+
+
+def unrouted_chain(prompt: str) -> list[str]:
+    """The chain the plan gives with no pre-routing (the fleet's config, automatic mode)."""
+    plan = plan_job("triage", prompt, {}, get_settings().llm, Mode.AUTO)
+    return [t.value for t in plan.chain]

@@ -178,6 +178,8 @@ class ActionRule(_Strict):
     routing's ``quality_threshold`` holds. ``audit_share`` of passed answers is re-run on the
     next tier of the chain that has a model, to make labels, until the action's audits cost
     ``audit_daily_usd`` in a UTC day (null: no ceiling). Every escalation makes a label too.
+    ``route_first_below``: once ``min_labels`` labels exist, a job whose prompt gives the first
+    tier a learned chance of passing below this goes straight to the next tier (null: never).
     """
 
     answer: AnswerKind | None = None
@@ -195,6 +197,7 @@ class ActionRule(_Strict):
     min_labels: int = Field(default=30, ge=2)
     audit_share: float = Field(default=0.0, ge=0, le=1)
     audit_daily_usd: float | None = Field(default=None, ge=0)
+    route_first_below: float | None = Field(default=None, gt=0, lt=1)
 
     @model_validator(mode="after")
     def _coherent(self) -> ActionRule:

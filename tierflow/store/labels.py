@@ -42,6 +42,20 @@ def record_label(
         return int(row.id)
 
 
+def labelled_prompts(action_type: str, limit: int = 5000) -> list[tuple[str, bool, str]]:
+    """The action's most recent labels as (the job's prompt, good, source), oldest first: what
+    a pre-generation router learns from (:mod:`router.gate.prerouting`)."""
+    with session_scope() as session:
+        rows = session.execute(
+            select(Job.prompt, GateLabel.good, GateLabel.source)
+            .join(Job, Job.id == GateLabel.job_id)
+            .where(GateLabel.action_type == action_type)
+            .order_by(GateLabel.id.desc())
+            .limit(limit)
+        ).all()
+    return [(prompt, bool(good), source) for prompt, good, source in reversed(rows)]
+
+
 def labels_for(action_type: str, limit: int = 5000) -> list[GateLabel]:
     """The action's most recent labels (at most ``limit``), oldest first."""
     with session_scope() as session:
