@@ -23,6 +23,7 @@ from typing import Any
 
 from sqlalchemy import JSON, Column, ColumnElement, delete, func, inspect, select, tuple_, update
 from sqlalchemy.dialects.postgresql import insert
+from sqlalchemy.orm import Session
 from sqlalchemy.orm.attributes import set_committed_value
 
 from schemas.jobs import JobResult, utcnow
@@ -94,7 +95,6 @@ def claim_attempt(
     sweeper, finding the job with no attempt in flight, sends the attempt again: the rule of a
     stalled holder. The outcome and the job's end (:func:`finish_attempt`) are durable.
     """
-    delivery = worker.rsplit(":", 1)[-1]
     lease_until = func.now() + timedelta(seconds=lease_s)
     with session_scope(durable=False) as session:
         job = session.execute(
@@ -107,66 +107,94 @@ def claim_attempt(
         claim_tier = tier(job) if callable(tier) else tier
         if claim_tier is None:
             return ClaimResult(Claim.REFUSED, job=job)
-        claim = (
-            insert(Attempt)
-            .values(
-                job_id=job_id,
-                attempt_no=attempt_no,
-                step=step,
-                tier=claim_tier,
-                status=AttemptStatus.RUNNING.value,
-                worker=worker,
-                delivery_retry=retry,
-                lease_until=lease_until,
-                started_at=func.now(),
-                # the columns' defaults, given: with a CTE added, SQLAlchemy binds them as NULL
-                input_tokens=0,
-                output_tokens=0,
-                cost_usd=0,
-                fake=False,
-            )
-            .on_conflict_do_update(
-                constraint="uq_attempts_job_attempt",
-                set_={
-                    "worker": worker,
-                    "delivery_retry": retry,
-                    "lease_until": lease_until,
-                    "started_at": func.now(),
-                },
-                where=(Attempt.status == AttemptStatus.RUNNING.value)
-                & (
-                    (Attempt.lease_until < func.now())
-                    | (
-                        Attempt.worker.endswith(f":{delivery}", autoescape=True)
-                        & (Attempt.delivery_retry < retry)
-                    )
-                ),
-            )
-            .returning(Attempt.id)
+        claim = _insert_or_take_over(
+            job_id, attempt_no, step, claim_tier, worker, retry, lease_until
         )
         if job.status == JobStatus.ROUTED.value:
             # The job starts running in the claim's own statement (a CTE: one round trip).
-            start = (
-                update(Job)
-                .where(Job.id == job_id, Job.status == JobStatus.ROUTED.value)
-                .values(status=JobStatus.RUNNING.value)
-                .cte("start_job")
-            )
-            claim = claim.add_cte(start)
+            claim = claim.add_cte(_start_job(job_id))
             set_committed_value(job, "status", JobStatus.RUNNING.value)
         if session.execute(claim).scalar_one_or_none() is not None:
             return ClaimResult(Claim.OWNED, job=job)
-        found = session.execute(
-            select(Attempt, func.extract("epoch", Attempt.lease_until - func.now())).where(
-                Attempt.job_id == job_id, Attempt.attempt_no == attempt_no
-            )
-        ).one_or_none()
-        if found is None:  # its holder released it just now: try again in a moment
-            return ClaimResult(Claim.BUSY, None, 0.0, job)
-        row, left = found
-        if row.status != AttemptStatus.RUNNING.value:
-            return ClaimResult(Claim.DONE, row, job=job)
-        return ClaimResult(Claim.BUSY, row, max(float(left or 0.0), 0.0), job)
+        return _why_not_claimed(session, job, attempt_no)
+
+
+def _insert_or_take_over(
+    job_id: str,
+    attempt_no: int,
+    step: int,
+    tier: str,
+    worker: str,
+    retry: int,
+    lease_until: Any,
+) -> Any:
+    """The claim's ``INSERT ... ON CONFLICT DO UPDATE``: a new attempt row, or the running one
+    taken over when its lease is over or a later retry of the same task holds it (the rules of
+    :func:`claim_attempt`); returns the attempt's id when this delivery got it."""
+    delivery = worker.rsplit(":", 1)[-1]
+    return (
+        insert(Attempt)
+        .values(
+            job_id=job_id,
+            attempt_no=attempt_no,
+            step=step,
+            tier=tier,
+            status=AttemptStatus.RUNNING.value,
+            worker=worker,
+            delivery_retry=retry,
+            lease_until=lease_until,
+            started_at=func.now(),
+            # the columns' defaults, given: with a CTE added, SQLAlchemy binds them as NULL
+            input_tokens=0,
+            output_tokens=0,
+            cost_usd=0,
+            fake=False,
+        )
+        .on_conflict_do_update(
+            constraint="uq_attempts_job_attempt",
+            set_={
+                "worker": worker,
+                "delivery_retry": retry,
+                "lease_until": lease_until,
+                "started_at": func.now(),
+            },
+            where=(Attempt.status == AttemptStatus.RUNNING.value)
+            & (
+                (Attempt.lease_until < func.now())
+                | (
+                    Attempt.worker.endswith(f":{delivery}", autoescape=True)
+                    & (Attempt.delivery_retry < retry)
+                )
+            ),
+        )
+        .returning(Attempt.id)
+    )
+
+
+def _start_job(job_id: str) -> Any:
+    """The CTE that starts a routed job in the claim's statement."""
+    return (
+        update(Job)
+        .where(Job.id == job_id, Job.status == JobStatus.ROUTED.value)
+        .values(status=JobStatus.RUNNING.value)
+        .cte("start_job")
+    )
+
+
+def _why_not_claimed(session: Session, job: Job, attempt_no: int) -> ClaimResult:
+    """After a claim that did not land, in its transaction: the attempt finished (DONE) or held
+    under a live lease (BUSY, with what is left of it)."""
+    found = session.execute(
+        select(Attempt, func.extract("epoch", Attempt.lease_until - func.now())).where(
+            Attempt.job_id == job.id, Attempt.attempt_no == attempt_no
+        )
+    ).one_or_none()
+    if found is None:  # its holder released it just now: try again in a moment
+        return ClaimResult(Claim.BUSY, None, 0.0, job)
+    row, left = found
+    if row.status != AttemptStatus.RUNNING.value:
+        return ClaimResult(Claim.DONE, row, job=job)
+    return ClaimResult(Claim.BUSY, row, max(float(left or 0.0), 0.0), job)
 
 
 # The claim of a routed job's attempt in one statement (see claim_routed_attempt): the job's row
