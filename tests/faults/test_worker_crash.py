@@ -23,6 +23,7 @@ FAST_DELIVERY = {
     "TIERFLOW_TASK_SOFT_TIME_LIMIT": "8",
     "TIERFLOW_TASK_TIME_LIMIT": "10",
     "TIERFLOW_VISIBILITY_TIMEOUT": "15",
+    "TIERFLOW_LEASE_S": "3",  # the redelivered message finds the dead holder's lease over
 }
 
 
