@@ -35,6 +35,9 @@ from workers import outcome
 from workers.queues import queue_depth
 
 SWEEP_BATCH = 500  # stalled jobs read per pass; the rest wait for the next pass
+# A rescued attempt (its holder died or lost its lease mid-run) goes to the front of its tier's
+# queue: it had its turn already, and its holder's jobs are at most that worker's pool.
+RESCUE_PRIORITY = 9
 
 
 def sweep(now: datetime, stale_after: timedelta, batch: int = SWEEP_BATCH) -> dict[str, int]:
@@ -59,7 +62,7 @@ def sweep(now: datetime, stale_after: timedelta, batch: int = SWEEP_BATCH) -> di
         return any(depths[q] > 0 for q in queues)
 
     for job in store.lapsed_jobs(batch):
-        if job.plan and _resend_attempt(job, lambda queues: False):
+        if job.plan and _resend_attempt(job, lambda queues: False, RESCUE_PRIORITY):
             counts["lapsed"] += 1
         store.touch_jobs([job.id])
     for job in store.stalled_jobs(stale_after.total_seconds(), batch):
@@ -81,9 +84,12 @@ def sweep(now: datetime, stale_after: timedelta, batch: int = SWEEP_BATCH) -> di
     return counts
 
 
-def _resend_attempt(job: Job, backlog: Callable[[list[str]], bool]) -> bool:
+def _resend_attempt(
+    job: Job, backlog: Callable[[list[str]], bool], priority: int | None = None
+) -> bool:
     """Send the job's last attempt again (the claim makes a duplicate harmless, and a finished
-    one replays its decision); False when one of its queues has a backlog it may wait in."""
+    one replays its decision), at ``priority`` when it is higher than the job's own; False when
+    one of its queues has a backlog it may wait in."""
     assert job.plan is not None
     attempts = store.attempts_of(job.id)
     last: Attempt | None = attempts[-1] if attempts else None
@@ -99,7 +105,7 @@ def _resend_attempt(job: Job, backlog: Callable[[list[str]], bool]) -> bool:
         step,
         attempt_no,
         max(retries, 0),
-        priority=job.priority,
+        priority=job.priority if priority is None else max(priority, job.priority),
         daemon=job_daemon(job.job_metadata),
     )
     return True
@@ -116,7 +122,7 @@ def release_dead_worker(worker_prefix: str) -> list[str]:
         job = store.load_job(job_id)
         if job is None or job.finished_at is not None or not job.plan:
             continue
-        if _resend_attempt(job, lambda queues: False):
+        if _resend_attempt(job, lambda queues: False, RESCUE_PRIORITY):
             sent.append(job_id)
     store.touch_jobs(sent)
     return sent
