@@ -70,7 +70,7 @@ COMMANDS: dict[str, CommandEntry] = {
     "budget": CommandEntry("budget_cmds", "Per-daemon spend ceilings (US dollars)."),
     "eval": CommandEntry(
         "eval_cmds",
-        "Replay labelled answers through the gate offline: its cost and quality beside baselines.",
+        "Replay labelled answers through the gate: its cost and quality beside baselines.",
     ),
     "queue-depth": CommandEntry(
         "queue_cmds",
