@@ -6,6 +6,8 @@ Imports nothing of tierflow, so the benchmark can set the environment first.
   ready when its log says ``fleet up``; stopped by SIGINT to the session (Ctrl-C), then SIGKILL.
 - :func:`run_measured`: a child process run to its end, its RSS sampled with psutil meanwhile and
   its kernel peak (``ru_maxrss`` of ``os.wait4``, that child alone) read when it exits.
+- ``python tests/bench/batch_support.py raw-insert N URL``: N job-sized rows in multi-row inserts
+  (:func:`raw_insert`), the database's floor for storing a batch file.
 - ``python tests/bench/batch_support.py raw-send N RUN``: the raw Celery submitter, sending N
   no-op tasks with the ids ``RUN-<i>`` and keeping no result objects (like ``tierflow batch run``,
   which keeps nothing of what it sent); the benchmark reads the results from Redis itself.
@@ -193,8 +195,46 @@ def raw_send(n: int, run: str) -> None:
         noop.apply_async((i,), task_id=f"{run}-{i}")
 
 
+RAW_INSERT_CHUNK = 500
+
+
+def raw_insert(n: int, url: str) -> None:
+    """Insert ``n`` job-sized rows into a scratch table of their own (key unique, JSON context,
+    ``ON CONFLICT DO NOTHING RETURNING``, as tierflow's insert), :data:`RAW_INSERT_CHUNK` rows
+    per multi-row statement and transaction: the database's floor for storing a batch file."""
+    import json
+    import uuid
+
+    import psycopg
+
+    with psycopg.connect(url) as conn:
+        conn.execute(
+            "CREATE TABLE IF NOT EXISTS raw_lines (id uuid PRIMARY KEY, key text UNIQUE, "
+            "prompt text, context jsonb, status text, created_at timestamptz)"
+        )
+        conn.commit()
+        for lo in range(0, n, RAW_INSERT_CHUNK):
+            rows = range(lo, min(n, lo + RAW_INSERT_CHUNK))
+            values = ", ".join(["(%s, %s, %s, %s, 'queued', now())"] * len(rows))
+            params: list[object] = []
+            for i in rows:
+                params += [
+                    uuid.uuid4(),
+                    f"raw:{i}",
+                    f"Extract topic from: 'raw {i}'",
+                    json.dumps({}),
+                ]
+            conn.execute(
+                f"INSERT INTO raw_lines VALUES {values} ON CONFLICT (key) DO NOTHING RETURNING key",
+                params,
+            ).fetchall()
+            conn.commit()
+
+
 if __name__ == "__main__":
     if len(sys.argv) == 4 and sys.argv[1] == "raw-send":
         raw_send(int(sys.argv[2]), sys.argv[3])
+    elif len(sys.argv) == 4 and sys.argv[1] == "raw-insert":
+        raw_insert(int(sys.argv[2]), sys.argv[3])
     else:
-        sys.exit("usage: batch_support.py raw-send N RUN")
+        sys.exit("usage: batch_support.py raw-send N RUN | raw-insert N POSTGRES_URL")

@@ -5,6 +5,7 @@ under a running batch, and a batch on the real embedded model.
     python tests/bench/bench_batch.py --interactive [--interactive-jobs 100] [--batch-jobs 5000]
                                       [--in-flight N]
     python tests/bench/bench_batch.py --real 200 [--real-timeout 720]
+    python tests/bench/bench_batch.py --submit 100000          # submission alone, no worker
     ... [--json] [--redis-db 13] [--raw-concurrency 8]
 
 Needs PostgreSQL on 127.0.0.1:5432 (trust, user ``postgres``) and Redis on 127.0.0.1:6379. Each
@@ -36,6 +37,13 @@ real (``--real N``): ``tierflow up`` on the packaged default configuration, the 
     is set, so the local tiers serve. N ``yes_no_decision`` lines (a label answer). Waits up to
     ``--real-timeout`` seconds, then cancels what is left and reports what finished: jobs/s,
     cost, status counts, attempts and pass rate per tier.
+
+submit (``--submit N``): no worker. Raw Celery's ``apply_async`` loop of N no-ops and a raw
+    multi-row insert of N job-sized rows (``batch_support.py``), then ``tierflow batch run
+    --in-flight 0`` of N/10 and of N lines (fake config): wall time, lines/s, the rate past the
+    CLI's start (from the batch's opening), peak RSS (flat memory: N/10 against N); and the
+    start of ``tierflow --help`` and ``tierflow batch status`` beside ``python -c pass`` (best
+    of 3).
 
 Not collected by pytest (``tests/bench`` is ignored).
 """
@@ -980,6 +988,99 @@ def print_real(data: dict[str, Any]) -> None:
 
 
 # -- main ----------------------------------------------------------------------------------------
+# -- submission alone ---------------------------------------------------------------------------
+def _timed(argv: list[str], env: dict[str, str], what: str, rounds: int = 1) -> Measured:
+    """The fastest of ``rounds`` runs of ``argv`` (each must exit 0)."""
+    runs = [run_measured(argv, env) for _ in range(rounds)]
+    for m in runs:
+        check_ok(m, what)
+    return min(runs, key=lambda m: m.wall_s)
+
+
+def mode_submit(args: argparse.Namespace) -> dict[str, Any]:
+    """N lines stored and sent by ``tierflow batch run --in-flight 0`` with no worker running,
+    beside raw Celery's ``apply_async`` loop (N no-op sends) and a raw multi-row insert of N
+    job-sized rows; the submitter's peak RSS at N/10 and N lines; CLI start times beside
+    ``python -c pass``. Every figure is one child process of this run, measured alike."""
+    n = args.submit
+    with run_services(args.redis_db, "submit") as run:
+        env = run.env(fake_config(run.state_dir))
+        cli = [sys.executable, "-m", "tierflow.cli"]
+        _timed([*cli, "db", "upgrade"], env, "tierflow db upgrade")
+        raw_env = run.env(
+            None,
+            TFBENCH_RAW_BROKER_URL=run.redis_url,
+            TFBENCH_RAW_PREFIX=f"{run.prefix}:raw",
+            TFBENCH_RAW_QUEUE=RAW_QUEUE,
+        )
+        support = [sys.executable, str(REPO / "tests/bench/batch_support.py")]
+        raw_send = _timed([*support, "raw-send", str(n), run.run_id], raw_env, "raw send")
+        raw_insert = _timed([*support, "raw-insert", str(n), run.pg_url], env, "raw insert")
+        submitted: dict[int, dict[str, Any]] = {}
+        for size in sorted({max(1, n // 10), n}):
+            path = write_batch(
+                run.state_dir / f"submit-{size}.jsonl", size, fake_line(run.run_id, f"s{size}")
+            )
+            name = f"submit-{size}"
+            sent = _timed([*batch_run(path, name), "--in-flight", "0"], env, "tierflow batch run")
+            opened, stored = run.sql(
+                "SELECT b.created_at, count(j.id) FROM batches b JOIN jobs j ON j.batch_id = b.id "
+                "WHERE b.name = %s GROUP BY b.created_at",
+                (name,),
+            )[0]
+            # from the batch's opening (the CLI started, the config checked) to the exit
+            past_start = max(1e-9, sent.wall_s - (opened - sent.started_at).total_seconds())
+            submitted[size] = {
+                "wall_s": round(sent.wall_s, 2),
+                "lines_per_s": round(size / sent.wall_s, 1),
+                "stored": stored,
+                "past_start_lines_per_s": round(size / past_start, 1),
+                "queued": run.queued(redis.Redis.from_url(run.redis_url)),
+                "peak_rss_mib": round(sent.peak_rss_mib, 1),
+            }
+        starts = {
+            "python -c pass": _timed([sys.executable, "-c", "pass"], env, "python", 3).wall_s,
+            "tierflow --help": _timed([*cli, "--help"], env, "tierflow --help", 3).wall_s,
+            "tierflow batch status": _timed(
+                [*cli, "batch", "status", f"submit-{n}"], env, "tierflow batch status", 3
+            ).wall_s,
+        }
+
+    def child(m: Measured) -> dict[str, float]:
+        return {"wall_s": round(m.wall_s, 2), "lines_per_s": round(n / m.wall_s, 1),
+                "peak_rss_mib": round(m.peak_rss_mib, 1)}  # fmt: skip
+
+    return {
+        "lines": n,
+        "raw_send": child(raw_send),
+        "raw_insert": child(raw_insert),
+        "tierflow": submitted,
+        "start_s": {k: round(v, 3) for k, v in starts.items()},
+    }
+
+
+def print_submit(data: dict[str, Any]) -> None:
+    n = data["lines"]
+    print(f"submission alone, {n} lines, no worker (lines/s = lines / the child's wall time)")
+    rows = [
+        ("raw Celery apply_async loop", f"{n}", f"{data['raw_send']['wall_s']:.2f}",
+         f"{data['raw_send']['lines_per_s']:.0f}", "-", f"{data['raw_send']['peak_rss_mib']:.0f}"),
+        ("raw multi-row insert (500/stmt)", f"{n}", f"{data['raw_insert']['wall_s']:.2f}",
+         f"{data['raw_insert']['lines_per_s']:.0f}", "-",
+         f"{data['raw_insert']['peak_rss_mib']:.0f}"),
+    ]  # fmt: skip
+    for size, got in sorted(data["tierflow"].items()):
+        rows.append(
+            ("tierflow batch run --in-flight 0", f"{size}", f"{got['wall_s']:.2f}",
+             f"{got['lines_per_s']:.0f}", f"{got['past_start_lines_per_s']:.0f}",
+             f"{got['peak_rss_mib']:.0f}")
+        )  # fmt: skip
+    head = ("submitter", "lines", "wall s", "lines/s", "past start /s", "peak RSS MiB")
+    table(head, rows)
+    print()
+    table(("command", "start s"), [(k, f"{v:.3f}") for k, v in data["start_s"].items()])
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description="tierflow batch benchmarks")
     parser.add_argument("--jobs", type=int, default=None, help="throughput: batch size (10000)")
@@ -994,6 +1095,7 @@ def main() -> int:
         help="--interactive: the batch's window (0: none; default: the fleet's, which yields)",
     )
     parser.add_argument("--real", type=int, default=0, metavar="N", help="N jobs, real model")
+    parser.add_argument("--submit", type=int, default=0, metavar="N", help="N lines, no worker")
     parser.add_argument("--real-timeout", type=float, default=720.0)
     parser.add_argument("--raw-concurrency", type=int, default=8)
     parser.add_argument("--redis-db", type=int, default=13, help="not the tests' database 0")
@@ -1001,7 +1103,7 @@ def main() -> int:
     parser.add_argument("--json", action="store_true", help="one JSON object, no tables")
     parser.add_argument("--json-out", type=Path, help="also write the JSON object to this file")
     args = parser.parse_args()
-    if args.jobs is None and not args.interactive and not args.real:
+    if args.jobs is None and not args.interactive and not args.real and not args.submit:
         args.jobs = 10_000
     missing = services_up()
     if missing:
@@ -1019,6 +1121,9 @@ def main() -> int:
         if args.interactive:
             out["interactive"] = mode_interactive(args)
             printers.append(lambda: print_interactive(out["interactive"]))
+        if args.submit:
+            out["submit"] = mode_submit(args)
+            printers.append(lambda: print_submit(out["submit"]))
         if args.real:
             out["real"] = mode_real(args)
             printers.append(lambda: print_real(out["real"]))
