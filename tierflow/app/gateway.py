@@ -12,7 +12,8 @@ Routes (every one but ``/openapi.json`` needs ``Authorization: Bearer tf_...``):
 ``GET  /openapi.json``            the OpenAPI 3.1 document of all this (:mod:`.gateway_openapi`)
 ================================  ==============================================================
 
-**Which action.** The model names it: ``tierflow/<action>``; ``auto`` (or any model with an
+**Which action.** The model names it: ``tierflow/<action>``, any action ``submit_job`` accepts
+(configured or not; ``/v1/models`` lists the configured ones); ``auto`` (or any model with an
 ``x-tierflow-action`` header) leaves it to the header, else ``unknown``. The answer's route
 (the tiers tried, in order), tier, model, cost and quality come back in ``x-tierflow-*``
 headers, with the job's id (``x-tierflow-cached``: ``exact`` or ``semantic`` for an answer
@@ -40,6 +41,7 @@ from __future__ import annotations
 
 import json
 import logging
+import re
 import time
 from collections.abc import AsyncIterator, Callable
 from typing import Any, TypeVar
@@ -55,7 +57,7 @@ from starlette.routing import Route
 
 from router.client import JobHandle, submit_job
 from router.feedback import record_feedback
-from schemas.jobs import JobResult
+from schemas.jobs import ACTION_PATTERN, JobResult
 from tierflow import store
 from tierflow.app.dashboard import hosts_for
 from tierflow.app.gateway_openapi import openapi_document
@@ -201,14 +203,20 @@ def parse_chat(body: Any) -> dict[str, Any]:
     }
 
 
-def action_for(model: str, header: str | None, actions: list[str]) -> str:
-    """The job's action from the model name (``tierflow/<action>``) or the header."""
+def action_for(model: str, header: str | None) -> str:
+    """The job's action from the model name (``tierflow/<action>``) or the header.
+
+    Any action name ``submit_job`` accepts (:data:`~schemas.jobs.ACTION_PATTERN`) is served,
+    listed under ``routing.actions`` or not, as with ``submit_job`` (an unlisted action is
+    planned by the default rules); a name it would refuse is a model that does not exist (404).
+    """
     if model.startswith(MODEL_PREFIX):
         action = model[len(MODEL_PREFIX) :]
-        if action not in actions:
+        if not re.fullmatch(ACTION_PATTERN, action):
             raise BadRequest(
                 404,
-                f"model {model!r} does not exist; see GET /v1/models",
+                f"model {model!r} does not exist: tierflow/<action>, the action as submit_job "
+                "takes it (lower case, digits, _); see GET /v1/models",
                 "model",
                 "model_not_found",
             )
@@ -391,7 +399,7 @@ def create_app(
 
     async def chat_completions(request: Request, daemon: str) -> Response:
         chat = parse_chat(await json_body(request))
-        action = action_for(chat["model"], request.headers.get(ACTION_HEADER), configured_actions())
+        action = action_for(chat["model"], request.headers.get(ACTION_HEADER))
         created = int(time.time())
         try:
             result = await blocking(run_chat, daemon, action, chat)
