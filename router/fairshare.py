@@ -187,9 +187,14 @@ def job_daemon(metadata: dict[str, Any] | None) -> str | None:
 
 def tier_capacity(config: LLMConfig, tier: Tier | str) -> int | None:
     """Attempts the tier can run at once: the sum of its models' ``max_concurrency``; None when
-    any model has no cap (the tier is then unbounded and only daemons' caps apply)."""
+    any model has no cap (the tier is then unbounded and only daemons' caps apply), or when it
+    has no enabled model (nothing to share: an attempt sent there is skipped at once, and must
+    not wait for a slot that never frees)."""
+    models = config.tier_models(tier)
+    if not models:
+        return None
     total = 0
-    for model in config.tier_models(tier):
+    for model in models:
         cap = model.limits.max_concurrency
         if cap is None:
             return None

@@ -78,6 +78,13 @@ def test_capacity_is_the_sum_of_model_caps_and_uncapped_tiers_admit_freely() -> 
     )
     assert tier_capacity(parse_config(raw), FAST) == 5
     assert tier_capacity(config(None), FAST) is None
+    # A tier whose models are all disabled has nothing to share: its attempts are skipped at
+    # once, never left waiting for a slot that cannot free (a 0-slot tier hung them).
+    idle = services.fleet_config(
+        local_fast=[services.fake_model("off", enabled=False, limits={"max_concurrency": 3})]
+    )
+    assert tier_capacity(parse_config(idle), FAST) is None
+    assert not contended(parse_config(idle), FAST)
     assert not contended(config(None), FAST)
     assert contended(config(None, {"a": {"max_in_flight": 2}}), FAST)
     assert contended(config(4), FAST)
