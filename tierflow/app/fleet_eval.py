@@ -52,12 +52,24 @@ def distinct_rows(rows: Sequence[EvalRow], limit: int | None = None) -> tuple[li
     return (kept[:limit] if limit is not None else kept), repeated
 
 
-def run_rows(rows: Sequence[EvalRow], action: str, timeout_s: float) -> list[FleetJob]:
-    """Submit every row's prompt as a job of ``action`` to the running fleet, wait for all of
-    them (``timeout_s`` seconds in all) and read what each did. Raises
+def run_rows(
+    rows: Sequence[EvalRow], action: str, timeout_s: float, wave: int | None = None
+) -> list[FleetJob]:
+    """Submit the rows' prompts as jobs of ``action`` to the running fleet, ``wave`` at a time
+    (each wave waited for before the next is sent, as a daemon's traffic arrives over time, so
+    the gate can learn from the labels of earlier waves; None: all at once), within
+    ``timeout_s`` seconds in all, and read what each did. Raises
     :class:`~router.client.JobWaitTimeout` when the fleet does not finish in time."""
-    handles = [submit_job(row.prompt, action, cache=False) for row in rows]
     deadline = time.monotonic() + timeout_s
+    size = wave or len(rows) or 1
+    jobs: list[FleetJob] = []
+    for start in range(0, len(rows), size):
+        jobs += _run_wave(rows[start : start + size], action, deadline)
+    return jobs
+
+
+def _run_wave(rows: Sequence[EvalRow], action: str, deadline: float) -> list[FleetJob]:
+    handles = [submit_job(row.prompt, action, cache=False) for row in rows]
     jobs = []
     for row, handle in zip(rows, handles, strict=True):
         result = handle.wait(timeout=max(deadline - time.monotonic(), 1.0))
@@ -85,10 +97,14 @@ def fleet_evaluation(
     *,
     limit: int | None = None,
     timeout_s: float = DEFAULT_TIMEOUT_S,
+    wave: int | None = None,
+    refit_s: float | None = None,
 ) -> Evaluation:
-    """Run ``file`` (its first ``limit`` distinct prompts) through a fleet started for it and
-    summarize it like the offline replay; the fleet stops on the way out. ConfigError for an
-    unknown action; EvalFileError for a bad file."""
+    """Run ``file`` (its first ``limit`` distinct prompts) through a fleet started for it,
+    ``wave`` jobs at a time (see :func:`run_rows`), its gate refitting from its labels every
+    ``refit_s`` seconds (None: the settings' ``gate_refit_s``), and summarize it like the
+    offline replay; the fleet stops on the way out. ConfigError for an unknown action;
+    EvalFileError for a bad file."""
     base = load_config(config) if config is not None else get_settings().llm
     name, rule = rule_for(base, action)
     rule, notes = eval_rule(rule)
@@ -102,17 +118,24 @@ def fleet_evaluation(
     state_dir.mkdir(parents=True, exist_ok=True)
     path = state_dir / "eval_fleet_config.yaml"
     path.write_text(yaml.safe_dump(raw, sort_keys=False))
-    before = os.environ.get("TIERFLOW_CONFIG")
-    os.environ["TIERFLOW_CONFIG"] = str(path)
+    changed = {"TIERFLOW_CONFIG": str(path)}
+    if refit_s is not None:
+        changed["TIERFLOW_GATE_REFIT_S"] = repr(float(refit_s))
+        notes.append(f"the gate refits from its labels every {refit_s:g} s")
+    if wave is not None:
+        notes.append(f"submitted {wave} jobs at a time, each wave waited for")
+    before = {key: os.environ.get(key) for key in changed}
+    os.environ.update(changed)
     reset_settings()
     try:
         with running_fleet(with_engine=False, tiers=[CHEAP_TIER.value, STRONG_TIER.value]):
-            jobs = run_rows(rows, run_action, timeout_s)
+            jobs = run_rows(rows, run_action, timeout_s, wave)
     finally:
-        if before is None:
-            os.environ.pop("TIERFLOW_CONFIG", None)
-        else:
-            os.environ["TIERFLOW_CONFIG"] = before
+        for key, value in before.items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value
         reset_settings()
     played = judged_from_fleet(jobs, threshold)
     played.notes[:0] = [*notes, f"through the fleet as action {run_action}"]

@@ -43,6 +43,12 @@ def eval_command(
     timeout: float = typer.Option(
         600.0, min=1, help="With --fleet: seconds to wait for every job in all."
     ),
+    wave: int = typer.Option(
+        None, min=1, help="With --fleet: send N jobs at a time, each wave waited for."
+    ),
+    refit_s: float = typer.Option(
+        None, min=0, help="With --fleet: the gate refits every S seconds (TIERFLOW_GATE_REFIT_S)."
+    ),
 ) -> None:
     """Replay labelled answers through the gate: its cost and quality beside baselines.
 
@@ -51,7 +57,9 @@ def eval_command(
     workers whose models replay the file's answers, and the same table is printed."""
 
     if fleet:
-        found = fleet_evaluation(file, action, config, limit=limit, timeout_s=timeout)
+        found = fleet_evaluation(
+            file, action, config, limit=limit, timeout_s=timeout, wave=wave, refit_s=refit_s
+        )
         mode = "through the fleet (its gate refits as its labels come)"
     else:
         llm = load_config(config) if config is not None else get_settings().llm
