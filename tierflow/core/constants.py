@@ -227,14 +227,14 @@ class Keys:
     def concurrency(self, model: str) -> str:
         return f"{self.prefix}:inflight:{model}"
 
-    def availability(self, model: str) -> str:
-        return f"{self.prefix}:avail:{model}"
-
     def fair(self, tier: str) -> str:
         """The stem of one tier's fair-share keys (``router/fairshare.py``): ``<stem>:slots``,
         ``:owner``, ``:count``, ``:ready``, ``:pass``, ``:conf``, ``:served``, ``:waiting``,
         ``:q:<daemon>``."""
         return f"{self.prefix}:fair:{tier}"
+
+    def availability(self, model: str) -> str:
+        return f"{self.prefix}:avail:{model}"
 
     @property
     def engine_state(self) -> str:

@@ -86,12 +86,12 @@ class Settings(BaseSettings):
     # workers/engine/engine.py's default_slots) and context tokens per sequence.
     engine_slots: int | None = Field(default=None, ge=1, le=64)
     engine_slot_ctx: int = Field(default=2048, ge=256, le=32768)
-    # A secret: SecretStr keeps it out of the settings' repr (and so out of logs).
-    dashboard_token: SecretStr | None = None
-
     # The gate refits an action's scorer and threshold from its labels at most this often per
     # process (seconds; 0: before every judgement, one read of the labels each).
     gate_refit_s: float = Field(default=60.0, ge=0)
+    # A secret: SecretStr keeps it out of the settings' repr (and so out of logs).
+    dashboard_token: SecretStr | None = None
+
     @field_validator("dashboard_token", mode="before")
     @classmethod
     def _token_shape(cls, value: object) -> object:

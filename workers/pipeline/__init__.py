@@ -24,9 +24,9 @@
     Metrics      Prometheus counters of the stored attempt (not replays)    metrics.py
     Finish       finalize the job (unless Persist did) and wake its waiter,  finish.py
                  the result in the wake-up
-    CacheStore   cache a fresh passed answer (exact key and embedding)      cache.py
     LabelEscalation  an escalated job's rejected cheap answer compared with   label.py
                  the answer that passed: a label
+    CacheStore   cache a fresh passed answer (exact key and embedding)      cache.py
     Audit        send a share of passed answers to the next tier with a     audit.py
                  model
     Enqueue      send the next attempt                                      enqueue.py
@@ -67,9 +67,9 @@ from workers.pipeline.defer import (
 from workers.pipeline.enqueue import Enqueue
 from workers.pipeline.finish import Finish
 from workers.pipeline.gate import Gate
+from workers.pipeline.label import LabelEscalation
 from workers.pipeline.metrics import Metrics
 from workers.pipeline.notify import Notify
-from workers.pipeline.label import LabelEscalation
 from workers.pipeline.persist import Persist
 from workers.pipeline.preset import preset_completion, preset_error, run_after_call
 from workers.pipeline.price import Price
@@ -94,10 +94,10 @@ STEPS: tuple[Step, ...] = (
     Notify(),
     Metrics(),
     Finish(),
+    LabelEscalation(),
     CacheStore(),
     Audit(),
     Enqueue(),
-    LabelEscalation(),
 )
 
 # The steps after the call: what a resumed attempt goes through with its answer preset.
