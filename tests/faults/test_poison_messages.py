@@ -251,4 +251,6 @@ def test_delivery_settings_are_safe() -> None:
     for soft, hard, visibility in ((10, 10, 20), (5, 20, 20), (5, 30, 20)):
         with pytest.raises(ValidationError):
             Settings(task_soft_time_limit=soft, task_time_limit=hard, visibility_timeout=visibility)
-    Settings(task_soft_time_limit=5, task_time_limit=10, visibility_timeout=15)
+    Settings(task_soft_time_limit=5, task_time_limit=10, visibility_timeout=15, lease_s=5)
+    with pytest.raises(ValidationError):  # a lease as long as the visibility timeout
+        Settings(task_soft_time_limit=5, task_time_limit=10, visibility_timeout=15, lease_s=15)

@@ -67,6 +67,9 @@ def priced_fleet(fleet):  # type: ignore[no-untyped-def]
                 "classify_memory": {"expects_json": True, "required_fields": ["category"]},
                 "edit_file": {"expects_code": True, "min_length": 5000},
             },
+            # The too-short code fails its shape on every tier: made hard here so the last
+            # tier's answer is not returned degraded, and the mix keeps a paid-for failure.
+            final_tier_hard_failures=["no_value", "schema", "parse", "shape"],
         ),
         env={"TIERFLOW_TEST_FAKE_KEY": SECRET},
     )

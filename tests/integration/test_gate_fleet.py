@@ -198,32 +198,32 @@ def test_a_judge_of_a_named_tier_is_asked_and_its_no_escalates(fleet) -> None:
 
 def test_audits_label_passed_answers_and_find_the_misses(fleet) -> None:
     """A wrong label is still an allowed label: the checks pass it. The audit on the next tier
-    (the fake answering right) disagrees, and the label says so: the fleet sees its miss rate."""
-    actions = gate_actions(
-        classify_memory={"answer": "label", "labels": LABELS, "audit_share": 1.0}
-    )
+    (the fake answering right) disagrees, and the label says so: the fleet sees its miss rate.
+    (An action of its own: other tests' escalations label classify_memory too.)"""
+    actions = gate_actions(audited_memory={"answer": "label", "labels": LABELS, "audit_share": 1.0})
     fleet(
         fleet_config(
             local_fast=[fake_model("cheap", wrong_rate=0.5)],
             local_quality=[fake_model("right")],
             actions=actions,
+            action_tier_overrides={"audited_memory": "local_fast"},
         )
     )
     handles = [
-        submit_job(f"[truth: fact] Is note {i} a decision or a fact?", "classify_memory")
+        submit_job(f"[truth: fact] Is note {i} a decision or a fact?", "audited_memory")
         for i in range(10)
     ]
     for h in handles:
         assert h.wait(timeout=WAIT_S).status == "succeeded"
     deadline = time.monotonic() + 30
-    while len(store.labels_for("classify_memory")) < 10 and time.monotonic() < deadline:
+    while len(store.labels_for("audited_memory")) < 10 and time.monotonic() < deadline:
         time.sleep(0.2)
-    labels = store.labels_for("classify_memory")
+    labels = store.labels_for("audited_memory")
     assert len(labels) == 10 and {label.source for label in labels} == {"audit"}
     wrong = {h.job_id for h in handles if served_by_local_wrongly([h.job_id])}
     assert wrong, "the fake made no wrong answer"
     assert {label.job_id for label in labels if not label.good} == wrong
-    figures = store.gate_figures()["classify_memory"]
+    figures = store.gate_figures()["audited_memory"]
     assert figures["audited_passes"] == 10
     assert figures["miss_rate"] == pytest.approx(len(wrong) / 10)
 
