@@ -11,20 +11,18 @@ knows without another read which stored lines may still be unsent).
 
 from __future__ import annotations
 
-import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass
-from datetime import timedelta
 from typing import Any
 
 from psycopg.types.json import Jsonb
 from sqlalchemy import select
 
-from schemas.jobs import JobRequest, utcnow
+from schemas.jobs import JobRequest
 from schemas.tables import Job
-from tierflow.core.constants import JobStatus
 from tierflow.core.db import session_scope
 from tierflow.core.errors import IdempotencyConflict
+from tierflow.store.jobs import job_row
 
 
 @dataclass(frozen=True)
@@ -68,27 +66,8 @@ def _row(item: NewLine, batch_id: str, default_deadline_s: int) -> dict[str, Any
     request = item.request
     if request.idempotency_key is None:
         raise ValueError(f"batch line {item.line} has no idempotency key")
-    row: dict[str, Any] = {
-        "id": str(uuid.uuid4()),
-        "idempotency_key": request.idempotency_key,
-        "request_fingerprint": request.fingerprint(),
-        "status": JobStatus.QUEUED.value,
-        "action_type": request.action_type,
-        "prompt": request.prompt,
-        "context": request.context,
-        "metadata": request.metadata,
-        "priority": request.priority,
-        "stream": request.stream,
-        "allow_degraded": request.allow_degraded,
-        "deadline": request.deadline or utcnow() + timedelta(seconds=default_deadline_s),
-        "batch_id": batch_id,
-        "batch_line": item.line,
-        "complexity": None,
-        "plan": None,
-    }
-    if item.plan is not None:
-        row.update(status=JobStatus.ROUTED.value, complexity=item.plan[0], plan=item.plan[1])
-    return row
+    fingerprint = request.fingerprint()
+    return job_row(request, fingerprint, default_deadline_s, batch_id, item.line, item.plan)
 
 
 def _params(rows: Sequence[dict[str, Any]]) -> tuple[Any, ...]:

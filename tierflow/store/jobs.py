@@ -77,6 +77,40 @@ _JOB_FOR_KEY_SQL = rows.statement(
 )
 
 
+def job_row(
+    request: JobRequest,
+    fingerprint: str | None,
+    default_deadline_s: int,
+    batch_id: str | None = None,
+    batch_line: int | None = None,
+    plan: tuple[str, dict[str, Any]] | None = None,
+) -> dict[str, Any]:
+    """A new job's row as its insert writes it: a fresh id, ``queued`` (or ``routed`` with its
+    ``plan``, the complexity and the plan JSON), the deadline the request's or
+    ``default_deadline_s`` seconds from now. Shared by one job's insert and a batch chunk's."""
+    values: dict[str, Any] = {
+        "id": str(uuid.uuid4()),
+        "idempotency_key": request.idempotency_key,
+        "request_fingerprint": fingerprint,
+        "status": JobStatus.QUEUED.value,
+        "action_type": request.action_type,
+        "prompt": request.prompt,
+        "context": request.context,
+        "metadata": request.metadata,
+        "priority": request.priority,
+        "stream": request.stream,
+        "allow_degraded": request.allow_degraded,
+        "deadline": request.deadline or utcnow() + timedelta(seconds=default_deadline_s),
+        "batch_id": batch_id,
+        "batch_line": batch_line,
+        "complexity": None,
+        "plan": None,
+    }
+    if plan is not None:
+        values.update(status=JobStatus.ROUTED.value, complexity=plan[0], plan=plan[1])
+    return values
+
+
 def create_job(
     request: JobRequest,
     default_deadline_s: int,
@@ -98,31 +132,10 @@ def create_job(
     follows (a new snapshot under READ COMMITTED) reads the winner's row and fingerprint.
     ``JobRequest`` has already refused what PostgreSQL cannot store (NUL, lone surrogates).
     """
-    job_id = str(uuid.uuid4())
     # the fingerprint binds a key to its request: a job without a key stores none (computing it
     # walks the whole request as JSON three times)
     fingerprint = request.fingerprint() if request.idempotency_key is not None else None
-    deadline = request.deadline or utcnow() + timedelta(seconds=default_deadline_s)
-    values = {
-        "id": job_id,
-        "idempotency_key": request.idempotency_key,
-        "request_fingerprint": fingerprint,
-        "status": JobStatus.QUEUED.value,
-        "action_type": request.action_type,
-        "prompt": request.prompt,
-        "context": request.context,
-        "metadata": request.metadata,
-        "priority": request.priority,
-        "stream": request.stream,
-        "allow_degraded": request.allow_degraded,
-        "deadline": deadline,
-        "batch_id": batch_id,
-        "batch_line": batch_line,
-    }
-    if plan is not None:
-        values.update(status=JobStatus.ROUTED.value, complexity=plan[0], plan=plan[1])
-    else:
-        values.update(complexity=None, plan=None)
+    values = job_row(request, fingerprint, default_deadline_s, batch_id, batch_line, plan)
     inserted = rows.run_one(_INSERT_JOB_SQL, values)  # one statement, its own transaction
     if inserted is not None:
         return str(inserted[0]), True

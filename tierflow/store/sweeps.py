@@ -14,21 +14,27 @@ from __future__ import annotations
 from datetime import timedelta
 
 from sqlalchemy import exists, func, select, text, update
+from sqlalchemy.sql.selectable import Exists
 
 from schemas.tables import Attempt, Job
 from tierflow.core.constants import TERMINAL_STATUSES, AttemptStatus
 from tierflow.core.db import session_scope
 
 
-def stalled_jobs(stale_after_s: float, limit: int = 500) -> list[Job]:
-    """Unfinished jobs untouched for ``stale_after_s`` seconds, with no attempt running under a
-    live lease, the longest-stalled first, at most ``limit`` (one pass reads a bounded batch;
-    the jobs it handles are touched, so the next pass reaches the ones after them)."""
-    live = exists().where(
+def _live_lease() -> Exists:
+    """An attempt of the job running under a lease that has not run out."""
+    return exists().where(
         Attempt.job_id == Job.id,
         Attempt.status == AttemptStatus.RUNNING.value,
         Attempt.lease_until > func.now(),
     )
+
+
+def stalled_jobs(stale_after_s: float, limit: int = 500) -> list[Job]:
+    """Unfinished jobs untouched for ``stale_after_s`` seconds, with no attempt running under a
+    live lease, the longest-stalled first, at most ``limit`` (one pass reads a bounded batch;
+    the jobs it handles are touched, so the next pass reaches the ones after them)."""
+    live = _live_lease()
     with session_scope() as session:
         return list(
             session.execute(
@@ -65,11 +71,7 @@ def lapsed_jobs(limit: int = 500) -> list[Job]:
         Attempt.lease_until <= func.now(),
         Attempt.lease_until > Job.updated_at,
     )
-    live = exists().where(
-        Attempt.job_id == Job.id,
-        Attempt.status == AttemptStatus.RUNNING.value,
-        Attempt.lease_until > func.now(),
-    )
+    live = _live_lease()
     with session_scope() as session:
         return list(
             session.execute(

@@ -9,7 +9,7 @@ import logging
 from router.dispatch import enqueue_audit
 from tierflow.core.config import ActionRule, LLMConfig
 from tierflow.core.constants import Tier
-from workers.pipeline.context import AttemptContext, Step
+from workers.pipeline.context import AttemptContext, Step, fresh_success
 
 log = logging.getLogger(__name__)
 
@@ -33,15 +33,7 @@ class Audit(Step):
     sent). Never on a replay (one audit per answer)."""
 
     def applies(self, ctx: AttemptContext) -> bool:
-        return (
-            ctx.move is not None
-            and ctx.move.kind == "succeed"
-            and not ctx.replayed
-            and ctx.attempt is not None
-            and ctx.attempt.cached is None  # a cache hit: nothing new to judge
-            and ctx.plan is not None
-            and ctx.step + 1 < len(ctx.plan.chain)
-        )
+        return fresh_success(ctx) and ctx.plan is not None and ctx.step + 1 < len(ctx.plan.chain)
 
     def run(self, ctx: AttemptContext) -> None:
         assert ctx.job is not None and ctx.plan is not None

@@ -106,6 +106,19 @@ class Step:
         return f"{type(self).__name__}()"
 
 
+def fresh_success(ctx: AttemptContext) -> bool:
+    """This delivery made a new answer that ended the job (not a replay, not a cache hit): what
+    the steps that learn from an answer (escalation labels, audits) run after."""
+    return (
+        ctx.move is not None
+        and ctx.move.kind == "succeed"
+        and not ctx.replayed
+        and ctx.attempt is not None
+        and ctx.attempt.cached is None
+        and ctx.job is not None
+    )
+
+
 def run_steps(ctx: AttemptContext, steps: Sequence[Step]) -> AttemptContext:
     """Run each step that applies, in order; return the context."""
     for step in steps:

@@ -10,7 +10,7 @@ from schemas.tables import Attempt
 from tierflow import store
 from tierflow.core.config import ActionRule
 from tierflow.core.constants import AttemptStatus
-from workers.pipeline.context import AttemptContext, Step
+from workers.pipeline.context import AttemptContext, Step, fresh_success
 
 
 def rejected_cheap_answer(attempts: list[Attempt], passed: Attempt) -> Attempt | None:
@@ -30,15 +30,7 @@ class LabelEscalation(Step):
     rejected cheap answer agreed with this one (``source: escalation``). Never on a replay."""
 
     def applies(self, ctx: AttemptContext) -> bool:
-        return (
-            ctx.move is not None
-            and ctx.move.kind == "succeed"
-            and not ctx.replayed
-            and ctx.attempt is not None
-            and ctx.attempt.attempt_no > 0
-            and ctx.attempt.cached is None
-            and ctx.job is not None
-        )
+        return fresh_success(ctx) and ctx.attempt is not None and ctx.attempt.attempt_no > 0
 
     def run(self, ctx: AttemptContext) -> None:
         assert ctx.attempt is not None and ctx.job is not None
