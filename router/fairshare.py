@@ -54,17 +54,19 @@ _COMMON = """
 local stem = KEYS[1]
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
-local function expire()
-  local dead = redis.call('ZRANGEBYSCORE', stem .. ':slots', '-inf', now)
-  for _, m in ipairs(dead) do
-    redis.call('ZREM', stem .. ':slots', m)
-    local d = redis.call('HGET', stem .. ':owner', m)
-    if d then
-      redis.call('HDEL', stem .. ':owner', m)
-      if redis.call('HINCRBY', stem .. ':count', d, -1) <= 0 then
-        redis.call('HDEL', stem .. ':count', d)
-      end
+local function free(m)
+  if redis.call('ZREM', stem .. ':slots', m) == 0 then return end
+  local d = redis.call('HGET', stem .. ':owner', m)
+  if d then
+    redis.call('HDEL', stem .. ':owner', m)
+    if redis.call('HINCRBY', stem .. ':count', d, -1) <= 0 then
+      redis.call('HDEL', stem .. ':count', d)
     end
+  end
+end
+local function expire()
+  for _, m in ipairs(redis.call('ZRANGEBYSCORE', stem .. ':slots', '-inf', now)) do
+    free(m)
   end
 end
 local function admit(capacity, ttl)
@@ -152,15 +154,7 @@ _RELEASE = (
     _COMMON
     + """
 local member = ARGV[3]
-if member ~= '' and redis.call('ZREM', stem .. ':slots', member) == 1 then
-  local d = redis.call('HGET', stem .. ':owner', member)
-  if d then
-    redis.call('HDEL', stem .. ':owner', member)
-    if redis.call('HINCRBY', stem .. ':count', d, -1) <= 0 then
-      redis.call('HDEL', stem .. ':count', d)
-    end
-  end
-end
+if member ~= '' then free(member) end
 expire()
 return admit(tonumber(ARGV[1]), tonumber(ARGV[2]))
 """

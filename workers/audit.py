@@ -33,6 +33,7 @@ from tierflow.core.redis_client import get_keys, get_redis
 from tierflow.core.tokens import estimate_tokens
 from tierflow.store.budgets import budget_for
 from workers.budget import estimate_cost
+from workers.limits import FleetLimits
 from workers.pipeline.budget import budgets
 from workers.pipeline.call import build_request
 from workers.pipeline.select import fleet_limits
@@ -86,16 +87,22 @@ def audit_answer(job_id: str, attempt_no: int, tier: Tier, config: LLMConfig) ->
     if isinstance(picked, NoPick):
         return _skip(job.action_type, "no model to audit with")
     try:
-        return _audit_with(job, passed, rule, picked, tier, config)
+        return _audit_with(job, passed, rule, picked, tier, config, limits)
     finally:
         limits.release_probe(picked.model)
         limits.release_slot(picked.model, picked.slot)
 
 
 def _audit_with(
-    job: Job, passed: Attempt, rule: ActionRule, picked: Pick, tier: Tier, config: LLMConfig
+    job: Job,
+    passed: Attempt,
+    rule: ActionRule,
+    picked: Pick,
+    tier: Tier,
+    config: LLMConfig,
+    limits: FleetLimits,
 ) -> str:
-    limits = fleet_limits()
+    """The audit's call with ``picked`` (held in ``limits``, released by the caller)."""
     daemon = (job.job_metadata or {}).get("daemon")
     daemon = daemon if isinstance(daemon, str) and daemon else None
     budget = budget_for(daemon, config) if daemon is not None else None

@@ -12,8 +12,9 @@ read without guessing; it stays silent where it cannot:
 - the expression is led by a word that scales it (``half of 10 + 4 = 9``).
 
 :func:`wrong_equations` keeps those whose value is off by more than the rounding its written
-decimals allow. Measured on strong models' right answers (``tests/bench/bench_gate.py
---checks``), it is the evidence behind the ``arithmetic`` check (see :mod:`router.gate.kinds`).
+decimals allow. Measured on strong models' right answers (the checks table that
+``python -m tests.bench.bench_gate`` prints for each set), it is the evidence behind the
+``arithmetic`` check (see :mod:`router.gate.kinds`).
 """
 
 from __future__ import annotations

@@ -11,6 +11,7 @@ is now: ``learned`` once a scorer is fitted, else what it waits for.
 
 from __future__ import annotations
 
+import time
 from typing import Any
 
 from router.gate.calibration import fit_gate, labels_of, uses_labels
@@ -18,12 +19,27 @@ from router.gate.evaluate import auroc
 from router.gate.learned import gate_rank
 from tierflow import store
 from tierflow.core.config import ActionRule, LLMConfig
+from tierflow.core.settings import get_settings
 
 HELD_OUT = 0.2
+_AUROC: dict[tuple[str, str], tuple[float, float | None]] = {}
 
 
 def held_out_auroc(rule: ActionRule, default_threshold: float, action: str) -> float | None:
-    """The AUROC of the gate fitted on the older labels, on the newer ones (see the module)."""
+    """The AUROC of the gate fitted on the older labels, on the newer ones (see the module);
+    computed at most every ``gate_refit_s`` seconds per action and process (the dashboard
+    redraws every few seconds; a fit is not redone for each)."""
+    key = (action, rule.model_dump_json())
+    cached = _AUROC.get(key)
+    now = time.monotonic()
+    if cached is not None and now - cached[0] < get_settings().gate_refit_s:
+        return cached[1]
+    found = _held_out(rule, default_threshold, action)
+    _AUROC[key] = (now, found)
+    return found
+
+
+def _held_out(rule: ActionRule, default_threshold: float, action: str) -> float | None:
     labels = labels_of(action)
     cut = int(len(labels) * (1 - HELD_OUT))
     if cut < rule.min_labels:
