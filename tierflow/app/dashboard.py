@@ -7,7 +7,8 @@ Routes:
 ``GET /fragment``        the page's panel alone, for the refresh every 5 s
 ``GET /api/status``      the seed's ``getStatus()``: state, primaryMetric, secondaryMetric,
                          lastActivity, message
-``GET /api/overview``    everything the page shows (:func:`tierflow.app.overview.build_overview`)
+``GET /api/overview``    everything the page shows (:func:`tierflow.app.overview.build_overview`),
+                         ``fairness`` included (:mod:`tierflow.app.fairness`)
 ``POST /api/mode``       ``{"mode": "auto"|"local"|"cloud", "reason": "..."}`` with the token
 ``GET /metrics``         Prometheus text format (:mod:`tierflow.app.metrics`)
 =======================  ====================================================================

@@ -3,9 +3,11 @@
 The page is the second seed's widget grown up: the mode and its buttons (local disabled, with
 the reason, when no local model is available), the local-vs-cloud table, availability per
 model, recent fallbacks and the switch history, then the fleet's queues, spending against
-API-only and the gate's figures. ``dashboard.js`` replaces ``#panel`` with a fresh
-:func:`render_panel` every 5 seconds and sends the mode buttons' switches. Every value is
-escaped; nothing is loaded from outside the dashboard (no CDN).
+API-only, the gate's figures and the fairness and overhead panel (per tier: queue wait and the
+fleet's overhead, p50/p95 over the jobs submitted in the last hour, in flight, waiting and stuck;
+per contended tier: each daemon's share against its weight and cap). ``dashboard.js`` replaces
+``#panel`` with a fresh :func:`render_panel` every 5 seconds and sends the mode buttons'
+switches. Every value is escaped; nothing is loaded from outside the dashboard (no CDN).
 """
 
 from __future__ import annotations
@@ -76,6 +78,8 @@ def render_panel(overview: dict[str, Any], status: dict[str, Any]) -> str:
             _queues(overview),
             _costs(overview),
             _gate(overview),
+            _tier_times(overview),
+            _shares(overview),
             "</div>",
         ]
     )
@@ -278,3 +282,71 @@ def _gate(overview: dict[str, Any]) -> str:
     return f"""<section class="wide"><h2>Quality gate <span class="muted">(all time)</span></h2>
 <table id="gate"><tr><th>Action</th><th>Jobs</th><th>Escalated</th><th>Labels</th>
 <th>Est. miss rate</th><th>AUROC (held out)</th><th>Gate</th></tr>{body}</table></section>"""
+
+
+def _ms(value: float | None) -> str:
+    """A duration for a cell, with its exact value (ms) in ``data-ms`` for a reader or a test."""
+    if value is None:
+        return '<td class="ms" data-ms="">-</td>'
+    shown = f"{value:,.0f} ms" if value >= 10 else f"{value:.1f} ms"
+    return f'<td class="ms" data-ms="{value:.3f}">{shown}</td>'
+
+
+def _pct(value: float | None) -> str:
+    return "-" if value is None else f"{value:.0%}"
+
+
+def _tier_times(overview: dict[str, Any]) -> str:
+    panel = overview.get("fairness")
+    if panel is None:  # an overview without the panel (a reader that predates it)
+        return ""
+    rows = []
+    for t in panel["tiers"]:
+        wait, over = t["queue_wait"], t["overhead"]
+        stuck = f'<td class="stuck{" bad" if t["stuck"] else ""}">{t["stuck"]}</td>'
+        rows.append(
+            f'<tr data-tier="{_e(t["tier"])}"><td>{_e(t["tier"])}</td>'
+            f'<td class="wait-n">{wait["n"]}</td>{_ms(wait["p50_ms"])}{_ms(wait["p95_ms"])}'
+            f'<td class="overhead-n">{over["n"]}</td>{_ms(over["p50_ms"])}{_ms(over["p95_ms"])}'
+            f'<td class="running">{t["running"]}</td><td class="waiting">{t["waiting"]}</td>'
+            f"{stuck}</tr>"
+        )
+    return f"""<section class="wide"><h2>Queue wait and overhead <span class="muted">(p50/p95 over
+{_e(panel["window"])}, finished; stuck: accepted, untouched for {panel["stale_after_s"]:g} s with
+nothing running)</span></h2>
+<table id="tier-times"><tr><th>Tier</th><th>Attempts</th><th>Wait p50</th><th>Wait p95</th>
+<th>Jobs</th><th>Overhead p50</th><th>Overhead p95</th><th>Running</th><th>Waiting</th>
+<th>Stuck</th></tr>{"".join(rows)}</table></section>"""
+
+
+def _shares(overview: dict[str, Any]) -> str:
+    panel = overview.get("fairness")
+    if panel is None:
+        return ""
+    rows = []
+    for tier in panel["shares"]:
+        capacity = "unbounded" if tier["capacity"] is None else f"{tier['capacity']} slots"
+        for d in tier["daemons"]:
+            cap = d["max_in_flight"]
+            rows.append(
+                f'<tr data-tier="{_e(tier["tier"])}" data-daemon="{_e(d["daemon"])}">'
+                f'<td>{_e(tier["tier"])} <span class="muted">({capacity})</span></td>'
+                f"<td>{_e(d['daemon'])}</td>"
+                f'<td class="weight">{d["weight"]:g}</td>'
+                f'<td class="max-in-flight">{"-" if cap is None else cap}</td>'
+                f'<td class="weight-share">{_pct(d["weight_share"])}</td>'
+                f'<td class="attempts">{d["attempts"]}</td>'
+                f'<td class="share">{_pct(d["share"])}</td>'
+                f'<td class="running">{d["running"]}</td><td class="waiting">{d["waiting"]}</td>'
+                "</tr>"
+            )
+    body = "".join(rows) or (
+        '<tr><td colspan="9" class="muted">no contended tier (no model with a max_concurrency,'
+        " no daemon with a max_in_flight, or fair_share off)</td></tr>"
+    )
+    return f"""<section class="wide"><h2>Shares per daemon <span class="muted">(attempts of
+{_e(panel["window"])}; running and waiting now; a share follows the weight while every daemon
+has work waiting)</span></h2>
+<table id="shares"><tr><th>Tier</th><th>Daemon</th><th>Weight</th><th>Max in flight</th>
+<th>Weight share</th><th>Attempts</th><th>Share</th><th>Running</th><th>Waiting</th></tr>
+{body}</table></section>"""

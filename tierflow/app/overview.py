@@ -1,7 +1,9 @@
 """Everything the dashboard and ``tierflow status --watch`` show, gathered once, JSON-ready.
 
 :func:`build_overview` reads the mode and its history, local-vs-cloud figures, availability per
-model, recent fallbacks, queue depths, what runs now, spending per hour and the gate's figures;
+model, recent fallbacks, queue depths, what runs now, spending per hour, the gate's figures and
+the fairness and overhead panel (:mod:`tierflow.app.fairness`: queue wait, overhead, in flight
+and stuck per tier; each daemon's share of a contended tier against its weight);
 :func:`status_fields` condenses it into the second seed's ``getStatus()``. Times are ISO 8601
 UTC strings, money US dollars, durations milliseconds unless a name says otherwise.
 """
@@ -14,6 +16,7 @@ from typing import Any
 
 from router.gate.health import gate_health
 from router.mode import get_mode, mode_history
+from tierflow.app.fairness import fairness
 from tierflow.app.queues import queue_depths
 from tierflow.core.config import LLMConfig
 from tierflow.core.constants import LOCAL_TIERS, TIER_ORDER, Mode, Tier
@@ -137,6 +140,7 @@ def build_overview(now: datetime | None = None) -> dict[str, Any]:
         for fb in recent_fallbacks(5)
     ]
     last_attempt = last_attempt_finished_at()
+    queues, running = queue_depths(), running_attempts()
     return {
         "now": now.isoformat(),
         "mode": mode.value,
@@ -162,12 +166,13 @@ def build_overview(now: datetime | None = None) -> dict[str, Any]:
         "models": models,
         "fallbacks": fallbacks,
         "history": history,
-        "queues": queue_depths(),
-        "running": running_attempts(),
+        "queues": queues,
+        "running": running,
         "in_flight": in_flight(config),
         "circuit_open": open_circuits(config),
         "costs": cost_timeline(now),
         "gate": gate_health(config),
+        "fairness": fairness(config, queues, running),
         "last_attempt_at": last_attempt.isoformat() if last_attempt else None,
     }
 
