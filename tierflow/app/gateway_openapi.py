@@ -259,12 +259,8 @@ RESULT_HEADERS = {
 
 
 def openapi_document() -> dict[str, Any]:
-    """The document served at ``/openapi.json``."""
-    chat_ok = _json(_ref("ChatCompletion"), "the answer (or, with stream, an SSE stream)")
-    chat_ok["content"]["text/event-stream"] = {"schema": {"type": "string"}}
-    chat_ok["headers"] = RESULT_HEADERS
-    chat_failed = _json(ERROR, "the job failed")
-    chat_failed["headers"] = RESULT_HEADERS
+    """The document served at ``/openapi.json``: every route of the gateway, its bodies and
+    answers, and the bearer key all but this one need."""
     return {
         "openapi": "3.1.0",
         "info": {
@@ -278,94 +274,8 @@ def openapi_document() -> dict[str, Any]:
         },
         "security": [{"apiKey": []}],
         "paths": {
-            "/v1/chat/completions": {
-                "post": {
-                    "operationId": "createChatCompletion",
-                    "requestBody": {
-                        "required": True,
-                        "content": {"application/json": {"schema": _ref("ChatRequest")}},
-                    },
-                    "parameters": [
-                        {
-                            "name": "x-tierflow-action",
-                            "in": "header",
-                            "required": False,
-                            "schema": {"type": "string"},
-                        }
-                    ],
-                    "responses": {
-                        "200": chat_ok,
-                        "502": chat_failed,
-                        **_errors(400, 401, 404, 503, 504),
-                    },
-                }
-            },
-            "/v1/models": {
-                "get": {
-                    "operationId": "listModels",
-                    "responses": {
-                        "200": _json(_ref("ModelList"), "auto and tierflow/<action>"),
-                        **_errors(401, 503),
-                    },
-                }
-            },
-            "/v1/jobs": {
-                "post": {
-                    "operationId": "submitJob",
-                    "requestBody": {
-                        "required": True,
-                        "content": {"application/json": {"schema": _ref("JobRequest")}},
-                    },
-                    "responses": {
-                        "201": _json(_ref("JobAccepted"), "stored and sent"),
-                        "200": _json(_ref("JobAccepted"), "the idempotency key's earlier job"),
-                        **_errors(400, 401, 409, 503),
-                    },
-                }
-            },
-            "/v1/jobs/{job_id}": {
-                "get": {
-                    "operationId": "getJob",
-                    "parameters": [JOB_ID],
-                    "responses": {
-                        "200": _json(_ref("JobResult"), "the job now"),
-                        **_errors(401, 404, 503),
-                    },
-                }
-            },
-            "/v1/jobs/{job_id}/wait": {
-                "get": {
-                    "operationId": "waitJob",
-                    "parameters": [
-                        JOB_ID,
-                        {
-                            "name": "timeout",
-                            "in": "query",
-                            "required": False,
-                            "schema": {"type": "number", "minimum": 0, "maximum": 60},
-                        },
-                    ],
-                    "responses": {
-                        "200": _json(_ref("JobResult"), "finished"),
-                        "202": _json(_ref("JobResult"), "not finished when the timeout ran out"),
-                        **_errors(400, 401, 404, 503),
-                    },
-                }
-            },
-            "/v1/jobs/{job_id}/feedback": {
-                "post": {
-                    "operationId": "jobFeedback",
-                    "parameters": [JOB_ID],
-                    "requestBody": {
-                        "required": True,
-                        "content": {"application/json": {"schema": _ref("Feedback")}},
-                    },
-                    "responses": {
-                        "201": _json(_ref("FeedbackRecorded"), "the label is stored"),
-                        **_errors(400, 401, 404, 409, 503),
-                    },
-                }
-            },
+            **_chat_paths(),
+            **_job_paths(),
             "/openapi.json": {
                 "get": {
                     "operationId": "openapi",
@@ -373,5 +283,99 @@ def openapi_document() -> dict[str, Any]:
                     "responses": {"200": {"description": "this document"}},
                 }
             },
+        },
+    }
+
+
+def _body(schema: str) -> dict[str, Any]:
+    """A required JSON request body of the named schema."""
+    return {"required": True, "content": {"application/json": {"schema": _ref(schema)}}}
+
+
+def _chat_paths() -> dict[str, Any]:
+    """``/v1/chat/completions`` (a JSON answer or SSE, with the result headers) and
+    ``/v1/models``."""
+    chat_ok = _json(_ref("ChatCompletion"), "the answer (or, with stream, an SSE stream)")
+    chat_ok["content"]["text/event-stream"] = {"schema": {"type": "string"}}
+    chat_ok["headers"] = RESULT_HEADERS
+    chat_failed = _json(ERROR, "the job failed")
+    chat_failed["headers"] = RESULT_HEADERS
+    action = {"name": "x-tierflow-action", "in": "header", "required": False}
+    return {
+        "/v1/chat/completions": {
+            "post": {
+                "operationId": "createChatCompletion",
+                "requestBody": _body("ChatRequest"),
+                "parameters": [{**action, "schema": {"type": "string"}}],
+                "responses": {
+                    "200": chat_ok,
+                    "502": chat_failed,
+                    **_errors(400, 401, 404, 503, 504),
+                },
+            }
+        },
+        "/v1/models": {
+            "get": {
+                "operationId": "listModels",
+                "responses": {
+                    "200": _json(_ref("ModelList"), "auto and tierflow/<action>"),
+                    **_errors(401, 503),
+                },
+            }
+        },
+    }
+
+
+def _job_paths() -> dict[str, Any]:
+    """The jobs API: submit, read, wait, feedback."""
+    timeout = {
+        "name": "timeout",
+        "in": "query",
+        "required": False,
+        "schema": {"type": "number", "minimum": 0, "maximum": 60},
+    }
+    return {
+        "/v1/jobs": {
+            "post": {
+                "operationId": "submitJob",
+                "requestBody": _body("JobRequest"),
+                "responses": {
+                    "201": _json(_ref("JobAccepted"), "stored and sent"),
+                    "200": _json(_ref("JobAccepted"), "the idempotency key's earlier job"),
+                    **_errors(400, 401, 409, 503),
+                },
+            }
+        },
+        "/v1/jobs/{job_id}": {
+            "get": {
+                "operationId": "getJob",
+                "parameters": [JOB_ID],
+                "responses": {
+                    "200": _json(_ref("JobResult"), "the job now"),
+                    **_errors(401, 404, 503),
+                },
+            }
+        },
+        "/v1/jobs/{job_id}/wait": {
+            "get": {
+                "operationId": "waitJob",
+                "parameters": [JOB_ID, timeout],
+                "responses": {
+                    "200": _json(_ref("JobResult"), "finished"),
+                    "202": _json(_ref("JobResult"), "not finished when the timeout ran out"),
+                    **_errors(400, 401, 404, 503),
+                },
+            }
+        },
+        "/v1/jobs/{job_id}/feedback": {
+            "post": {
+                "operationId": "jobFeedback",
+                "parameters": [JOB_ID],
+                "requestBody": _body("Feedback"),
+                "responses": {
+                    "201": _json(_ref("FeedbackRecorded"), "the label is stored"),
+                    **_errors(400, 401, 404, 409, 503),
+                },
+            }
         },
     }
