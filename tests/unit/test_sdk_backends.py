@@ -324,7 +324,7 @@ def test_stream_timeout(rig: Rig) -> None:
 def test_local_server_availability_is_probed_and_cached(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("TIERFLOW_AVAILABILITY_TTL_S", "60")
     srv = OpenAIServer().start()
-    backend = OpenAICompatibleBackend(openai_model_config(srv, provider="ollama"))
+    backend = OpenAICompatibleBackend(openai_model_config(srv, provider="openai_compatible"))
     try:
         assert backend.availability().ok and backend.availability().ok
         assert [r.path for r in srv.requests] == ["/v1/models"]  # second answer from the cache
@@ -364,9 +364,7 @@ def test_api_availability_depends_on_the_key_only(monkeypatch: pytest.MonkeyPatc
 
 def test_base_urls_and_sdk_client_settings(monkeypatch: pytest.MonkeyPatch) -> None:
     vllm = OpenAICompatibleBackend(openai_model_config(None, provider="vllm"))
-    ollama = OpenAICompatibleBackend(openai_model_config(None, provider="ollama"))
-    assert vllm.base_url == "http://127.0.0.1:8000/v1"
-    assert ollama.base_url == "http://127.0.0.1:11434/v1"
+    assert vllm.base_url == "http://127.0.0.1:8000/v1"  # Ollama: workers/backends/ollama.py
     client = vllm._sdk()
     assert client.max_retries == 0 and client.timeout == 5.0
     with OpenAIServer() as srv, AnthropicServer() as ant_srv:
@@ -423,7 +421,7 @@ def test_threads_share_clients_in_shards_and_a_rotated_key_rebuilds_them(
 
 
 def test_registration_and_protocol(monkeypatch: pytest.MonkeyPatch) -> None:
-    for name in ("openai_compatible", "openai", "vllm", "ollama"):
+    for name in ("openai_compatible", "openai", "vllm"):
         backend = registry.factories[name](openai_model_config(None, provider=name))
         assert isinstance(backend, OpenAICompatibleBackend) and backend.provider == name
         assert isinstance(backend, Backend)

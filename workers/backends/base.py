@@ -106,7 +106,7 @@ BackendFactory = Callable[[ModelConfig], Backend]
 
 @dataclass
 class Registry:
-    """Provider name → factory. Aliases (``ollama``, ``vllm``, ``openai``) map to one factory."""
+    """Provider name → factory. Aliases (``vllm``, ``openai``) map to one factory."""
 
     factories: dict[str, BackendFactory] = field(default_factory=dict)
     known_options: dict[str, frozenset[str]] = field(default_factory=dict)

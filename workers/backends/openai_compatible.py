@@ -1,9 +1,11 @@
-"""OpenAI Chat Completions through the official ``openai`` SDK: vLLM, Ollama's /v1 and OpenAI.
+"""OpenAI Chat Completions through the official ``openai`` SDK: vLLM, OpenAI and any such server.
 
 Provider names: ``openai`` (the API; key from ``OPENAI_API_KEY`` or ``api_key_env``; base URL from
-``base_url`` or the SDK's own ``OPENAI_BASE_URL``), ``vllm`` (default http://127.0.0.1:8000/v1),
-``ollama`` (default http://127.0.0.1:11434/v1) and ``openai_compatible`` (any such server at
-``base_url``). Local servers need no key unless ``api_key_env`` names one.
+``base_url`` or the SDK's own ``OPENAI_BASE_URL``), ``vllm`` (default http://127.0.0.1:8000/v1)
+and ``openai_compatible`` (any such server at ``base_url``). Local servers need no key unless
+``api_key_env`` names one. Ollama has its own backend (:mod:`workers.backends.ollama`, its native
+API), since its ``/v1`` cannot set the context size; an Ollama ``/v1`` URL still works here under
+``openai_compatible``, without that.
 
 A model whose ``base_url`` is ``TIERFLOW_LOCAL_ENGINE_URL`` is served by the embedded engine
 under ``tierflow up``; when it cannot connect, its error carries what the supervisor recorded
@@ -37,7 +39,7 @@ from workers.backends.base import (
 )
 from workers.backends.sdk_errors import map_sdk_error, scrub
 
-_DEFAULT_URLS = {"ollama": "http://127.0.0.1:11434/v1", "vllm": "http://127.0.0.1:8000/v1"}
+_DEFAULT_URLS = {"vllm": "http://127.0.0.1:8000/v1"}
 # Options of a model served by the embedded engine (base_url = TIERFLOW_LOCAL_ENGINE_URL): read
 # by the engine when it starts (workers/engine/server.py, tierflow up), refused on other models.
 ENGINE_OPTIONS = ("extra_buffers", "slots")
@@ -248,6 +250,6 @@ class OpenAICompatibleBackend:
         return Availability(True)
 
 
-@register_backend("openai_compatible", "openai", "vllm", "ollama", options=ENGINE_OPTIONS)
+@register_backend("openai_compatible", "openai", "vllm", options=ENGINE_OPTIONS)
 def make_openai_compatible(model: ModelConfig) -> OpenAICompatibleBackend:
     return OpenAICompatibleBackend(model)
