@@ -23,6 +23,7 @@ from sqlalchemy import (
     ForeignKey,
     Index,
     Integer,
+    LargeBinary,
     Numeric,
     String,
     Text,
@@ -244,6 +245,59 @@ class ApiKey(Base):
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), server_default=func.now())
     revoked_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
     last_used_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+
+
+class GatewayFile(Base):
+    """A file of OpenAI's Files API at the gateway (:mod:`tierflow.app.gateway_files`): an
+    uploaded batch input (``purpose`` ``batch``) or a batch's output or error file
+    (``batch_output``), its bytes stored here, owned by one daemon."""
+
+    __tablename__ = "gateway_files"
+
+    id: Mapped[str] = mapped_column(String(40), primary_key=True)  # file-<32 hex>
+    daemon: Mapped[str] = mapped_column(String(64), index=True)
+    purpose: Mapped[str] = mapped_column(String(32))
+    filename: Mapped[str] = mapped_column(String(255))
+    size: Mapped[int] = mapped_column(Integer)  # bytes
+    content: Mapped[bytes] = mapped_column(LargeBinary)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), server_default=func.now())
+
+
+class GatewayBatch(Base):
+    """A batch of OpenAI's Batch API at the gateway (:mod:`tierflow.app.gateway_batches`): its
+    input file, the tierflow batch its lines became (none when the file was refused), its
+    OpenAI status and times, and what the submitter refused (``refused``: line, code, message).
+    ``submitted_at``: every line was stored and sent. ``completed``/``failed``: the final
+    request counts, set when the batch ended."""
+
+    __tablename__ = "gateway_batches"
+
+    id: Mapped[str] = mapped_column(String(40), primary_key=True)  # batch_<32 hex>
+    daemon: Mapped[str] = mapped_column(String(64))
+    batch_id: Mapped[str | None] = mapped_column(String(36), ForeignKey("batches.id"))
+    input_file_id: Mapped[str] = mapped_column(String(40))
+    endpoint: Mapped[str] = mapped_column(String(64))
+    completion_window: Mapped[str] = mapped_column(String(8))
+    status: Mapped[str] = mapped_column(String(16))
+    errors: Mapped[list[Any] | None] = mapped_column(JsonType)
+    refused: Mapped[list[Any] | None] = mapped_column(JsonType)
+    batch_metadata: Mapped[dict[str, Any] | None] = mapped_column("metadata", JsonType)
+    total: Mapped[int] = mapped_column(Integer, default=0)
+    completed: Mapped[int | None] = mapped_column(Integer)
+    failed: Mapped[int | None] = mapped_column(Integer)
+    output_file_id: Mapped[str | None] = mapped_column(String(40))
+    error_file_id: Mapped[str | None] = mapped_column(String(40))
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), server_default=func.now())
+    in_progress_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    submitted_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    finalizing_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    completed_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    failed_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    cancelling_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    cancelled_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    expires_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+
+    __table_args__ = (Index("ix_gateway_batches_daemon_created", "daemon", "created_at"),)
 
 
 class ProviderBatch(Base):
