@@ -9,6 +9,13 @@ Routes (every one but ``/openapi.json`` needs ``Authorization: Bearer tf_...``):
 ``GET  /v1/jobs/{id}``            the job's :class:`~schemas.jobs.JobResult` now
 ``GET  /v1/jobs/{id}/wait``       the same once finished, waiting at most ``timeout`` seconds
 ``POST /v1/jobs/{id}/feedback``   ``{"correct": bool, "note": str}``: a label for the gate
+``POST /v1/files``                upload a batch input file (multipart, ``purpose=batch``)
+``GET  /v1/files/{id}``           the file object (:mod:`.gateway_files`)
+``GET  /v1/files/{id}/content``   an input, output or error file's bytes
+``POST /v1/batches``              OpenAI's Batch API: a file's lines as a tierflow batch
+``GET  /v1/batches``              the daemon's batches, newest first (``limit``, ``after``)
+``GET  /v1/batches/{id}``         the batch object: status, ``request_counts``, result files
+``POST /v1/batches/{id}/cancel``  cancel its unfinished lines (:mod:`.gateway_batches`)
 ``GET  /openapi.json``            the OpenAPI 3.1 document of all this (:mod:`.gateway_openapi`)
 ================================  ==============================================================
 
@@ -63,6 +70,7 @@ from router.feedback import record_feedback
 from schemas.jobs import JobResult
 from tierflow import store
 from tierflow.app.dashboard import hosts_for
+from tierflow.app.gateway_batches import BATCH_ROUTES
 from tierflow.app.gateway_chat import (
     ACTION_HEADER,
     AUTO_MODEL,
@@ -74,6 +82,7 @@ from tierflow.app.gateway_chat import (
     result_headers,
     stream_events,
 )
+from tierflow.app.gateway_files import FILE_ROUTES
 from tierflow.app.gateway_http import (
     MAX_THREADS,
     BadRequest,
@@ -324,6 +333,8 @@ ROUTES = [
     Route("/v1/jobs/{job_id}", get_job, methods=["GET"]),
     Route("/v1/jobs/{job_id}/wait", wait_for_job, methods=["GET"]),
     Route("/v1/jobs/{job_id}/feedback", job_feedback, methods=["POST"]),
+    *FILE_ROUTES,
+    *BATCH_ROUTES,
     Route("/openapi.json", openapi, methods=["GET"]),
 ]
 

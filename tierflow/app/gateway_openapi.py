@@ -21,8 +21,9 @@ def _errors(*codes: int) -> dict[str, Any]:
     text = {
         400: "invalid request (the error's param names the field)",
         401: "no API key, a wrong one or a revoked one",
-        404: "unknown job or model",
+        404: "unknown job, model, file or batch",
         409: "conflict",
+        413: "the upload is too large",
         502: "the job failed",
         503: "the fleet's stores are unavailable",
         504: "the job did not finish in time",
@@ -243,6 +244,119 @@ SCHEMAS: dict[str, Any] = {
     },
 }
 
+_TIME = {"type": ["integer", "null"], "description": "Unix seconds"}
+_ID = {"type": ["string", "null"]}
+
+SCHEMAS.update(
+    {
+        "File": {
+            "type": "object",
+            "required": ["id", "object", "bytes", "created_at", "filename", "purpose"],
+            "properties": {
+                "id": {"type": "string"},
+                "object": {"const": "file"},
+                "bytes": {"type": "integer", "description": "size in bytes"},
+                "created_at": {"type": "integer", "description": "Unix seconds"},
+                "filename": {"type": "string"},
+                "purpose": {"enum": ["batch", "batch_output"]},
+                "status": {"type": "string"},
+            },
+        },
+        "FileUpload": {
+            "type": "object",
+            "required": ["file", "purpose"],
+            "properties": {
+                "file": {"type": "string", "contentMediaType": "application/octet-stream"},
+                "purpose": {"const": "batch"},
+            },
+        },
+        "BatchRequest": {
+            "type": "object",
+            "required": ["input_file_id", "endpoint", "completion_window"],
+            "additionalProperties": False,
+            "properties": {
+                "input_file_id": {"type": "string", "minLength": 1},
+                "endpoint": {"const": "/v1/chat/completions"},
+                "completion_window": {"const": "24h"},
+                "metadata": {
+                    "type": ["object", "null"],
+                    "maxProperties": 16,
+                    "additionalProperties": {"type": "string", "maxLength": 512},
+                },
+            },
+        },
+        "Batch": {
+            "type": "object",
+            "required": [
+                *("id", "object", "endpoint", "input_file_id", "completion_window"),
+                *("status", "created_at", "request_counts"),
+            ],
+            "properties": {
+                "id": {"type": "string"},
+                "object": {"const": "batch"},
+                "endpoint": {"type": "string"},
+                "errors": {
+                    "type": ["object", "null"],
+                    "properties": {
+                        "object": {"const": "list"},
+                        "data": {
+                            "type": "array",
+                            "items": {
+                                "type": "object",
+                                "required": ["code", "message", "line"],
+                                "properties": {
+                                    "code": {"type": "string"},
+                                    "message": {"type": "string"},
+                                    "param": _ID,
+                                    "line": {"type": ["integer", "null"]},
+                                },
+                            },
+                        },
+                    },
+                },
+                "input_file_id": {"type": "string"},
+                "completion_window": {"type": "string"},
+                "status": {
+                    "enum": [
+                        *("validating", "in_progress", "finalizing", "completed"),
+                        *("failed", "expired", "cancelling", "cancelled"),
+                    ]
+                },
+                "output_file_id": _ID,
+                "error_file_id": _ID,
+                **{
+                    f"{name}_at": _TIME
+                    for name in (
+                        *("created", "in_progress", "finalizing", "completed", "failed"),
+                        *("cancelling", "cancelled", "expires", "expired"),
+                    )
+                },
+                "request_counts": {
+                    "type": "object",
+                    "required": ["total", "completed", "failed"],
+                    "properties": {
+                        "total": {"type": "integer"},
+                        "completed": {"type": "integer"},
+                        "failed": {"type": "integer"},
+                    },
+                },
+                "metadata": {"type": ["object", "null"]},
+            },
+        },
+        "BatchList": {
+            "type": "object",
+            "required": ["object", "data", "has_more"],
+            "properties": {
+                "object": {"const": "list"},
+                "data": {"type": "array", "items": _ref("Batch")},
+                "first_id": _ID,
+                "last_id": _ID,
+                "has_more": {"type": "boolean"},
+            },
+        },
+    }
+)
+
 RESULT_HEADERS = {
     name: {"schema": {"type": "string"}, "description": text}
     for name, text in (
@@ -266,7 +380,8 @@ def openapi_document() -> dict[str, Any]:
         "info": {
             "title": "tierflow gateway",
             "version": "1",
-            "description": "OpenAI-compatible chat completions and a jobs API over the fleet.",
+            "description": "OpenAI-compatible chat completions, files and batches, and a jobs "
+            "API over the fleet.",
         },
         "components": {
             "schemas": SCHEMAS,
@@ -276,6 +391,8 @@ def openapi_document() -> dict[str, Any]:
         "paths": {
             **_chat_paths(),
             **_job_paths(),
+            **_file_paths(),
+            **_batch_paths(),
             "/openapi.json": {
                 "get": {
                     "operationId": "openapi",
@@ -375,6 +492,92 @@ def _job_paths() -> dict[str, Any]:
                 "responses": {
                     "201": _json(_ref("FeedbackRecorded"), "the label is stored"),
                     **_errors(400, 401, 404, 409, 503),
+                },
+            }
+        },
+    }
+
+
+def _path_id(name: str) -> dict[str, Any]:
+    return {"name": name, "in": "path", "required": True, "schema": {"type": "string"}}
+
+
+def _file_paths() -> dict[str, Any]:
+    """OpenAI's Files API for batch input (and the batches' output and error files)."""
+    upload = {"multipart/form-data": {"schema": _ref("FileUpload")}}
+    content = {
+        "description": "the file's bytes (JSONL)",
+        "content": {"application/octet-stream": {"schema": {"type": "string"}}},
+    }
+    return {
+        "/v1/files": {
+            "post": {
+                "operationId": "createFile",
+                "requestBody": {"required": True, "content": upload},
+                "responses": {
+                    "200": _json(_ref("File"), "stored"),
+                    **_errors(400, 401, 413, 503),
+                },
+            }
+        },
+        "/v1/files/{file_id}": {
+            "get": {
+                "operationId": "retrieveFile",
+                "parameters": [_path_id("file_id")],
+                "responses": {"200": _json(_ref("File"), "the file"), **_errors(401, 404, 503)},
+            }
+        },
+        "/v1/files/{file_id}/content": {
+            "get": {
+                "operationId": "downloadFile",
+                "parameters": [_path_id("file_id")],
+                "responses": {"200": content, **_errors(401, 404, 503)},
+            }
+        },
+    }
+
+
+def _batch_paths() -> dict[str, Any]:
+    """OpenAI's Batch API: create, list, retrieve, cancel."""
+    batch_id = [_path_id("batch_id")]
+    page = [
+        {"name": "limit", "in": "query", "required": False}
+        | {"schema": {"type": "integer", "minimum": 1, "maximum": 100}},
+        {"name": "after", "in": "query", "required": False, "schema": {"type": "string"}},
+    ]
+    return {
+        "/v1/batches": {
+            "post": {
+                "operationId": "createBatch",
+                "requestBody": _body("BatchRequest"),
+                "responses": {
+                    "200": _json(_ref("Batch"), "in_progress, or failed with its errors"),
+                    **_errors(400, 401, 404, 503),
+                },
+            },
+            "get": {
+                "operationId": "listBatches",
+                "parameters": page,
+                "responses": {
+                    "200": _json(_ref("BatchList"), "newest first"),
+                    **_errors(400, 401, 503),
+                },
+            },
+        },
+        "/v1/batches/{batch_id}": {
+            "get": {
+                "operationId": "retrieveBatch",
+                "parameters": batch_id,
+                "responses": {"200": _json(_ref("Batch"), "the batch"), **_errors(401, 404, 503)},
+            }
+        },
+        "/v1/batches/{batch_id}/cancel": {
+            "post": {
+                "operationId": "cancelBatch",
+                "parameters": batch_id,
+                "responses": {
+                    "200": _json(_ref("Batch"), "cancelling, or cancelled"),
+                    **_errors(401, 404, 409, 503),
                 },
             }
         },
