@@ -264,6 +264,7 @@ def _run_browser_checks(dashboard: Dashboard, browser: Any, tmp_path: Path, By: 
 
     assert table_figures() == _sides_in_db()
     assert table_figures()["local"]["requests"] >= 3
+    _check_fairness_panel(browser, By)
     fallback = browser.find_element(
         By.CSS_SELECTOR, f'#fallbacks li[data-job="{fallback_job.job_id}"]'
     )
@@ -309,6 +310,31 @@ def _run_browser_checks(dashboard: Dashboard, browser: Any, tmp_path: Path, By: 
 
     _check_api(dashboard)
     _check_metrics(dashboard, [local_job.job_id, fallback_job.job_id, cloud_job.job_id])
+
+
+def _check_fairness_panel(browser: Any, By: Any) -> None:
+    """The fairness and overhead panel: a row per tier (the router's too) with the finished
+    jobs' waits counted; no tier is contended here (no cap), and the page says so."""
+
+    def read() -> dict[str, str]:
+        rows = browser.find_elements(By.CSS_SELECTOR, "#tier-times tr[data-tier]")
+        return {
+            r.get_attribute("data-tier"): r.find_element(By.CLASS_NAME, "wait-n").text for r in rows
+        }
+
+    def counted() -> dict[str, str] | None:
+        try:
+            waits = read()
+        except StaleElementReferenceException:  # the page redrew itself meanwhile
+            return None
+        # The window's statements are cached a few seconds (the dashboard read them at its
+        # start): the jobs show by the next refresh at the latest.
+        return waits if int(waits.get("local_fast", 0)) >= 1 else None
+
+    waits = _wait("the jobs in the panel", counted, timeout=15)
+    assert set(waits) == {"local_fast", "local_quality", "api_fallback", "router"}
+    assert int(waits["local_quality"]) >= 2
+    assert "no contended tier" in browser.find_element(By.ID, "shares").text
 
 
 def _check_api(dashboard: Dashboard) -> None:
