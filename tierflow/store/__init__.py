@@ -56,6 +56,7 @@ from tierflow.store.labels import (
     record_audit_call,
     record_label,
 )
+from tierflow.store.overhead import daemon_attempts, recent_times
 from tierflow.store.provider_batches import allow_provider_batch, cancel_deferred_jobs
 from tierflow.store.sweeps import lapsed_jobs, release_leases_of, stalled_jobs, touch_jobs
 
@@ -77,6 +78,7 @@ __all__ = [
     "claim_routed_attempt",
     "create_job",
     "create_key",
+    "daemon_attempts",
     "daemon_for_key",
     "finalize_job",
     "finish_attempt",
@@ -95,6 +97,7 @@ __all__ = [
     "note_submitted",
     "open_batch",
     "open_jobs_past",
+    "recent_times",
     "record_audit_call",
     "record_dead_letter",
     "record_label",
