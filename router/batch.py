@@ -75,7 +75,7 @@ from router.mode import get_mode
 from router.plan import TierPlan, plan_job
 from schemas.jobs import JobRequest, utcnow
 from tierflow import store
-from tierflow.core.config import LLMConfig
+from tierflow.core.config import PROVIDER_BATCH_WINDOW_HOURS, LLMConfig
 from tierflow.core.constants import (
     BATCH_PRIORITY,
     LOCAL_TIERS,
@@ -254,8 +254,9 @@ class BatchRun:
         long_enough = deadline_s >= settings.min_deadline_hours * 3600
         if provider_batch and not long_enough:
             raise BatchError(
-                f"provider batches answer within {settings.window_hours:g}h: a deadline of at "
-                f"least {settings.min_deadline_hours:g}h is needed, got {deadline_s / 3600:g}h"
+                f"provider batches answer within their fixed {PROVIDER_BATCH_WINDOW_HOURS:g}h "
+                f"window: a deadline of at least {settings.min_deadline_hours:g}h is needed, got "
+                f"{deadline_s / 3600:g}h"
             )
         batch, _ = store.open_batch(name, max_cost_usd)
         if batch.status == "cancelled":

@@ -304,23 +304,55 @@ class DaemonShare(_Strict):
     max_in_flight: int | None = Field(default=None, gt=0)
 
 
+# The providers' Batch APIs answer within a fixed window: OpenAI's ``completion_window`` accepts
+# only "24h", Anthropic's Message Batches end after 24 hours. Nothing in the config can change it.
+PROVIDER_BATCH_WINDOW_HOURS = 24.0
+
+
 class ProviderBatchConfig(_Strict):
     """The providers' Batch APIs for the API tier (:mod:`workers.provider_batch`).
 
     A batch run may send its API-tier calls through OpenAI's Batch API or Anthropic's Message
-    Batches at their batch price, answered within ``window_hours``: when submitted with a
-    deadline of at least ``min_deadline_hours`` (``tierflow batch run --deadline 24h``), or,
+    Batches at their batch price, answered within the providers' fixed window
+    (:data:`PROVIDER_BATCH_WINDOW_HOURS`, 24 h): when submitted with a deadline of at least
+    ``min_deadline_hours`` (at least the window: a shorter deadline would let the job expire
+    while the provider still holds its request; ``tierflow batch run --deadline 24h``), or,
     with ``default: true``, every batch whose deadline allows it. Requests wait up to
     ``collect_s`` seconds to be grouped per (provider, model, base URL), at most
     ``max_requests`` per provider batch; an open provider batch is polled every ``poll_s``.
+
+    ``window_hours`` is refused: it never set the providers' window, only how long the fleet
+    held a deferred attempt, and a value under 24 let that hold lapse while the provider still
+    had the request.
     """
 
     default: bool = False
-    min_deadline_hours: float = Field(default=24.0, gt=0)
-    window_hours: float = Field(default=24.0, gt=0)  # the providers' completion window
+    min_deadline_hours: float = Field(default=PROVIDER_BATCH_WINDOW_HOURS, gt=0)
     collect_s: float = Field(default=60.0, ge=0)
     max_requests: int = Field(default=10_000, gt=0, le=50_000)
     poll_s: float = Field(default=60.0, ge=0)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _no_window_hours(cls, data: Any) -> Any:
+        if isinstance(data, dict) and "window_hours" in data:
+            raise ValueError(
+                "provider_batches.window_hours is not a setting: the providers' batch window is "
+                f"fixed at {PROVIDER_BATCH_WINDOW_HOURS:g}h (OpenAI's completion_window \"24h\", "
+                "Anthropic's 24 hours); remove it"
+            )
+        return data
+
+    @field_validator("min_deadline_hours")
+    @classmethod
+    def _deadline_covers_the_window(cls, hours: float) -> float:
+        if hours < PROVIDER_BATCH_WINDOW_HOURS:
+            raise ValueError(
+                f"provider_batches.min_deadline_hours must be at least the providers' fixed "
+                f"{PROVIDER_BATCH_WINDOW_HOURS:g}h window (a job would expire while the provider "
+                f"still holds its request), got {hours:g}"
+            )
+        return hours
 
 
 class LLMConfig(_Strict):

@@ -128,17 +128,31 @@ def defer_attempt(
         return True
 
 
-def drop_items_of_ended_jobs() -> int:
-    """Pending items whose job ended (cancelled, expired) are never sent; return how many."""
-    ended = exists().where(Job.id == ProviderBatchItem.job_id, Job.status.in_(TERMINAL_STATUSES))
+@dataclass(frozen=True)
+class DroppedItem:
+    """A pending item dropped because its job ended: its attempt and its job's metadata (whose
+    daemon's budget hold the fleet releases)."""
+
+    job_id: str
+    attempt_no: int
+    job_metadata: dict[str, Any]
+
+
+def drop_items_of_ended_jobs() -> list[DroppedItem]:
+    """Pending items whose job ended (cancelled, expired) are never sent; return them."""
     with session_scope() as session:
-        result = session.execute(
+        rows = session.execute(
             update(ProviderBatchItem)
-            .where(ProviderBatchItem.state == ItemState.PENDING.value, ended)
+            .where(
+                ProviderBatchItem.state == ItemState.PENDING.value,
+                Job.id == ProviderBatchItem.job_id,
+                Job.status.in_(TERMINAL_STATUSES),
+            )
             .values(state=ItemState.DROPPED.value, ended_at=func.now())
+            .returning(ProviderBatchItem.job_id, ProviderBatchItem.attempt_no, Job.job_metadata)
             .execution_options(synchronize_session=False)
-        )
-        return int(result.rowcount)  # type: ignore[attr-defined]
+        ).all()
+    return [DroppedItem(str(j), int(n), dict(m or {})) for j, n, m in rows]
 
 
 def ready_groups(collect_s: float, max_requests: int) -> list[Group]:

@@ -6,28 +6,29 @@ a ceiling (stored with ``tierflow budget set``, else the config's ``budgets:``; 
 estimated cost is reserved first (:mod:`workers.budget`); refused, the tier is skipped with the
 reason ``budget exhausted``, so the job stays on free tiers or fails with that reason. After the
 call the reservation is settled to the attempt's real cost.
+
+An attempt deferred to a provider batch (:mod:`workers.pipeline.defer`) keeps its hold while it
+waits: the resume settles it to the batch's real price (0 for an error), and a job that ends
+without using the result (cancelled, expired) has it settled by the provider batch ticks
+(:func:`workers.provider_batch.holds.settle_hold`: released, or the price of an answer the
+provider charged for anyway).
 """
 
 from __future__ import annotations
 
-from tierflow.core.redis_client import get_keys, get_redis
 from tierflow.store.budgets import BUDGET_EXHAUSTED, budget_for
-from workers.budget import Budgets, estimate_cost
+from workers.budget import estimate_cost
 from workers.pipeline.context import AttemptContext, Step
 from workers.pipeline.select import skipped
+from workers.provider_batch.holds import budgets, daemon_in, hold_key
 
 
 def daemon_of(ctx: AttemptContext) -> str | None:
-    daemon = (ctx.job.job_metadata or {}).get("daemon") if ctx.job is not None else None
-    return daemon if isinstance(daemon, str) and daemon else None
+    return daemon_in(ctx.job.job_metadata) if ctx.job is not None else None
 
 
 def hold_of(ctx: AttemptContext) -> str:
-    return f"{ctx.job_id}:{ctx.attempt_no}"
-
-
-def budgets() -> Budgets:
-    return Budgets(get_redis(), get_keys().prefix)
+    return hold_key(ctx.job_id, ctx.attempt_no)
 
 
 class BudgetGate(Step):
@@ -77,3 +78,4 @@ class SettleBudget(Step):
         daemon = daemon_of(ctx)
         assert daemon is not None  # BudgetGate reserved for it
         budgets().settle(daemon, hold_of(ctx), float(ctx.outcome.get("cost_usd") or 0.0))
+

@@ -20,7 +20,8 @@ In :data:`~workers.pipeline.RESUME_STEPS` (once the provider batch ended):
   one left to its holder, an ended job's result not used;
 - :class:`ProviderBatchResult`: the answer (or the error) goes on the context as if the call
   had just returned it, priced at the batch price, and the normal steps from the Gate on judge,
-  price, store (once), decide, finish and wake the waiter.
+  price, settle the daemon's budget hold taken before the deferral (to the batch price),
+  store (once), decide, finish and wake the waiter.
 """
 
 from __future__ import annotations
@@ -29,12 +30,13 @@ from datetime import datetime
 
 from router.mode import get_mode
 from tierflow import store
-from tierflow.core.config import ActionRule, LLMConfig
+from tierflow.core.config import PROVIDER_BATCH_WINDOW_HOURS, ActionRule
 from tierflow.core.constants import BATCH_PROVIDERS, AttemptStatus, ItemState
 from tierflow.store import provider_batches
 from workers.backends.base import registry
 from workers.leases import lease_seconds
 from workers.limits import Reservation
+from workers.pipeline.budget import daemon_of
 from workers.pipeline.call import build_request
 from workers.pipeline.context import AttemptContext, Step
 from workers.pipeline.select import fleet_limits
@@ -46,9 +48,10 @@ from workers.selection import Pick
 HOLD_MARGIN_S = 3600.0  # past the window: the last poll, the results' download, the resume
 
 
-def hold_seconds(config: LLMConfig) -> float:
-    """How long a deferred attempt's lease is held: the providers' window and a margin."""
-    return config.provider_batches.window_hours * 3600 + HOLD_MARGIN_S
+def hold_seconds() -> float:
+    """How long a deferred attempt's lease is held, in seconds: the providers' fixed window
+    (:data:`~tierflow.core.config.PROVIDER_BATCH_WINDOW_HOURS`) and a margin."""
+    return PROVIDER_BATCH_WINDOW_HOURS * 3600 + HOLD_MARGIN_S
 
 
 class HeldByProviderBatch(Step):
@@ -99,7 +102,7 @@ class DeferToProviderBatch(Step):
                 ctx.job_id,
                 ctx.attempt_no,
                 ctx.worker,
-                hold_seconds(ctx.config),
+                hold_seconds(),
                 step=ctx.step,
                 retries_in_step=ctx.retries_in_step,
                 provider=pick.model.provider,
@@ -149,6 +152,10 @@ class ProviderBatchResult(Step):
         # The gate's own calls (samples, a judge) are direct calls under the limits; the answer
         # is priced at the batch price. No slot or reservation is held: nothing was called now.
         ctx.pick = Pick(model.at_batch_price(), backend, "", Reservation("", 0, 0))
+        # The deferring delivery's budget hold (if its daemon has a budget) is still open: it
+        # stopped before SettleBudget. SettleBudget settles it to this attempt's real cost (the
+        # batch price; 0 for an error); a hold that is not there is left alone.
+        ctx.budget_held = daemon_of(ctx) is not None
         ctx.latency_ms = _waited_ms(item.created_at, item.ended_at)
         if item.result_kind == results.SUCCEEDED and item.result is not None:
             ctx.completion = results.completion_of(item.result, model.provider, item.prefill)

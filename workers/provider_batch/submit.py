@@ -33,6 +33,7 @@ from workers.provider_batch.clients import (
     batch_error,
     openai_client,
 )
+from workers.provider_batch.holds import settle_hold
 from workers.provider_batch.requests import OPENAI_ENDPOINT
 
 log = logging.getLogger(__name__)
@@ -44,7 +45,10 @@ RESUBMIT_AFTER_S = 300.0
 def submit_ready(config: LLMConfig) -> dict[str, int]:
     """One tick: drop items of ended jobs, submit every ready group; return counts."""
     settings = config.provider_batches
-    counts = {"dropped": provider_batches.drop_items_of_ended_jobs(), "batches": 0, "requests": 0}
+    dropped = provider_batches.drop_items_of_ended_jobs()
+    for item in dropped:  # never sent, nothing charged: the budget hold goes back
+        settle_hold(item.job_metadata, item.job_id, item.attempt_no, 0.0)
+    counts = {"dropped": len(dropped), "batches": 0, "requests": 0}
     for batch, items in provider_batches.stale_submitting(RESUBMIT_AFTER_S):
         if submit_one(batch, items, config):
             counts["batches"] += 1
