@@ -146,7 +146,37 @@ class Settings(BaseSettings):
 
     @cached_property
     def llm(self) -> LLMConfig:
-        return load_config(self.config)
+        """``llm_config.yaml``, its engine-served models capped at the engine's slots
+        (:func:`engine_caps`)."""
+        return engine_caps(load_config(self.config), self.local_engine_url, self.engine_slots)
+
+
+def engine_caps(config: LLMConfig, engine_url: str, engine_slots: int | None) -> LLMConfig:
+    """``config`` with each model served by the embedded engine (``base_url`` = ``engine_url``)
+    that sets no ``limits.max_concurrency`` capped at the engine's slots: its ``options.slots``,
+    else ``engine_slots`` (``TIERFLOW_ENGINE_SLOTS``); neither set: left uncapped. More calls
+    than slots would only wait inside the engine, each holding a worker's thread, while the
+    fleet's cap lets them wait in the queue, where another model or tier can take them. An
+    explicit ``max_concurrency`` is kept."""
+    target = engine_url.rstrip("/")
+    tiers, changed = {}, False
+    for tier, tier_config in config.tiers.items():
+        models = []
+        for model in tier_config.models:
+            slots = model.options.get("slots", engine_slots)
+            if (
+                (model.base_url or "").rstrip("/") == target
+                and model.limits.max_concurrency is None
+                and isinstance(slots, int)
+                and not isinstance(slots, bool)
+                and slots > 0
+            ):
+                limits = model.limits.model_copy(update={"max_concurrency": slots})
+                model = model.model_copy(update={"limits": limits})
+                changed = True
+            models.append(model)
+        tiers[tier] = tier_config.model_copy(update={"models": models})
+    return config.model_copy(update={"tiers": tiers}) if changed else config
 
 
 @lru_cache(maxsize=1)
