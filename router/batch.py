@@ -69,7 +69,14 @@ from typing import Any
 from pydantic import ValidationError
 
 from router import interactive
-from router.dispatch import enqueue_attempt, enqueue_pack, enqueue_route
+from router.dispatch import (
+    FirstAttempt,
+    enqueue_attempt,
+    enqueue_first_attempts,
+    enqueue_pack,
+    enqueue_route,
+    sent_together,
+)
 from router.gate import kind_of
 from router.mode import get_mode
 from router.plan import TierPlan, plan_job
@@ -320,22 +327,46 @@ class BatchRun:
             items.append(NewLine(request, line, stored_plan))
             pack_plans.append(pack_plan)
         stored = create_batch_jobs(items, self.batch_id, get_settings().job_deadline_s)
+        if self.window is not None:
+            self._send_through_window(items, pack_plans, stored)
+            return
+        firsts: list[FirstAttempt] = []
+        with sent_together():  # the chunk's messages in pipelined round trips
+            for item, pack_plan, found in zip(items, pack_plans, stored, strict=True):
+                if found.conflict is not None:
+                    self.done.errors.append(LineError(item.line + 1, str(found.conflict)))
+                    continue
+                self._send(item, found, pack_plan, firsts)
+            enqueue_first_attempts(firsts)  # one fair-share round trip per contended tier
+
+    def _send_through_window(
+        self, items: list[NewLine], pack_plans: list[TierPlan | None], stored: list[StoredLine]
+    ) -> None:
+        """Send the chunk's stored lines one by one, each once the window has room (a job
+        must be on the broker before the window waits for it to end)."""
+        assert self.window is not None
         for item, pack_plan, found in zip(items, pack_plans, stored, strict=True):
             if found.conflict is not None:
                 self.done.errors.append(LineError(item.line + 1, str(found.conflict)))
                 continue
-            if self.window is not None:
-                self.window.wait_for_room(self.packer)
+            self.window.wait_for_room(self.packer)
             sent = self._send(item, found, pack_plan)
-            if self.window is not None and sent is not None:
+            if sent is not None:
                 self.window.open.append(sent)
 
-    def _send(self, item: NewLine, found: StoredLine, pack_plan: TierPlan | None) -> str | None:
+    def _send(
+        self,
+        item: NewLine,
+        found: StoredLine,
+        pack_plan: TierPlan | None,
+        firsts: list[FirstAttempt] | None = None,
+    ) -> str | None:
         """Send a stored line's job; return its id when it was sent now (None: it was already
         there and is left as it is). A packable line goes to the packer; a planned one straight
         to its first tier, so batch lines never queue on the router and an interactive job's
         routing never waits behind a batch (a line whose plan is an error goes to the router,
-        which fails it with the reason)."""
+        which fails it with the reason). ``firsts``: a planned line's first attempt is added
+        there for the caller to send with the chunk's others, instead of sent now."""
         request, job_id = item.request, found.job_id
         if not found.created:
             self.done.existing += 1
@@ -354,11 +385,14 @@ class BatchRun:
             return job_id
         if item.plan is None:
             enqueue_route(job_id, request.priority)
+            return job_id
+        first = FirstAttempt(
+            job_id, Tier(item.plan[1]["chain"][0]), request.priority, request.action_type
+        )
+        if firsts is not None:
+            firsts.append(first)
         else:
-            first = Tier(item.plan[1]["chain"][0])
-            enqueue_attempt(
-                job_id, first, 0, 0, priority=request.priority, action=request.action_type
-            )
+            enqueue_first_attempts([first])
         return job_id
 
     def finish(self) -> Submitted:

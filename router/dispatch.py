@@ -21,11 +21,23 @@ attempt=0 retries=0``). The arguments are what Flower always shows: it takes a t
 whichever of the sender's ``task-sent`` event (the real task name) and the worker's
 ``task-received`` event (the shadow) it merges last, so the name can read
 ``tierflow.run_attempt``. The task run, and its real arguments, are unchanged.
+
+**Sent together** (:func:`sent_together`): inside the block every message of this thread is
+written to the broker in pipelined round trips (kombu's ``Producer.batch``, up to
+:data:`PUBLISH_BATCH_MAX` commands per round trip, the rest when the block ends) instead of one
+round trip each; a batch's submitter sends a chunk's lines so
+(:func:`enqueue_first_attempts`, with one fair-share round trip per tier for the chunk's
+admissions: :meth:`router.fairshare.FairShare.offer_many`). An exception inside discards the
+messages not yet written (their jobs are stored: a resume or the sweeper sends them).
 """
 
 from __future__ import annotations
 
 import json
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from contextvars import ContextVar
+from dataclasses import dataclass
 from typing import Any
 
 from router.fairshare import FairShare, contended, slot_member
@@ -45,6 +57,27 @@ from tierflow.core.settings import get_settings
 # A fair-share slot outlives the longest run a task may have (its hard time limit) by this much:
 # only a dead holder's slot expires.
 SLOT_MARGIN_S = 60.0
+# Redis commands written in one round trip by sent_together (one LPUSH a message).
+PUBLISH_BATCH_MAX = 1000
+
+# The producer of the enclosing sent_together block (None: each message is its own round trip).
+_together: ContextVar[Any | None] = ContextVar("tierflow_sent_together", default=None)
+
+
+@contextmanager
+def sent_together(max_size: int = PUBLISH_BATCH_MAX) -> Iterator[None]:
+    """Write every message sent inside the block (by this thread) to the broker in pipelined
+    round trips of up to ``max_size`` commands, the last when the block ends; see the module.
+    A block inside another joins it. An exception inside discards what was not yet written."""
+    if _together.get() is not None:
+        yield
+        return
+    with app.producer_or_acquire() as producer, producer.batch(max_size):
+        token = _together.set(producer)
+        try:
+            yield
+        finally:
+            _together.reset(token)
 
 
 def describe(job_id: str, tier: Tier | None = None, action: str | None = None) -> str:
@@ -98,6 +131,7 @@ def enqueue_route(
     label = describe(job_id, action=action)
     app.send_task(
         TASK_ROUTE_JOB,
+        producer=_together.get(),
         declare=[],
         args=[job_id],
         kwargs={"facts": facts} if facts is not None else None,
@@ -154,6 +188,42 @@ def enqueue_attempt(
         send_all(fair_share().offer(tier, daemon, payload["m"], payload, priority))
 
 
+@dataclass(frozen=True)
+class FirstAttempt:
+    """A stored, routed job's first attempt to send: its tier, priority (tierflow's 0-9), the
+    action that labels its message and the daemon whose share it takes."""
+
+    job_id: str
+    tier: Tier
+    priority: int
+    action: str | None = None
+    daemon: str | None = None
+
+
+def enqueue_first_attempts(attempts: Sequence[FirstAttempt]) -> None:
+    """:func:`enqueue_attempt` (step 0, attempt 0, no countdown) for each of ``attempts``, in
+    one go: the admissions to each contended tier in one pipelined fair-share round trip
+    (:meth:`~router.fairshare.FairShare.offer_many`, the same script and order as one offer
+    each), and every message :func:`sent_together`. Same messages, same priorities, same
+    lines as sending them one by one."""
+    config = get_settings().llm
+    offers: dict[Tier, list[dict[str, Any]]] = {}
+    with sent_together():
+        for first in attempts:
+            tier = Tier(first.tier)
+            payload = attempt_payload(
+                first.job_id, tier, 0, 0, 0, first.priority, 0, first.action, first.daemon
+            )
+            if contended(config, tier):
+                offers.setdefault(tier, []).append(payload)
+            else:
+                send_admitted(payload)
+        if offers:
+            share = fair_share()
+            for tier, payloads in offers.items():
+                send_all(share.offer_many(tier, payloads))
+
+
 def attempt_payload(
     job_id: str,
     tier: Tier,
@@ -198,6 +268,7 @@ def send_admitted(payload: dict[str, Any], countdown: float = 0.0, admit: bool =
     kwargs = {"fair": {"d": payload["d"], "p": payload["p"], "x": action}} if admit else None
     app.send_task(
         TASK_RUN_ATTEMPT,
+        producer=_together.get(),
         declare=[],
         args=args,
         kwargs=kwargs,
@@ -242,6 +313,7 @@ def enqueue_pack(
         args.append(waits)
     app.send_task(
         TASK_RUN_PACK,
+        producer=_together.get(),
         declare=[],
         args=args,
         queue=tier_queue(tier),

@@ -242,24 +242,50 @@ class FairShare:
         at once, its slot renewed."""
         if payload.get("m") != member:
             raise ValueError("payload['m'] must be the slot member")
+        raw = self._offer(
+            keys=[self.keys.fair(Tier(tier).value)],
+            args=self._offer_args(tier, daemon, payload, priority),
+        )
+        return [json.loads(p) for p in raw]
+
+    def offer_many(self, tier: Tier, payloads: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        """:meth:`offer` of each of ``payloads`` in turn (each carries its member ``m``, its
+        daemon ``d`` and its priority ``p``, as :func:`router.dispatch.attempt_payload` builds
+        them), in one pipelined round trip: the same script, run once per payload in this
+        order, so the lines, the slots and what is admitted are those of one offer each. Returns
+        every payload to send now, in the order the offers admitted them."""
+        if not payloads:
+            return []
+        key = self.keys.fair(Tier(tier).value)
+        pipe = self.redis.pipeline(transaction=False)
+        for payload in payloads:
+            if not payload.get("m"):
+                raise ValueError("each payload needs its slot member 'm'")
+            self._offer(
+                keys=[key],
+                args=self._offer_args(tier, payload.get("d"), payload, int(payload["p"])),
+                client=pipe,
+            )
+        return [json.loads(p) for raw in pipe.execute() for p in raw]
+
+    def _offer_args(
+        self, tier: Tier, daemon: str | None, payload: dict[str, Any], priority: int
+    ) -> list[Any]:
+        """The offer script's ARGV (see ``_OFFER``) for one payload."""
         name = BATCH_LINE if priority <= BATCH_PRIORITY else daemon or DEFAULT_DAEMON
         share = self.config.daemons.get(name)
         weight = share.weight if share else 1.0
         cap = share.max_in_flight if share and share.max_in_flight else 0
-        raw = self._offer(
-            keys=[self.keys.fair(Tier(tier).value)],
-            args=[
-                self._capacity(tier),
-                self.ttl_ms,
-                name,
-                f"{weight!r} {cap}",
-                member,
-                json.dumps(payload, separators=(",", ":"), sort_keys=True),
-                priority,
-                BATCH_LINE,
-            ],
-        )
-        return [json.loads(p) for p in raw]
+        return [
+            self._capacity(tier),
+            self.ttl_ms,
+            name,
+            f"{weight!r} {cap}",
+            payload["m"],
+            json.dumps(payload, separators=(",", ":"), sort_keys=True),
+            priority,
+            BATCH_LINE,
+        ]
 
     def release(self, tier: Tier, member: str | None) -> list[dict[str, Any]]:
         """Free ``member``'s slot (None or unknown: nothing to free) and admit what fits now:
