@@ -57,34 +57,42 @@ class Gateway:
         return status, json.loads(raw), headers
 
 
+def start_gateway(log: Path) -> Gateway:
+    """``tierflow serve`` in a process of its own on a free port, its output in ``log``."""
+    port = free_port()
+    with log.open("ab") as out:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "tierflow.cli", "serve", "--port", str(port)],
+            cwd=ROOT,
+            env={**os.environ, "PYTHONUNBUFFERED": "1"},
+            stdout=out,
+            stderr=subprocess.STDOUT,
+        )
+    deadline = time.monotonic() + 30
+    while not services.port_open("127.0.0.1", port, 0.2):
+        if proc.poll() is not None or time.monotonic() > deadline:
+            proc.kill()
+            raise AssertionError(f"gateway did not start: {log.read_text()}")
+        time.sleep(0.1)
+    return Gateway(port, log, proc)
+
+
 @pytest.fixture
-def gateway(fleet: Any, tmp_path: Path) -> Iterator[Callable[[dict[str, Any]], Gateway]]:
+def gateway(fleet: Any, tmp_path: Path) -> Iterator[Callable[..., Gateway]]:
+    """``gateway(config, env={})``: a fleet on ``config`` and a gateway in front of it."""
     procs: list[subprocess.Popen[bytes]] = []
 
-    def start(config: dict[str, Any]) -> Gateway:
-        fleet(config)
-        port = free_port()
-        log = tmp_path / "gateway.log"
-        with log.open("wb") as out:
-            proc = subprocess.Popen(
-                [sys.executable, "-m", "tierflow.cli", "serve", "--port", str(port)],
-                cwd=ROOT,
-                env={**os.environ, "PYTHONUNBUFFERED": "1"},
-                stdout=out,
-                stderr=subprocess.STDOUT,
-            )
-        procs.append(proc)
-        deadline = time.monotonic() + 30
-        while not services.port_open("127.0.0.1", port, 0.2):
-            assert proc.poll() is None, log.read_text()
-            assert time.monotonic() < deadline, "gateway did not start"
-            time.sleep(0.1)
-        return Gateway(port, log, proc)
+    def start(config: dict[str, Any], env: dict[str, str] | None = None) -> Gateway:
+        fleet(config, env=env)
+        gw = start_gateway(tmp_path / "gateway.log")
+        procs.append(gw.proc)
+        return gw
 
     yield start
     for proc in procs:
-        proc.terminate()
-        proc.wait(timeout=10)
+        if proc.poll() is None:
+            proc.terminate()
+            proc.wait(timeout=10)
 
 
 @pytest.mark.slow

@@ -7,14 +7,15 @@ from __future__ import annotations
 
 import json
 import time
+from pathlib import Path
 from typing import Any
 
 import openai
 import pytest
 from sqlalchemy import func, select
 
-from schemas.tables import Job
-from tests.integration.test_gateway import gateway  # noqa: F401  (the fixture)
+from schemas.tables import GatewayBatch, Job
+from tests.integration.test_gateway import gateway, start_gateway  # noqa: F401  (a fixture)
 from tests.support.services import fake_model, fleet_config
 from tierflow import store
 from tierflow.core.constants import BATCH_PRIORITY
@@ -59,8 +60,8 @@ def upload(client: openai.OpenAI, data: bytes) -> Any:
 
 def test_a_batch_file_runs_as_jobs_and_answers_by_custom_id(gateway: Any) -> None:  # noqa: F811
     gw = gateway(fleet_config())
-    _, key = store.create_key("daemon-a")
-    _, other_key = store.create_key("daemon-b")
+    _, key = store.create_key("batcher-a")
+    _, other_key = store.create_key("batcher-b")
     client = openai.OpenAI(base_url=gw.url + "/v1", api_key=key, max_retries=0)
     other = openai.OpenAI(base_url=gw.url + "/v1", api_key=other_key, max_retries=0)
     lines = [chat_line(f"req-{i}", f"Summarize: batch line {i}") for i in range(5)]
@@ -105,7 +106,7 @@ def test_a_batch_file_runs_as_jobs_and_answers_by_custom_id(gateway: Any) -> Non
         assert body["usage"]["completion_tokens"] == result.output_tokens > 0
         job = store.load_job(result.job_id)
         assert job is not None and job.batch_id is not None and job.priority == BATCH_PRIORITY
-        assert job.job_metadata["daemon"] == "daemon-a"
+        assert job.job_metadata["daemon"] == "batcher-a"
         assert job.job_metadata["custom_id"] == line["custom_id"]
         expected_action = "classify_memory" if line["custom_id"] == "classify" else "unknown"
         assert job.action_type == expected_action
@@ -138,7 +139,7 @@ def test_a_bad_file_is_refused_with_its_line_numbers_and_stores_no_job(
     gateway: Any,  # noqa: F811
 ) -> None:
     gw = gateway(fleet_config())
-    _, key = store.create_key("daemon-a")
+    _, key = store.create_key("batcher-a")
     client = openai.OpenAI(base_url=gw.url + "/v1", api_key=key, max_retries=0)
     good = chat_line("a", "Summarize: fine")
     no_id = {k: v for k, v in chat_line("x", "Summarize: no id").items() if k != "custom_id"}
@@ -195,7 +196,7 @@ def test_cancel_stops_the_unfinished_lines(gateway: Any) -> None:  # noqa: F811
     gw = gateway(
         fleet_config(local_fast=slow, local_quality=[fake_model("slow-q", latency_ms=300)])
     )
-    _, key = store.create_key("daemon-a")
+    _, key = store.create_key("batcher-a")
     client = openai.OpenAI(base_url=gw.url + "/v1", api_key=key, max_retries=0)
     lines = [chat_line(f"c-{i}", f"Summarize: slow line {i}") for i in range(40)]
     batch = client.batches.create(
@@ -221,3 +222,48 @@ def test_cancel_stops_the_unfinished_lines(gateway: Any) -> None:  # noqa: F811
     progress = store.batch_progress(tierflow_batch.id)
     assert progress["statuses"].get("cancelled", 0) == len(cancelled)
     assert progress["finished"] == progress["jobs"]  # nothing left running
+
+
+def test_a_batch_whose_gateway_stopped_mid_way_is_resumed_by_the_next_one(
+    gateway: Any,  # noqa: F811
+    tmp_path: Path,
+) -> None:
+    """The first gateway is stopped while its submitter waits on a window of 2 (lines of
+    200 ms); a second gateway's first read of the batch resumes it: every line answered once."""
+    slow = fleet_config(
+        local_fast=[fake_model("slow-fast", latency_ms=200)],
+        local_quality=[fake_model("slow-quality", latency_ms=200)],
+    )
+    first = gateway(slow, env={"TIERFLOW_BATCH_IN_FLIGHT": "2"})
+    _, key = store.create_key("batcher-a")
+    client = openai.OpenAI(base_url=first.url + "/v1", api_key=key, max_retries=0)
+    lines = [chat_line(f"r-{i}", f"Summarize: resumed line {i}") for i in range(24)]
+    batch = client.batches.create(
+        input_file_id=upload(client, jsonl(lines)).id,
+        endpoint="/v1/chat/completions",
+        completion_window="24h",
+    )
+    time.sleep(1.0)
+    first.proc.terminate()
+    first.proc.wait(timeout=10)
+    with session_scope() as session:
+        row = session.get(GatewayBatch, batch.id)
+        assert row is not None and row.submitted_at is None and row.batch_id is not None
+        tierflow_batch = row.batch_id
+    stored = store.batch_progress(tierflow_batch)["jobs"]
+    assert 0 < stored < len(lines)  # stopped mid-way
+
+    second = start_gateway(tmp_path / "second.log")
+    try:
+        client = openai.OpenAI(base_url=second.url + "/v1", api_key=key, max_retries=0)
+        ended = wait_ended(client, batch.id)
+        assert ended.status == "completed" and ended.output_file_id is not None
+        output_file = client.files.content(ended.output_file_id).text
+    finally:
+        second.proc.terminate()
+        second.proc.wait(timeout=10)
+    assert ended.request_counts is not None
+    assert (ended.request_counts.completed, ended.request_counts.failed) == (len(lines), 0)
+    output = [json.loads(x) for x in output_file.splitlines()]
+    assert sorted(o["custom_id"] for o in output) == sorted(x["custom_id"] for x in lines)
+    assert store.batch_progress(tierflow_batch)["jobs"] == len(lines)  # none stored twice
