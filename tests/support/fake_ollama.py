@@ -19,7 +19,8 @@ the answer (``done_reason: "length"``), ``options.stop`` at a stop string.
 Each chat consumes one behaviour of ``srv.script([...])`` (empty: ``ok``): ``ok``, ``500``,
 ``503``, ``429[:N]`` (``retry-after: N``), ``timeout[:S]`` (sleeps S s first), ``drop`` (closes
 the connection unanswered), ``stream_error`` (two words, then an ``{"error"}`` line),
-``no_done`` (the stream ends without its ``done`` object), ``malformed`` (a body not JSON).
+``no_done`` (the stream ends without its ``done`` object), ``malformed`` (a body not JSON),
+``schema`` (JSON that is not a chat object).
 Every request is recorded (:class:`~tests.support.fake_providers.RecordedRequest`);
 ``srv.calls`` are the chats, whose ``body`` holds the ``keep_alive`` and ``options`` received.
 """
@@ -211,6 +212,9 @@ class OllamaServer:
             return
         if name == "429":
             out.send_json(429, {"error": "too many requests"}, {"retry-after": arg or "1"})
+            return
+        if name == "schema":  # valid JSON, not Ollama's shape
+            out.send_json(200, {"model": "x", "message": "not an object", "done": True})
             return
         if name == "malformed":
             out.send_response(200)

@@ -119,6 +119,7 @@ def test_stream_yields_chunks_then_usage(srv: OllamaServer) -> None:
         ("drop", errors.ServerError, True),
         ("timeout:3", errors.BackendTimeout, True),
         ("malformed", errors.MalformedResponse, False),
+        ("schema", errors.MalformedResponse, False),
     ],
 )
 def test_http_errors_map_onto_the_error_tree(

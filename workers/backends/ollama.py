@@ -114,6 +114,13 @@ def _tagged(name: str) -> str:
     return name if ":" in last else f"{name}:latest"
 
 
+def _content(obj: Mapping[str, Any]) -> str | None:
+    """``message.content`` of a chat object, or None when it has none."""
+    message = obj.get("message")
+    content = message.get("content") if isinstance(message, dict) else None
+    return content if isinstance(content, str) else None
+
+
 class OllamaBackend:
     """One model on one Ollama server, driven through its native API (see the module)."""
 
@@ -187,8 +194,8 @@ class OllamaBackend:
         if not isinstance(answer, dict):
             raise errors.MalformedResponse(f"{PROVIDER}: response is not a JSON object")
         self._raise_error_object(answer)
-        text = (answer.get("message") or {}).get("content")
-        if not isinstance(text, str) or answer.get("done") is not True:
+        text = _content(answer)
+        if text is None or answer.get("done") is not True:
             raise errors.MalformedResponse(f"{PROVIDER}: response has no finished message")
         return self._completion(text, answer)
 
@@ -210,7 +217,7 @@ class OllamaBackend:
                     if not isinstance(obj, dict):
                         raise ValueError("stream line is not a JSON object")
                     self._raise_error_object(obj)
-                    delta = (obj.get("message") or {}).get("content") or ""
+                    delta = _content(obj) or ""
                     if delta:
                         text += delta
                         yield StreamChunk(delta, text, False, PROVIDER)
