@@ -97,6 +97,7 @@ from tierflow.core.errors import JobValidationError, TierflowError, describe_val
 from tierflow.core.settings import get_settings
 from tierflow.core.tokens import estimate_tokens
 from tierflow.store.batch_jobs import NewLine, StoredLine, create_batch_jobs
+from tierflow.store.batches import batch_status
 
 log = logging.getLogger(__name__)
 COST_CHECK_EVERY = 100  # lines between two reads of the batch's spending
@@ -544,20 +545,9 @@ class BatchHandle:
 
     def progress(self) -> dict[str, Any]:
         """Counts by status and tier, cost so far, the batch's state and an ETA (seconds, from
-        the finish rate so far; None until two jobs have finished)."""
-        found = store.batch_progress(self.batch_id)
-        batch = store.get_batch(self.batch_id)
-        found["state"] = store.settle_batch(self.batch_id)
-        found["name"] = batch.name if batch else None
-        found["submitted"] = batch.submitted if batch else 0
-        first, last = found["first_finished_at"], found["last_finished_at"]
-        left = found["jobs"] - found["finished"]
-        eta = None
-        if first and last and last > first and found["finished"] > 1:
-            rate = (found["finished"] - 1) / (last - first).total_seconds()
-            eta = left / rate if rate > 0 else None
-        found["eta_s"] = eta
-        return found
+        the finish rate so far; None until two jobs have finished): see
+        :func:`tierflow.store.batches.batch_status`."""
+        return batch_status(self.batch_id)
 
     def results(self, order: str = "input") -> Iterator[dict[str, Any]]:
         return store.batch_rows(self.batch_id, order)

@@ -27,12 +27,17 @@ app = typer.Typer(
 
 # The check imports the backends (and their SDKs): loaded with the command, not for --help.
 _CONFIG_CHECK = "tierflow.cli.base"
+# Groups that run the check themselves, for those of their commands that need it (tierflow
+# batch: status and results only read the store, and start without the backends' SDKs).
+_GROUPS_THAT_CHECK = frozenset({"batch"})
 
 
 @app.callback()
-def check_config_at_start() -> None:
+def check_config_at_start(ctx: typer.Context) -> None:
     """Every command validates the settings and the whole config first (providers and their
     options included), so a bad file fails naming its field before anything runs."""
+    if ctx.invoked_subcommand in _GROUPS_THAT_CHECK:
+        return
     importlib.import_module(_CONFIG_CHECK).check_config_at_start()
 
 

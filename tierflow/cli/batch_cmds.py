@@ -1,174 +1,105 @@
-"""``tierflow batch``: run a JSONL file of jobs as one batch, watch it, read its results, cancel."""
+"""``tierflow batch``: run a JSONL file of jobs as one batch, watch it, read its results, cancel.
+
+The group's commands are loaded when one runs, as the root's are (:mod:`tierflow.cli.commands`):
+:data:`BATCH_COMMANDS` names the module of each. ``status`` and ``results`` only read the store
+(:mod:`tierflow.cli.batch_view_cmds`), so watching a batch starts without the router, the broker
+or any backend; ``run`` and ``cancel`` (:mod:`tierflow.cli.batch_run_cmds`) load what submitting
+needs. Each module still imports only the floors below the roof.
+
+The root's config check (the backends' options, which imports every provider SDK) is this
+group's to run (:func:`check_config`): ``status`` and ``results`` check the settings and the
+config file's schema only, the others the whole config, as every other command does.
+"""
 
 from __future__ import annotations
 
-import json
-import sys
-import time
-from pathlib import Path
+import importlib
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Any
 
 import typer
-from rich.live import Live
-from rich.table import Table
+from typer.core import TyperCommand, TyperGroup
 
-from router.batch import BatchHandle, estimate_batch, read_jsonl, submit_batch
-from tierflow.app.console import console
-from tierflow.app.fleet import adopt_running_fleet
+from tierflow.cli.commands import CommandEntry
 from tierflow.core.settings import get_settings
+
+BATCH_COMMANDS: dict[str, CommandEntry] = {
+    "run": CommandEntry(
+        "batch_run_cmds",
+        "Send every line of FILE (JSONL) as one batch; running it again resumes it.",
+    ),
+    "status": CommandEntry(
+        "batch_view_cmds", "Progress of a batch (by id or name): per status and tier, cost, ETA."
+    ),
+    "results": CommandEntry(
+        "batch_view_cmds", "One JSON line per job of the batch; partial results at any time."
+    ),
+    "cancel": CommandEntry(
+        "batch_run_cmds", "Cancel every queued job of the batch; jobs in flight finish."
+    ),
+}
+READS_ONLY = frozenset({"status", "results"})  # the store alone: no backend is used
+_CONFIG_CHECK = "tierflow.cli.base"  # the root's whole-config check (imports the backends)
+
+
+def load_batch_command(name: str) -> Any:
+    """Import the module that holds ``tierflow batch <name>`` and return its click command.
+    Raises ``KeyError`` for a name not in :data:`BATCH_COMMANDS`, ``LookupError`` when the
+    module does not register it."""
+    entry = BATCH_COMMANDS[name]
+    module = importlib.import_module(f"tierflow.cli.{entry.module}")
+    command = typer.main.get_group(module.app).commands.get(name)
+    if command is None:
+        raise LookupError(f"tierflow.cli.{entry.module} registers no command {name!r}")
+    return command
+
+
+class LazyBatchGroup(TyperGroup):
+    """``tierflow batch``: resolves a sub-command through :data:`BATCH_COMMANDS` when it runs;
+    its help lists them from the table's lines, importing none."""
+
+    _listing = False
+
+    @contextmanager
+    def _from_table(self) -> Iterator[None]:
+        self._listing = True
+        try:
+            yield
+        finally:
+            self._listing = False
+
+    def list_commands(self, ctx: Any) -> list[str]:
+        return list(BATCH_COMMANDS)
+
+    def get_command(self, ctx: Any, cmd_name: str) -> Any | None:
+        if cmd_name in self.commands or cmd_name not in BATCH_COMMANDS:
+            return self.commands.get(cmd_name)
+        if self._listing:
+            line = BATCH_COMMANDS[cmd_name].help
+            return TyperCommand(cmd_name, callback=None, help=line, short_help=line)
+        self.commands[cmd_name] = load_batch_command(cmd_name)
+        return self.commands[cmd_name]
+
+    def format_help(self, ctx: Any, formatter: Any) -> None:
+        with self._from_table():
+            super().format_help(ctx, formatter)
+
 
 app = typer.Typer()  # this module's commands, loaded by name (tierflow/cli/commands.py)
 
-batch_app = typer.Typer(no_args_is_help=True, help="Batch runs: many jobs as one, resumable.")
+batch_app = typer.Typer(
+    cls=LazyBatchGroup, no_args_is_help=True, help="Batch runs: many jobs as one, resumable."
+)
 app.add_typer(batch_app, name="batch")
 
 
-_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
-
-
-def parse_duration(text: str) -> float:
-    """Seconds in ``90m``, ``24h``, ``2d``, ``3600s`` (a bare number is hours)."""
-    value = text.strip().lower()
-    unit = _UNITS.get(value[-1:]) if value else None
-    number = value[:-1] if unit is not None else value
-    try:
-        seconds = float(number) * (unit or 3600)
-    except ValueError:
-        raise typer.BadParameter(
-            "a duration like 90m, 24h or 2d", param_hint="--deadline"
-        ) from None
-    if seconds <= 0:
-        raise typer.BadParameter("must be positive", param_hint="--deadline")
-    return seconds
-
-
-def progress_table(found: dict[str, Any]) -> Table:
-    """Done / failed / running per tier, cost so far and the ETA."""
-    statuses = found["statuses"]
-    eta = found.get("eta_s")
-    title = (
-        f"batch {found.get('name')} [{found.get('state')}]  {found['finished']}/{found['jobs']} "
-        f"finished  ${found['cost_usd']:.6f}  ETA {'-' if eta is None else f'{eta:.0f}s'}"
-    )
-    table = Table("status", "jobs", title=title)
-    for status in sorted(statuses):
-        table.add_row(status, str(statuses[status]))
-    for tier, count in sorted(found["by_tier"].items()):
-        table.add_row(f"served by {tier}", str(count))
-    return table
-
-
-@batch_app.command("run")
-def run(
-    file: Path,
-    name: str = typer.Option("", help="The batch's name (default: the file's name)."),
-    dry_run: bool = typer.Option(False, "--dry-run", help="Print the plan and cost estimate."),
-    max_cost: float = typer.Option(0.0, help="Stop sending new jobs once this much is spent."),
-    deadline_hours: float = typer.Option(24.0, help="Every job's deadline, from the start."),
-    deadline: str = typer.Option(
-        "",
-        "--deadline",
-        help="Every job's deadline, e.g. 90m, 24h, 2d (overrides --deadline-hours). A day or "
-        "more lets API-tier calls go through the providers' Batch APIs at their batch price.",
-    ),
-    pack: int = typer.Option(
-        0,
-        "--pack",
-        help="Pack up to N consecutive small label jobs of one action into one local model "
-        "call (each still gated alone; 0 or 1: off).",
-    ),
-    in_flight: int = typer.Option(
-        -1,
-        "--in-flight",
-        help="Keep at most N of the batch's jobs unfinished at once, leaving the fleet's CPU "
-        "to daemons' jobs (0: no window; default: TIERFLOW_BATCH_IN_FLIGHT).",
-    ),
-) -> None:
-    """Send every line of FILE (JSONL: prompt, action_type, context, metadata) as one batch;
-    running the same file (same name) again resumes it."""
-    provider_batch: bool | None = None
-    if deadline:
-        deadline_hours = parse_duration(deadline) / 3600
-        minimum = get_settings().llm.provider_batches.min_deadline_hours
-        provider_batch = True if deadline_hours >= minimum else None
-    if dry_run:
-        plan = estimate_batch(read_jsonl(file), get_settings().llm)
-        table = Table("first tier", "jobs", title=f"{plan['jobs']} jobs (dry run: nothing sent)")
-        for tier, count in sorted(plan["per_tier"].items()):
-            table.add_row(tier, str(count))
-        console.print(table)
-        console.print(
-            f"estimated cost ${plan['cost_usd']:.6f}  API-only ${plan['api_only_usd']:.6f}"
-        )
+@batch_app.callback()
+def check_config(ctx: typer.Context) -> None:
+    """Validate the settings and the config before the command runs: the whole config (the
+    backends' options too) for ``run`` and ``cancel``, the settings and the file's schema for
+    the reads (:data:`READS_ONLY`). Raises the settings' or the config's validation error."""
+    if ctx.invoked_subcommand in READS_ONLY:
+        get_settings().llm  # noqa: B018  (parsed and validated when first read)
         return
-    adopt_running_fleet()
-    done = submit_batch(
-        read_jsonl(file),
-        name=name or file.stem,
-        max_cost_usd=max_cost or None,
-        deadline_s=deadline_hours * 3600,
-        provider_batch=provider_batch,
-        pack=pack or None,
-        in_flight=None if in_flight == -1 else in_flight,
-    )
-    console.print(
-        f"batch {done.name} ({done.batch_id}): {done.lines} lines, {done.sent} sent, "
-        f"{done.existing} already there, {len(done.errors)} refused"
-    )
-    for error in done.errors[:20]:
-        console.print(f"  [red]line {error.line}[/red]: {error.reason}")
-    if done.stopped_at_cost is not None:
-        console.print(
-            f"[yellow]stopped at ${done.stopped_at_cost:.6f} (max {max_cost}); rerun to resume"
-            "[/yellow]"
-        )
-
-
-@batch_app.command("status")
-def status(
-    batch: str,
-    watch: bool = typer.Option(False, "--watch", help="Refresh every 2 s until it ends."),
-) -> None:
-    """Progress of a batch (by id or name): per status and tier, cost so far, ETA."""
-    adopt_running_fleet()
-    handle = BatchHandle.find(batch)
-    if not watch:
-        console.print(progress_table(handle.progress()))
-        return
-    with Live(progress_table(handle.progress()), console=console, refresh_per_second=1) as live:
-        while True:
-            found = handle.progress()
-            live.update(progress_table(found))
-            if found["state"] in ("done", "cancelled"):
-                return
-            time.sleep(2)
-
-
-@batch_app.command("results")
-def results(
-    batch: str,
-    jsonl: Path = typer.Option(Path("-"), "--jsonl", help="File to write (- for stdout)."),
-    order: str = typer.Option("input", help="input (line order) or completed (finish order)."),
-) -> None:
-    """One JSON line per job of the batch; partial results are readable at any time."""
-    if order not in ("input", "completed"):
-        raise typer.BadParameter("input or completed", param_hint="--order")
-    adopt_running_fleet()
-    rows = BatchHandle.find(batch).results(order)
-    if str(jsonl) == "-":
-        for row in rows:
-            sys.stdout.write(json.dumps(row) + "\n")
-        return
-    count = 0
-    with jsonl.open("w", encoding="utf-8") as out:
-        for row in rows:
-            out.write(json.dumps(row) + "\n")
-            count += 1
-    console.print(f"{count} results written to {jsonl}")
-
-
-@batch_app.command("cancel")
-def cancel(batch: str) -> None:
-    """Cancel every queued job of the batch; jobs in flight finish and are kept."""
-    adopt_running_fleet()
-    console.print(f"{BatchHandle.find(batch).cancel()} queued jobs cancelled")
+    importlib.import_module(_CONFIG_CHECK).check_config_at_start()

@@ -107,6 +107,25 @@ def batch_progress(batch_id: str) -> dict[str, Any]:
     }
 
 
+def batch_status(batch_id: str) -> dict[str, Any]:
+    """:func:`batch_progress` with the batch's state (settled now, :func:`settle_batch`), name,
+    lines submitted and an ETA in seconds (``eta_s``: the jobs left at the finish rate so far;
+    None until two jobs have finished): what ``tierflow batch status`` shows."""
+    found = batch_progress(batch_id)
+    batch = get_batch(batch_id)
+    found["state"] = settle_batch(batch_id)
+    found["name"] = batch.name if batch else None
+    found["submitted"] = batch.submitted if batch else 0
+    first, last = found["first_finished_at"], found["last_finished_at"]
+    left = found["jobs"] - found["finished"]
+    eta = None
+    if first and last and last > first and found["finished"] > 1:
+        rate = (found["finished"] - 1) / (last - first).total_seconds()
+        eta = left / rate if rate > 0 else None
+    found["eta_s"] = eta
+    return found
+
+
 def unfinished(job_ids: list[str]) -> list[str]:
     """Those of ``job_ids`` whose job has not ended yet (in the order given): one indexed
     read, bounded by the list's length."""
