@@ -312,5 +312,5 @@ def test_openapi_document_matches_the_gateway(gateway: Any) -> None:
 
     for result in schema.get_all_operations():
         fuzz(result.ok())
-    assert len(seen) == 14  # 7 chat and jobs operations, 3 of files, 4 of batches
+    assert len(seen) == 15  # 7 chat and jobs operations, 4 of files, 4 of batches
     assert 200 in seen["GET /v1/models"] and 201 in seen["POST /v1/jobs"]

@@ -133,6 +133,12 @@ def test_a_batch_file_runs_as_jobs_and_answers_by_custom_id(gateway: Any) -> Non
     # an ended batch is not cancelled again
     with pytest.raises(openai.ConflictError):
         client.batches.cancel(created.id)
+    # files are kept until deleted, by their daemon only
+    with pytest.raises(openai.NotFoundError):
+        other.files.delete(uploaded.id)
+    assert client.files.delete(uploaded.id).deleted is True
+    with pytest.raises(openai.NotFoundError):
+        client.files.retrieve(uploaded.id)
 
 
 def test_a_bad_file_is_refused_with_its_line_numbers_and_stores_no_job(
@@ -205,6 +211,8 @@ def test_cancel_stops_the_unfinished_lines(gateway: Any) -> None:  # noqa: F811
         completion_window="24h",
     )
     time.sleep(1.0)  # some lines run
+    with pytest.raises(openai.ConflictError):  # an open batch's input is kept
+        client.files.delete(batch.input_file_id)
     cancelling = client.batches.cancel(batch.id)
     assert cancelling.status in ("cancelling", "cancelled")
     assert cancelling.cancelling_at is not None

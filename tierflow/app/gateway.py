@@ -12,6 +12,7 @@ Routes (every one but ``/openapi.json`` needs ``Authorization: Bearer tf_...``):
 ``POST /v1/files``                upload a batch input file (multipart, ``purpose=batch``)
 ``GET  /v1/files/{id}``           the file object (:mod:`.gateway_files`)
 ``GET  /v1/files/{id}/content``   an input, output or error file's bytes
+``DELETE /v1/files/{id}``         delete a file (409 while an open batch reads it)
 ``POST /v1/batches``              OpenAI's Batch API: a file's lines as a tierflow batch
 ``GET  /v1/batches``              the daemon's batches, newest first (``limit``, ``after``)
 ``GET  /v1/batches/{id}``         the batch object: status, ``request_counts``, result files

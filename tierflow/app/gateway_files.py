@@ -1,6 +1,7 @@
 """OpenAI's Files API at the gateway, for batch input files: ``POST /v1/files`` (multipart,
-``purpose`` ``batch``), ``GET /v1/files/{file_id}`` and ``GET /v1/files/{file_id}/content``
-(an input file, or a batch's output or error file).
+``purpose`` ``batch``), ``GET /v1/files/{file_id}``, ``GET /v1/files/{file_id}/content`` (an
+input file, or a batch's output or error file) and ``DELETE /v1/files/{file_id}`` (files are
+kept until deleted; an input file is kept while a batch that has not ended reads it: 409).
 
 The bytes are stored in PostgreSQL (:mod:`tierflow.store.gateway_batches`), owned by the key's
 daemon: another daemon's file is a 404. An upload is at most
@@ -20,7 +21,13 @@ from starlette.routing import Route
 
 from tierflow.app.gateway_batch_lines import MAX_FILE_BYTES
 from tierflow.app.gateway_http import BadRequest, blocking, guarded
-from tierflow.store.gateway_batches import FileInfo, file_content, file_info, store_file
+from tierflow.store.gateway_batches import (
+    FileInfo,
+    delete_file,
+    file_content,
+    file_info,
+    store_file,
+)
 
 MULTIPART_SLACK = 64 * 1024  # bytes of a form besides its file (boundaries, headers, purpose)
 PURPOSE = "batch"
@@ -138,8 +145,22 @@ async def get_file_content(request: Request, daemon: str) -> Response:
     return Response(content, media_type="application/octet-stream")
 
 
+@guarded
+async def remove_file(request: Request, daemon: str) -> Response:
+    """``DELETE /v1/files/{file_id}``: OpenAI's deletion object."""
+    file_id = request.path_params["file_id"]
+    deleted = await blocking(request, delete_file, file_id, daemon)
+    if deleted is None:
+        raise _not_found(file_id)
+    if not deleted:
+        message = f"file {file_id} is the input of a batch that has not ended"
+        raise BadRequest(409, message, "file_id", "file_in_use")
+    return JSONResponse({"id": file_id, "object": "file", "deleted": True})
+
+
 FILE_ROUTES = [
     Route("/v1/files", create_file, methods=["POST"]),
     Route("/v1/files/{file_id}", get_file, methods=["GET"]),
+    Route("/v1/files/{file_id}", remove_file, methods=["DELETE"]),
     Route("/v1/files/{file_id}/content", get_file_content, methods=["GET"]),
 ]

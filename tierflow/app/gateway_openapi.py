@@ -262,6 +262,15 @@ SCHEMAS.update(
                 "status": {"type": "string"},
             },
         },
+        "FileDeleted": {
+            "type": "object",
+            "required": ["id", "object", "deleted"],
+            "properties": {
+                "id": {"type": "string"},
+                "object": {"const": "file"},
+                "deleted": {"const": True},
+            },
+        },
         "FileUpload": {
             "type": "object",
             "required": ["file", "purpose"],
@@ -525,7 +534,15 @@ def _file_paths() -> dict[str, Any]:
                 "operationId": "retrieveFile",
                 "parameters": [_path_id("file_id")],
                 "responses": {"200": _json(_ref("File"), "the file"), **_errors(401, 404, 503)},
-            }
+            },
+            "delete": {
+                "operationId": "deleteFile",
+                "parameters": [_path_id("file_id")],
+                "responses": {
+                    "200": _json(_ref("FileDeleted"), "deleted"),
+                    **_errors(401, 404, 409, 503),
+                },
+            },
         },
         "/v1/files/{file_id}/content": {
             "get": {

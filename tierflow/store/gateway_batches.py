@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import func, select, tuple_, update
+from sqlalchemy import delete, func, select, tuple_, update
 from sqlalchemy.orm import selectinload
 
 from schemas.jobs import JobResult
@@ -83,6 +83,28 @@ def file_content(file_id: str, daemon: str) -> bytes | None:
             )
         ).scalar_one_or_none()
         return None if content is None else bytes(content)
+
+
+def delete_file(file_id: str, daemon: str) -> bool | None:
+    """Delete the daemon's file: True; None when there is no such file of the daemon's;
+    False (nothing deleted) while a batch that has not ended reads it as its input."""
+    with session_scope() as session:
+        row = session.execute(
+            select(GatewayFile.id)
+            .where(GatewayFile.id == file_id, GatewayFile.daemon == daemon)
+            .with_for_update()
+        ).scalar_one_or_none()
+        if row is None:
+            return None
+        in_use = session.execute(
+            select(GatewayBatch.id).where(
+                GatewayBatch.input_file_id == file_id, GatewayBatch.status.not_in(ENDED)
+            )
+        ).first()
+        if in_use is not None:
+            return False
+        session.execute(delete(GatewayFile).where(GatewayFile.id == file_id))
+        return True
 
 
 def create_gateway_batch(gateway_batch_id: str, **fields: Any) -> None:
