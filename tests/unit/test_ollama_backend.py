@@ -8,13 +8,15 @@ from collections.abc import Iterator
 
 import pytest
 
+from schemas.tables import Job
 from tests.support.fake_ollama import OllamaServer, ollama_model_config
 from tierflow.app.embedded import free_port
 from tierflow.core import errors
-from tierflow.core.config import LLMConfig
+from tierflow.core.config import ActionRule, LLMConfig
 from tierflow.core.settings import reset_settings
 from workers.backends.base import Backend, CompletionRequest, registry
 from workers.backends.ollama import OllamaBackend, base_url_of, check_keep_alive
+from workers.pipeline.call import build_request
 
 REQ = CompletionRequest("Name the largest planet.", system="Be brief.", max_tokens=64)
 
@@ -223,3 +225,12 @@ def test_a_key_is_sent_only_when_api_key_env_names_one(
     proxied.complete(REQ)
     assert srv.calls[-1].headers["authorization"] == "Bearer sk-proxy-0123456789abcdef"
     assert os.environ["TF_TEST_OLLAMA_KEY"] not in repr(proxied.availability())
+
+
+def test_label_answers_on_ollama_stop_at_the_first_line() -> None:
+    # Ollama runs small local models that go on past a label, as the other local servers do.
+    rule = ActionRule(answer="label", labels=["bug", "feature"])
+    job = Job(prompt="Crash on save", context={})
+    request = build_request(job, rule, ollama_model_config(None))
+    assert request.stop == ("\n",)
+    assert build_request(job, ActionRule(), ollama_model_config(None)).stop == ()

@@ -25,7 +25,7 @@ from workers.selection import Pick
 # 270M: every label answer ran to its limit and named several labels); a stop at the first
 # newline ends the answer there. The API providers' chat models stop by themselves.
 LABEL_STOP = ("\n",)
-LINE_PROVIDERS = frozenset({"openai_compatible", "vllm"})
+LINE_PROVIDERS = frozenset({"openai_compatible", "vllm", "ollama"})
 # A 429/529 without retry-after keeps the whole fleet off the model for this long. A 5xx,
 # timeout or refused connection cools nothing fleet-wide (one failure in a busy fleet would
 # otherwise push every job off a model that answers most calls): the job retries, and the
