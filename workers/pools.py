@@ -1,7 +1,8 @@
 """How each tier's workers are sized (``tierflow worker --tier NAME``).
 
 - ``local_fast``: CPU-bound local inference (Ollama on the same box, or the embedded engine):
-  few threads, prefetch 1 so an idle worker elsewhere can take the next job.
+  few threads, prefetch 1 so an idle worker elsewhere can take the next job; as many threads
+  as the embedded engine has slots when it serves the tier (it decodes that many at once).
 - ``local_quality``: a vLLM server batches continuously and wants hundreds of requests in flight,
   so the worker is sized for I/O concurrency, not for CPU count: 640 threads (one thread per
   request in flight; measured in ``tests/bench/bench_gpu.py`` to keep more than 512 requests in
@@ -28,6 +29,7 @@ from dataclasses import dataclass
 
 from tierflow.core.constants import MAINTENANCE_QUEUE, ROUTER_QUEUE, Tier, tier_queue
 from tierflow.core.settings import get_settings
+from workers.engine.slots import engine_serves, engine_slots
 
 
 @dataclass(frozen=True)
@@ -41,11 +43,15 @@ class PoolSpec:
 def pool_concurrency(name: str) -> int:
     """The pool size of ``name``'s workers: ``TIERFLOW_LOCAL_QUALITY_CONCURRENCY`` for
     ``local_quality`` when set (read by :class:`~tierflow.core.settings.Settings`, so a bad value
-    raises ConfigError at start), else :data:`POOLS`."""
+    raises ConfigError at start); for ``local_fast`` whose models the embedded engine serves, at
+    least the engine's slots (a thread per sequence it can decode at once: with fewer, slots sit
+    idle while jobs wait in the queue); else :data:`POOLS`."""
     if name == Tier.LOCAL_QUALITY.value:
         override = get_settings().local_quality_concurrency
         if override is not None:
             return override
+    if name == Tier.LOCAL_FAST.value and engine_serves(name):
+        return max(POOLS[name].concurrency, engine_slots())
     return POOLS[name].concurrency
 
 

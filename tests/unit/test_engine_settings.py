@@ -12,8 +12,7 @@ from tierflow.core.errors import ConfigError
 from tierflow.core.settings import get_settings, reset_settings
 from workers.backends import registry
 from workers.backends.openai_compatible import OpenAICompatibleBackend, availability_ttl
-from workers.engine.engine import default_slots
-from workers.engine.server import configured_slots
+from workers.engine.slots import configured_slots, default_slots
 from workers.pools import POOLS, pool_concurrency
 
 
@@ -21,10 +20,11 @@ def test_local_quality_concurrency_is_a_setting(monkeypatch: pytest.MonkeyPatch)
     monkeypatch.delenv("TIERFLOW_LOCAL_QUALITY_CONCURRENCY", raising=False)
     reset_settings()
     assert pool_concurrency("local_quality") == POOLS["local_quality"].concurrency
+    fast = pool_concurrency("local_fast")
     monkeypatch.setenv("TIERFLOW_LOCAL_QUALITY_CONCURRENCY", "12")
     reset_settings()
     assert pool_concurrency("local_quality") == 12
-    assert pool_concurrency("local_fast") == POOLS["local_fast"].concurrency  # only its own tier
+    assert pool_concurrency("local_fast") == fast  # only its own tier
     for bad in ("0", "-3", "many", "1.5"):
         monkeypatch.setenv("TIERFLOW_LOCAL_QUALITY_CONCURRENCY", bad)
         reset_settings()
@@ -104,3 +104,25 @@ def test_engine_models_concurrency_follows_the_slots(monkeypatch: pytest.MonkeyP
     monkeypatch.setenv("TIERFLOW_ENGINE_SLOTS", "6")
     reset_settings()
     assert engine_limits() == [6, 6]
+
+
+def test_local_fast_pool_follows_the_engine_slots(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A local_fast worker gets a thread per slot of the engine that serves its models, never
+    fewer than its own size; a tier the engine does not serve keeps its size."""
+    monkeypatch.delenv("TIERFLOW_ENGINE_SLOTS", raising=False)
+    monkeypatch.setenv("TIERFLOW_CONFIG", str(_engine_config(tmp_path, 6)))
+    reset_settings()
+    assert pool_concurrency("local_fast") == 6
+    monkeypatch.setenv("TIERFLOW_CONFIG", str(_engine_config(tmp_path, 1)))
+    reset_settings()
+    assert pool_concurrency("local_fast") == POOLS["local_fast"].concurrency  # 1 slot: own size
+    ollama = _engine_config(tmp_path, 6, base_url="http://127.0.0.1:11434/v1")
+    monkeypatch.setenv("TIERFLOW_CONFIG", str(ollama))
+    reset_settings()
+    assert pool_concurrency("local_fast") == POOLS["local_fast"].concurrency
+    monkeypatch.delenv("TIERFLOW_CONFIG")
+    monkeypatch.setenv("TIERFLOW_ENGINE_SLOTS", "12")
+    reset_settings()
+    assert pool_concurrency("local_fast") == 12  # the packaged config: the engine serves it

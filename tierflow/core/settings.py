@@ -83,7 +83,7 @@ class Settings(BaseSettings):
     # Threads of a local_quality worker (None: workers/pools.py's size, sized for vLLM).
     local_quality_concurrency: int | None = Field(default=None, gt=0, le=4096)
     # The embedded engine: sequences decoded together (None: sized from the cores, see
-    # workers/engine/engine.py's default_slots) and context tokens per sequence.
+    # workers/engine/slots.py) and context tokens per sequence.
     engine_slots: int | None = Field(default=None, ge=1, le=64)
     engine_slot_ctx: int = Field(default=2048, ge=256, le=32768)
     # The gate refits an action's scorer and threshold from its labels at most this often per

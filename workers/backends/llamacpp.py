@@ -27,10 +27,10 @@ from workers.engine.engine import (
     DEFAULT_N_CTX,
     EngineResult,
     LocalEngine,
-    default_slots,
     get_engine,
 )
 from workers.engine.loader import import_llama_cpp, resolve_model_path
+from workers.engine.slots import default_slots
 
 
 class LlamaCppBackend:

@@ -138,16 +138,6 @@ def choose_extra_buffers(
     return ExtraBuffersChoice(verdict.works, verdict.describe())
 
 
-def default_slots(cores: int | None = None) -> int:
-    """Slots when none are set: 4 per core, 4 to 16 (``cores`` defaults to this machine's).
-
-    A decode step of several sequences costs little more than one on this small model, so a few
-    slots per core raise throughput; past 16 the per-request latency grows faster than the gain.
-    """
-    cores = cores or os.cpu_count() or 1
-    return max(4, min(16, 4 * cores))
-
-
 class LocalEngine:
     """One llama.cpp model in this process, decoding up to ``slots`` requests together.
 

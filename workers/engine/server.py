@@ -53,9 +53,9 @@ from workers.engine.engine import (
     EngineChunk,
     EngineResult,
     LocalEngine,
-    default_slots,
     get_engine,
 )
+from workers.engine.slots import engine_slots
 
 log = logging.getLogger("workers.engine.server")  # same name under python -m
 
@@ -407,24 +407,6 @@ def _api_error(exc: errors.BackendError) -> ApiError:
     return ApiError(500, str(exc), etype="server_error")
 
 
-def configured_slots() -> int | None:
-    """``options.slots`` of the models served at ``TIERFLOW_LOCAL_ENGINE_URL`` (one value), or
-    None; ConfigError when they disagree or one is not a whole number."""
-    settings = get_settings()
-    target = settings.local_engine_url.rstrip("/")
-    values = {
-        m.options["slots"]
-        for tier in settings.llm.tiers.values()
-        for m in tier.models
-        if m.enabled and "slots" in m.options and (m.base_url or "").rstrip("/") == target
-    }
-    if len(values) > 1 or any(not isinstance(v, int) or isinstance(v, bool) for v in values):
-        raise errors.ConfigError(
-            f"models served by the local engine need one whole options.slots: {sorted(values)}"
-        )
-    return values.pop() if values else None
-
-
 def make_server(
     host: str = "127.0.0.1",
     port: int = DEFAULT_PORT,
@@ -436,15 +418,15 @@ def make_server(
 ) -> LocalServer:
     """A bound server (port 0 picks a free one) with the engine loaded; not yet serving.
 
-    ``slots`` defaults to the engine-served models' ``options.slots`` (:func:`configured_slots`),
-    else ``TIERFLOW_ENGINE_SLOTS``, else :func:`default_slots`; ``slot_ctx`` to
+    ``slots`` defaults to :func:`~workers.engine.slots.engine_slots` (the engine-served models'
+    ``options.slots``, else ``TIERFLOW_ENGINE_SLOTS``, else the cores' default); ``slot_ctx`` to
     ``TIERFLOW_ENGINE_SLOT_CTX``.
     """
     settings = get_settings()
     engine = get_engine(
         model_path,
         n_ctx=slot_ctx or settings.engine_slot_ctx,
-        slots=slots or configured_slots() or settings.engine_slots or default_slots(),
+        slots=slots or engine_slots(),
         extra_buffers=extra_buffers,
     )
     return LocalServer((host, port), engine)
