@@ -275,3 +275,31 @@ def test_a_batch_whose_gateway_stopped_mid_way_is_resumed_by_the_next_one(
     output = [json.loads(x) for x in output_file.splitlines()]
     assert sorted(o["custom_id"] for o in output) == sorted(x["custom_id"] for x in lines)
     assert store.batch_progress(tierflow_batch)["jobs"] == len(lines)  # none stored twice
+
+
+def test_lines_whose_jobs_fail_are_error_lines(gateway: Any) -> None:  # noqa: F811
+    failing = {"failure_rate": 1.0, "failure": "auth"}
+    gw = gateway(
+        fleet_config(
+            local_fast=[fake_model("f1", **failing)],
+            local_quality=[fake_model("f2", **failing)],
+            api_fallback=[fake_model("f3", input_cost_per_million=1.0, **failing)],
+        )
+    )
+    _, key = store.create_key("batcher-c")
+    client = openai.OpenAI(base_url=gw.url + "/v1", api_key=key, max_retries=0)
+    lines = [chat_line(f"f-{i}", f"Summarize: doomed line {i}") for i in range(3)]
+    batch = client.batches.create(
+        input_file_id=upload(client, jsonl(lines)).id,
+        endpoint="/v1/chat/completions",
+        completion_window="24h",
+    )
+    ended = wait_ended(client, batch.id)
+    assert ended.status == "completed" and ended.request_counts is not None
+    assert (ended.request_counts.completed, ended.request_counts.failed) == (0, 3)
+    assert ended.output_file_id is None and ended.error_file_id is not None
+    errors = [json.loads(x) for x in client.files.content(ended.error_file_id).text.splitlines()]
+    assert sorted(e["custom_id"] for e in errors) == ["f-0", "f-1", "f-2"]
+    for line in errors:
+        assert line["response"] is None and line["error"]["code"] == "job_failed"
+        assert "failed" in line["error"]["message"]
