@@ -7,7 +7,10 @@ window (``TIERFLOW_BATCH_IN_FLIGHT``), each an ordinary job (routing, gate, tier
 tierflow batch named after the OpenAI batch's id. ``submitted_at`` is set once every line was
 read. A gateway that stopped mid-way leaves ``submitted_at`` unset: the next read of the batch
 starts a submitter again, which resumes (the lines' idempotency keys make the stored ones be
-found, not stored twice).
+found, not stored twice). The registry of submitters is the process's own: ``tierflow serve``
+is one process; a second gateway on the same database would start a second submitter for a
+batch the first is still submitting, which resends its stored, unsent lines (each claimed once,
+never run twice) but stores nothing twice.
 
 **Cancelling** stops the submitter before its next line, cancels the tierflow batch's jobs
 no attempt runs for (as ``tierflow batch cancel`` does; a running one finishes and is kept),
