@@ -28,6 +28,7 @@ from schemas.tables import Attempt, Job
 from tests.integration.test_dashboard import Dashboard, _samples, http
 from tests.support.services import fake_model, fleet_config
 from tierflow import store
+from tierflow.app.fairness import CACHE_S
 from tierflow.core.constants import BATCH_PRIORITY, STALE_AFTER_S
 from tierflow.core.db import session_scope
 from tierflow.store.activity import stuck_jobs
@@ -209,7 +210,7 @@ def _expected_times() -> dict[str, dict[str, list[float]]]:
 
 def _fresh_overview(dashboard: Dashboard, attempts: int) -> dict[str, Any]:
     """The overview once its cached window reads count ``attempts`` on local_fast."""
-    deadline = time.monotonic() + 20
+    deadline = time.monotonic() + CACHE_S + 15
     while True:
         status, overview = http("GET", dashboard.url + "/api/overview")
         assert status == 200, overview
