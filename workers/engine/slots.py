@@ -52,6 +52,5 @@ def engine_serves(tier: str) -> bool:
     """Whether any enabled model of ``tier`` is served by the embedded engine."""
     settings = get_settings()
     target = settings.local_engine_url.rstrip("/")
-    tier_config = settings.llm.tiers.get(tier)
-    models = tier_config.models if tier_config else []
-    return any(m.enabled and (m.base_url or "").rstrip("/") == target for m in models)
+    models = settings.llm.tier_models(tier)  # the enabled ones
+    return any((m.base_url or "").rstrip("/") == target for m in models)
