@@ -4,9 +4,11 @@ is lost silently.
 Stalled jobs are found by PostgreSQL's clock (:func:`tierflow.store.stalled_jobs`: untouched for
 ``stale_after``, no attempt running under a live lease), at most :data:`SWEEP_BATCH` a pass.
 A stalled job is re-sent only when it truly stopped: when a queue its next message may sit in
-(the router's for a queued job; its tier's and the later tiers' of its chain for a routed one)
-holds a backlog, the job is taken to be waiting its turn there, touched and looked at again a
-pass later, never duplicated into a long queue. A job whose message was really lost behind a
+(the router's for a queued job; its tier's and the later tiers' of its chain for a routed one,
+counting on a contended tier the attempts waiting in its daemons' lines, where work waits its
+turn before its message reaches the queue: :mod:`router.fairshare`) holds a backlog, the job is
+taken to be waiting its turn there, touched and looked at again a pass later, never duplicated
+into a long queue. A job whose message was really lost behind a
 backlog that never drains is ended by its deadline.
 
 A job whose attempt's lease *lapsed* (its holder stopped renewing it: killed, frozen, cut off
@@ -25,11 +27,12 @@ from __future__ import annotations
 from collections.abc import Callable
 from datetime import datetime, timedelta
 
-from router.dispatch import enqueue_attempt, enqueue_route
-from router.fairshare import job_daemon
+from router.dispatch import enqueue_attempt, enqueue_route, fair_share
+from router.fairshare import contended, job_daemon
 from schemas.tables import Attempt, Job
 from tierflow import store
-from tierflow.core.constants import ROUTER_QUEUE, JobStatus, Tier, tier_queue
+from tierflow.core.config import LLMConfig
+from tierflow.core.constants import ROUTER_QUEUE, TIER_ORDER, JobStatus, Tier, tier_queue
 from tierflow.core.settings import get_settings
 from workers import outcome
 from workers.queues import queue_depth
@@ -38,6 +41,7 @@ SWEEP_BATCH = 500  # stalled jobs read per pass; the rest wait for the next pass
 # A rescued attempt (its holder died or lost its lease mid-run) goes to the front of its tier's
 # queue: it had its turn already, and its holder's jobs are at most that worker's pool.
 RESCUE_PRIORITY = 9
+_TIER_OF_QUEUE = {tier_queue(t): t for t in TIER_ORDER}
 
 
 def sweep(now: datetime, stale_after: timedelta, batch: int = SWEEP_BATCH) -> dict[str, int]:
@@ -58,7 +62,7 @@ def sweep(now: datetime, stale_after: timedelta, batch: int = SWEEP_BATCH) -> di
     def backlog(queues: list[str]) -> bool:
         for queue in queues:
             if queue not in depths:
-                depths[queue] = queue_depth(queue)
+                depths[queue] = queue_depth(queue) + _in_lines(config, queue)
         return any(depths[q] > 0 for q in queues)
 
     for job in store.lapsed_jobs(batch):
@@ -82,6 +86,16 @@ def sweep(now: datetime, stale_after: timedelta, batch: int = SWEEP_BATCH) -> di
             counts["waiting"] += 1
         store.touch_jobs([job.id])
     return counts
+
+
+def _in_lines(config: LLMConfig, queue: str) -> int:
+    """Attempts waiting in the daemons' lines of the tier ``queue`` serves, when that tier is
+    contended (:mod:`router.fairshare`): there the queue holds admitted attempts alone, and
+    the work waiting its turn waits in the lines; 0 for any other queue."""
+    tier = _TIER_OF_QUEUE.get(queue)
+    if tier is None or not contended(config, tier):
+        return 0
+    return sum(load.waiting for load in fair_share().loads(tier).values())
 
 
 def _resend_attempt(
