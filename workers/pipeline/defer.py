@@ -30,8 +30,8 @@ from datetime import datetime
 
 from router.mode import get_mode
 from tierflow import store
-from tierflow.core.config import PROVIDER_BATCH_WINDOW_HOURS, ActionRule
-from tierflow.core.constants import BATCH_PROVIDERS, AttemptStatus, ItemState
+from tierflow.core.config import PROVIDER_BATCH_WINDOW_HOURS, ActionRule, LLMConfig
+from tierflow.core.constants import BATCH_PROVIDERS, AttemptStatus, ItemState, Tier
 from tierflow.store import provider_batches
 from workers.backends.base import registry
 from workers.leases import lease_seconds
@@ -54,9 +54,19 @@ def hold_seconds() -> float:
     return PROVIDER_BATCH_WINDOW_HOURS * 3600 + HOLD_MARGIN_S
 
 
+def tier_can_defer(config: LLMConfig, tier: Tier) -> bool:
+    """Whether an attempt on ``tier`` may be deferred: one of its models is of a provider with
+    a Batch API (:data:`~tierflow.core.constants.BATCH_PROVIDERS`)."""
+    return any(m.provider in BATCH_PROVIDERS for m in config.tier_models(tier))
+
+
 class HeldByProviderBatch(Step):
     """A deferred attempt's delivery ends here (its result stored: the resume is sent); for the
-    other attempts of a batch job, note whether its batch allows the providers' Batch APIs."""
+    other attempts of a batch job, note whether its batch allows the providers' Batch APIs.
+
+    An attempt this delivery claimed afresh on a tier with no Batch-API model reads nothing:
+    it cannot have been deferred there, nor be deferred now (a read per attempt of every batch
+    job, and the largest share of a fake-backend batch attempt's time in the fleet)."""
 
     def applies(self, ctx: AttemptContext) -> bool:
         return (
@@ -67,6 +77,8 @@ class HeldByProviderBatch(Step):
 
     def run(self, ctx: AttemptContext) -> None:
         assert ctx.job is not None and ctx.job.batch_id is not None and ctx.tier is not None
+        if ctx.busy is None and not tier_can_defer(ctx.config, ctx.tier):
+            return
         found = provider_batches.deferral_of(ctx.job.batch_id, ctx.job_id, ctx.attempt_no)
         ctx.provider_batch = found.allowed
         if found.item is None:
