@@ -103,6 +103,9 @@ log = logging.getLogger(__name__)
 COST_CHECK_EVERY = 100  # lines between two reads of the batch's spending
 CHUNK_LINES = 500  # lines checked, planned and stored in one transaction
 WINDOW_POLL_S = 0.02  # a full window's pause between two reads of its jobs' states
+# A full window is refilled once this share of it is free (a quarter of 64: 16 lines a chunk),
+# not line by line: a chunk of one line paid a transaction, a mode read and a poll per line.
+WINDOW_REFILL_SHARE = 4
 SPEC_FIELDS = ("prompt", "action_type", "context", "metadata")
 ESTIMATED_ANSWER_TOKENS = 256  # a dry run's guess of each answer's length, capped by max_tokens
 
@@ -285,13 +288,14 @@ class BatchRun:
     def next_chunk_size(self) -> int:
         """Lines in the next chunk: :data:`CHUNK_LINES`; under a cost ceiling at most
         :data:`COST_CHECK_EVERY` (the spending is read between chunks); with a window, once it
-        has room, at most that room, so no more of the batch's jobs are stored unsent than
-        the window lets through (a stored, unsent job would look stalled to the sweeper)."""
+        has room for a quarter of it (:data:`WINDOW_REFILL_SHARE`; while yielding, one line),
+        at most that room, so no more of the batch's jobs are stored unsent than the window
+        lets through (a stored, unsent job would look stalled to the sweeper)."""
         size = CHUNK_LINES
         if self.max_cost_usd is not None:
             size = min(size, COST_CHECK_EVERY)
         if self.window is not None:
-            self.window.wait_for_room(self.packer)
+            self.window.wait_for_room(self.packer, self.window.refill())
             size = min(size, max(self.window.limit() - len(self.window.open), 1))
         return size
 
@@ -418,17 +422,22 @@ class Window:
     def limit(self) -> int:
         return self.yield_size if interactive.seen() else self.size
 
-    def wait_for_room(self, packer: Packer | None) -> None:
-        """Return once fewer than the limit of the sent jobs are unfinished. A pending pack is
-        sent first: its jobs are in the window and end only once sent."""
-        if len(self.open) < self.yield_size:
+    def refill(self) -> int:
+        """The room a new chunk waits for: :data:`WINDOW_REFILL_SHARE` of the window."""
+        return max(1, self.size // WINDOW_REFILL_SHARE)
+
+    def wait_for_room(self, packer: Packer | None, room: int = 1) -> None:
+        """Return once ``room`` more jobs (at most the limit of the moment) may be sent
+        without more than the limit of the sent jobs unfinished. A pending pack is sent first:
+        its jobs are in the window and end only once sent."""
+        if len(self.open) + room <= self.yield_size:
             return  # room even while yielding: no need to ask whether daemons are at work
-        if len(self.open) < self.limit():
+        if len(self.open) + min(room, limit := self.limit()) <= limit:
             return
         if packer is not None:
             packer.flush()
         self.open = store.unfinished(self.open)
-        while len(self.open) >= self.limit():
+        while len(self.open) + min(room, limit := self.limit()) > limit:
             self.done.window_waits += 1
             time.sleep(WINDOW_POLL_S)
             self.open = store.unfinished(self.open)
