@@ -391,13 +391,12 @@ class BatchRun:
         if item.plan is None:
             enqueue_route(job_id, request.priority)
             return job_id
-        first = FirstAttempt(
-            job_id, Tier(item.plan[1]["chain"][0]), request.priority, request.action_type
-        )
+        tier = Tier(item.plan[1]["chain"][0])
         if firsts is not None:
-            firsts.append(first)
+            firsts.append(FirstAttempt(job_id, tier, request.priority, request.action_type))
         else:
-            enqueue_first_attempts([first])
+            action = request.action_type
+            enqueue_attempt(job_id, tier, 0, 0, priority=request.priority, action=action)
         return job_id
 
     def finish(self) -> Submitted:
