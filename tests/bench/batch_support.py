@@ -1,6 +1,7 @@
 """Helpers of ``bench_batch.py``: ``tierflow up`` as a child, a child's peak memory, raw sends.
 
-Imports nothing of tierflow, so the benchmark can set the environment first.
+Imports nothing of tierflow at its top, so the benchmark can set the environment first (the
+children import what they run).
 
 - :class:`UpFleet`: ``python -m tierflow.cli up`` in its own session (a user's ``tierflow up``),
   ready when its log says ``fleet up``; stopped by SIGINT to the session (Ctrl-C), then SIGKILL.
@@ -11,6 +12,8 @@ Imports nothing of tierflow, so the benchmark can set the environment first.
 - ``python tests/bench/batch_support.py raw-send N RUN``: the raw Celery submitter, sending N
   no-op tasks with the ids ``RUN-<i>`` and keeping no result objects (like ``tierflow batch run``,
   which keeps nothing of what it sent); the benchmark reads the results from Redis itself.
+- ``python tests/bench/batch_support.py submit-batch FILE NAME``: ``submit_batch`` of FILE in
+  this process, timed without the CLI's start (:func:`submit_in_process`).
 """
 
 from __future__ import annotations
@@ -195,6 +198,24 @@ def raw_send(n: int, run: str) -> None:
         noop.apply_async((i,), task_id=f"{run}-{i}")
 
 
+def submit_in_process(path: str, name: str) -> None:
+    """``submit_batch`` of the file's lines as ``tierflow batch run --in-flight 0`` calls it,
+    timed alone (no CLI start): prints ``SUBMIT {"lines": N, "submit_s": S}``."""
+    import json
+
+    sys.path.insert(0, str(REPO))
+    # Here, not at the top: the parent imports this module before it sets the environment the
+    # settings read; this child is started with it set.
+    from router.batch import read_jsonl, submit_batch
+
+    started = time.perf_counter()
+    done = submit_batch(read_jsonl(path), name=name, in_flight=0)
+    took = time.perf_counter() - started
+    if done.errors or done.sent != done.lines:
+        sys.exit(f"submit_batch: {done.sent} of {done.lines} sent, {len(done.errors)} refused")
+    print("SUBMIT " + json.dumps({"lines": done.lines, "submit_s": took}))
+
+
 RAW_INSERT_CHUNK = 500
 
 
@@ -236,5 +257,10 @@ if __name__ == "__main__":
         raw_send(int(sys.argv[2]), sys.argv[3])
     elif len(sys.argv) == 4 and sys.argv[1] == "raw-insert":
         raw_insert(int(sys.argv[2]), sys.argv[3])
+    elif len(sys.argv) == 4 and sys.argv[1] == "submit-batch":
+        submit_in_process(sys.argv[2], sys.argv[3])
     else:
-        sys.exit("usage: batch_support.py raw-send N RUN | raw-insert N POSTGRES_URL")
+        sys.exit(
+            "usage: batch_support.py raw-send N RUN | raw-insert N POSTGRES_URL "
+            "| submit-batch FILE NAME"
+        )
