@@ -140,7 +140,19 @@ def _audit_with(
         output_tokens=completion.output_tokens,
         cost_usd=cost,
     )
-    mine, theirs = extract(passed.text or "", rule).value, extract(completion.text, rule).value
+    good = _record_label(
+        job, passed, rule, f"{picked.model.name} on {tier.value}", completion.text, cost
+    )
+    outcome = "agreed" if good else "disagreed"
+    AUDITS.labels(job.action_type, outcome).inc()
+    return outcome
+
+
+def _record_label(
+    job: Job, passed: Attempt, rule: ActionRule, auditor: str, audit_text: str, cost: float
+) -> bool:
+    """Store the audit's label of ``passed`` (good: the auditor's value equals the answer's)."""
+    mine, theirs = extract(passed.text or "", rule).value, extract(audit_text, rule).value
     good = mine is not None and mine == theirs
     evidence = passed.quality_components or {}
     store.record_label(
@@ -151,9 +163,7 @@ def _audit_with(
         gate_passed=True,
         score=passed.quality_score,
         features=dict(evidence.get("features") or {}),
-        note=f"{picked.model.name} on {tier.value}: {str(theirs)[:200]}",
+        note=f"{auditor}: {str(theirs)[:200]}",
         cost_usd=cost,
     )
-    outcome = "agreed" if good else "disagreed"
-    AUDITS.labels(job.action_type, outcome).inc()
-    return outcome
+    return good

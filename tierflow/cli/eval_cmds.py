@@ -62,17 +62,7 @@ def eval_command(
         )
         mode = "through the fleet (its gate refits as its labels come)"
     else:
-        llm = load_config(config) if config is not None else get_settings().llm
-        name, rule = rule_for(llm, action)
-        rows = read_rows(file)[:limit]
-        found = evaluate(
-            rows,
-            rule,
-            llm.routing.quality_threshold,
-            action=name,
-            prequential=prequential,
-            refit_every=refit_every,
-        )
+        found = _offline(file, action, config, limit, prequential, refit_every)
         mode = None
     if as_json:
         extra = {"mode": "fleet"} if fleet else {}
@@ -138,3 +128,24 @@ def render(found: Evaluation, source: str, mode: str | None = None) -> None:
     console.print(costs)
     for note in found.notes:
         console.print(f"note: {note}")
+
+
+def _offline(
+    file: Path,
+    action: str | None,
+    config: Path | None,
+    limit: int | None,
+    prequential: bool,
+    refit_every: int,
+) -> Evaluation:
+    """The offline replay of ``file``'s first ``limit`` rows under ``action``'s rule."""
+    llm = load_config(config) if config is not None else get_settings().llm
+    name, rule = rule_for(llm, action)
+    return evaluate(
+        read_rows(file)[:limit],
+        rule,
+        llm.routing.quality_threshold,
+        action=name,
+        prequential=prequential,
+        refit_every=refit_every,
+    )
