@@ -28,17 +28,20 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import re
 import shutil
 import signal
 import statistics
+import subprocess
 import sys
 import tempfile
 import threading
 import time
 import traceback
 import uuid
+from datetime import datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 REPO = Path(__file__).resolve().parents[2]
 if str(REPO) not in sys.path:
@@ -130,26 +133,36 @@ def finish(handles: list[Any]) -> None:
             raise RuntimeError(f"job {h.job_id} ended {result.status}: {result.error}")
 
 
-def paced(daemon: str, n: int, every: float, tag: str) -> list[float]:
-    """Send ``n`` jobs one every ``every`` seconds, each waited in its own thread; the waits (s)."""
+class BJob:
+    """One of B's jobs as the bench saw it: its id, wall clock (s, ``time.time``) before and
+    after ``submit_job`` and when its result came, and its wait (s)."""
+
+    def __init__(self, job_id: str, began: float, submitted: float, ended: float) -> None:
+        self.job_id, self.began, self.submitted, self.ended = job_id, began, submitted, ended
+        self.wait = ended - began
+
+
+def paced(daemon: str, n: int, every: float, tag: str) -> list[BJob]:
+    """Send ``n`` jobs one every ``every`` seconds, each waited in its own thread."""
     from router import submit_job
 
-    waits: list[float] = []
+    jobs: list[BJob] = []
     lock = threading.Lock()
 
     def one(i: int) -> None:
-        began = time.perf_counter()
+        began = time.time()
         handle = submit_job(
             f"Extract topic from: 'note {tag}-{daemon}-{i}'",
             ACTION,
             metadata={"daemon": daemon},
             cache=False,
         )
+        submitted = time.time()
         result = handle.wait(timeout=WAIT_S)
         if result.status != "succeeded":
             raise RuntimeError(f"job {handle.job_id} ended {result.status}")
         with lock:
-            waits.append(time.perf_counter() - began)
+            jobs.append(BJob(handle.job_id, began, submitted, time.time()))
 
     threads = []
     for i in range(n):
@@ -159,44 +172,136 @@ def paced(daemon: str, n: int, every: float, tag: str) -> list[float]:
         time.sleep(every)
     for t in threads:
         t.join()
-    if len(waits) != n:
-        raise RuntimeError(f"{n - len(waits)} of {daemon}'s jobs did not finish")
-    return waits
+    if len(jobs) != n:
+        raise RuntimeError(f"{n - len(jobs)} of {daemon}'s jobs did not finish")
+    return jobs
 
 
-def run_alone_b(args: argparse.Namespace, tag: str) -> dict[str, float]:
-    waits = paced("B", args.b_jobs, args.b_every, tag)
-    return {"p50_ms": 1000 * statistics.median(waits), "p95_ms": 1000 * percentile(waits, 0.95)}
+_LOG_LINE = re.compile(
+    r"^\[(\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d{3}): INFO/MainProcess\] Task "
+    r"(route_job|run_attempt) job=([0-9a-f-]{36}) .*?\] (received|succeeded)"
+)
 
 
-def run_alone_a(args: argparse.Namespace, tag: str) -> dict[str, float]:
-    began, handles = burst("A", args.a_jobs, tag)
-    finish(handles)
-    return {"jobs_per_s": args.a_jobs / (time.perf_counter() - began)}
+def log_times(workers: list[Any]) -> dict[tuple[str, str, str], float]:
+    """(job, task, received|succeeded) -> wall clock (s) from the workers' INFO logs (the
+    first of each: a redelivery keeps the first)."""
+    out: dict[tuple[str, str, str], float] = {}
+    for w in workers:
+        for line in w.log.read_text(errors="replace").splitlines():
+            m = _LOG_LINE.match(line)
+            if m:
+                stamp = datetime.strptime(m.group(1), "%Y-%m-%d %H:%M:%S,%f").timestamp()
+                out.setdefault((m.group(3), m.group(2), m.group(4)), stamp)
+    return out
 
 
-def run_contended(args: argparse.Namespace, tag: str) -> dict[str, float]:
-    out: dict[str, Any] = {}
+# Where B's wait went, in order: submit_job's own time; its routing message waiting in the
+# router's queue (and the router worker's prefetch) until the router worker received it;
+# received to routed (a thread free, the plan, its save, the admission); routed to the tier
+# worker's receipt of the attempt (a line in Redis, the tier queue); receipt to the result.
+PARTS = ("submit", "router_q", "route", "admit_tier_q", "run_to_result")
 
-    def a_side() -> None:
-        began, handles = burst("A", args.a_jobs, tag)
-        out["a_sent"] = time.perf_counter()
-        finish(handles)
-        out["a_rate"] = args.a_jobs / (time.perf_counter() - began)
 
-    a = threading.Thread(target=a_side)
-    a.start()
-    time.sleep(1.0)  # A's burst is under way and the tier saturated
-    waits = paced("B", args.b_jobs, args.b_every, tag)
-    a.join()
+def breakdown(jobs: list[BJob], workers: list[Any]) -> dict[str, float]:
+    """Medians and p95s (ms) of B's wait by :data:`PARTS`, and of its ``JobResult``'s
+    queue/model/fleet split (tierflow/store/timing.py)."""
+    from tierflow import store
+
+    times = log_times(workers)
+    parts: dict[str, list[float]] = {p: [] for p in PARTS}
+    split: dict[str, list[float]] = {"queue_ms": [], "model_ms": [], "fleet_ms": []}
+    for job in jobs:
+        marks = [
+            job.began,
+            job.submitted,
+            times.get((job.job_id, "route_job", "received")),
+            times.get((job.job_id, "route_job", "succeeded")),
+            times.get((job.job_id, "run_attempt", "received")),
+            job.ended,
+        ]
+        if None not in marks:
+            for name, a, b in zip(PARTS, marks, marks[1:], strict=False):
+                parts[name].append(1000 * (cast(float, b) - cast(float, a)))
+        result = store.job_result(job.job_id)
+        for key, values in split.items():
+            value = getattr(result, key, None) if result is not None else None
+            if value is not None:
+                values.append(value)
+    out: dict[str, float] = {}
+    for name, values in [*parts.items(), *split.items()]:
+        if values:
+            out[f"{name}_p50"] = statistics.median(values)
+            out[f"{name}_p95"] = percentile(values, 0.95)
+    return out
+
+
+def b_figures(jobs: list[BJob], scenario: Scenario) -> dict[str, float]:
+    waits = [j.wait for j in jobs]
     return {
         "p50_ms": 1000 * statistics.median(waits),
         "p95_ms": 1000 * percentile(waits, 0.95),
-        "a_jobs_per_s": out["a_rate"],
+        **{f"b_{k}": v for k, v in breakdown(jobs, scenario.workers).items()},
     }
 
 
-def run_weighted(args: argparse.Namespace, tag: str) -> dict[str, float]:
+def run_alone_b(args: argparse.Namespace, tag: str, scenario: Scenario) -> dict[str, float]:
+    return b_figures(paced("B", args.b_jobs, args.b_every, tag), scenario)
+
+
+def a_burst(args: argparse.Namespace, tag: str, started: threading.Event) -> dict[str, float]:
+    """Daemon A's burst of ``--a-jobs`` at once, waited to the end: in a thread of this process
+    (``--a-from thread``, sharing its interpreter with B's submitter) or from a process of its
+    own (``--a-from process``, as a separate daemon would: ``--burst`` below). Its jobs/s
+    (first submit to last result) and the seconds its submits took."""
+    if args.a_from == "thread":
+        started.set()
+        began, handles = burst("A", args.a_jobs, tag)
+        sent = time.perf_counter() - began
+        finish(handles)
+        return {"rate": args.a_jobs / (time.perf_counter() - began), "submit_s": sent}
+    cmd = [sys.executable, __file__, "--burst", "A", "--a-jobs", str(args.a_jobs), "--tag", tag]
+    child = subprocess.Popen(cmd, cwd=REPO, stdout=subprocess.PIPE, text=True)
+    started.set()
+    out, _ = child.communicate(timeout=WAIT_S)
+    if child.returncode != 0:
+        raise RuntimeError(f"A's burst process ended {child.returncode}")
+    return cast(dict[str, float], json.loads(out.strip().splitlines()[-1]))
+
+
+def burst_main(daemon: str, n: int, tag: str) -> int:
+    """The ``--burst`` child: send ``n`` jobs of ``daemon`` at once, wait them, print JSON."""
+    began, handles = burst(daemon, n, tag)
+    sent = time.perf_counter() - began
+    finish(handles)
+    print(json.dumps({"rate": n / (time.perf_counter() - began), "submit_s": sent}))
+    return 0
+
+
+def run_alone_a(args: argparse.Namespace, tag: str, scenario: Scenario) -> dict[str, float]:
+    got = a_burst(args, tag, threading.Event())
+    return {"jobs_per_s": got["rate"], "a_submit_s": got["submit_s"]}
+
+
+def run_contended(args: argparse.Namespace, tag: str, scenario: Scenario) -> dict[str, float]:
+    out: dict[str, Any] = {}
+    started = threading.Event()
+
+    def a_side() -> None:
+        out.update(a_burst(args, tag, started))
+
+    a = threading.Thread(target=a_side)
+    a.start()
+    started.wait()
+    time.sleep(1.0)  # A's burst is under way and the tier saturated
+    jobs = paced("B", args.b_jobs, args.b_every, tag)
+    a.join()
+    if "rate" not in out:
+        raise RuntimeError("A's burst failed")
+    return {**b_figures(jobs, scenario), "a_jobs_per_s": out["rate"], "a_submit_s": out["submit_s"]}
+
+
+def run_weighted(args: argparse.Namespace, tag: str, scenario: Scenario) -> dict[str, float]:
     from router.dispatch import fair_share
     from tierflow.core.constants import Tier
 
@@ -235,7 +340,22 @@ def main() -> int:
     parser.add_argument("--latency-ms", type=int, default=50)
     parser.add_argument("--cap", type=int, default=4)
     parser.add_argument("--json", action="store_true")
+    parser.add_argument(
+        "--a-from",
+        choices=("thread", "process"),
+        default="thread",
+        help="A's burst from a thread of the bench (sharing B's interpreter) or its own process",
+    )
+    parser.add_argument(
+        "--only",
+        default="",
+        help="comma-separated scenarios to run (default: all): 'B alone,fair' for a quick look",
+    )
+    parser.add_argument("--burst", help=argparse.SUPPRESS)  # child: this daemon's burst
+    parser.add_argument("--tag", default="", help=argparse.SUPPRESS)
     args = parser.parse_args()
+    if args.burst:
+        return burst_main(args.burst, args.a_jobs, args.tag)
     if args.a_jobs < 2 or args.b_jobs < 1 or args.b_every <= 0 or args.cap < 1:
         parser.error("--a-jobs >= 2, --b-jobs >= 1, --b-every > 0, --cap >= 1")
     missing = services_up()
@@ -270,12 +390,18 @@ def main() -> int:
             ("fair", {}, run_contended),
             ("3:1", {"daemons": {"A": {"weight": 3}, "C": {"weight": 1}}}, run_weighted),
         ]
+        wanted = {n.strip() for n in args.only.split(",") if n.strip()}
+        unknown = wanted - {name for name, _, _ in plan}
+        if unknown:
+            raise ValueError(f"--only: unknown scenarios {sorted(unknown)}")
         for name, extra, bench in plan:
+            if wanted and name not in wanted:
+                continue
             scenario = Scenario(args, config_dir, **extra)
             try:
                 log(f"{name} ...")
                 began = time.perf_counter()
-                results[name] = bench(args, f"{run_id}-{name}")
+                results[name] = bench(args, f"{run_id}-{name}", scenario)
                 log(f"{name}: {results[name]} ({time.perf_counter() - began:.0f}s)")
             finally:
                 scenario.stop()
@@ -303,7 +429,8 @@ def print_table(results: dict[str, dict[str, float]], args: argparse.Namespace) 
     a = results.get("A alone", {})
     print(
         f"\nfairness: A {args.a_jobs} jobs at once, B {args.b_jobs} jobs one every "
-        f"{args.b_every}s, fake {args.latency_ms} ms calls, local_fast cap {args.cap}"
+        f"{args.b_every}s, fake {args.latency_ms} ms calls, local_fast cap {args.cap}, "
+        f"A sent from a {args.a_from}"
     )
     print(f"{'scenario':<10} {'B p50 ms':>9} {'B p95 ms':>9} {'B p95 / alone':>14} "
           f"{'A jobs/s':>9} {'A / alone':>10}")  # fmt: skip
@@ -319,8 +446,28 @@ def print_table(results: dict[str, dict[str, float]], args: argparse.Namespace) 
             f"{name:<10} {_f(p50):>9} {_f(p95):>9} {_f(ratio_b, 2):>14} {_f(rate, 1):>9} "
             f"{_f(ratio_a, 2):>10}"
         )
+    print_breakdown(results)
     if "3:1" in results:
         print(f"weights 3:1 -> admitted A:C = {_f(results['3:1']['ratio'], 2)} (target 2.7-3.3)")
+
+
+def print_breakdown(results: dict[str, dict[str, float]]) -> None:
+    """B's wait by part (:data:`PARTS`, from the bench's clock and the workers' logs) and its
+    ``JobResult`` split, p50/p95 ms; A's submit seconds."""
+    names = [n for n in ("B alone", "FIFO", "fair") if n in results]
+    if not names:
+        return
+    print("\nB's wait by part, ms p50/p95 (router_q: submit to the router worker's receipt; "
+          "admit_tier_q: routed to the tier worker's receipt)")  # fmt: skip
+    cols = [*PARTS, "queue_ms", "model_ms", "fleet_ms"]
+    print(f"{'scenario':<10} " + " ".join(f"{c:>15}" for c in cols) + f" {'A submit s':>10}")
+    for name in names:
+        r = results[name]
+        cells = [f"{_f(r.get(f'b_{c}_p50'))}/{_f(r.get(f'b_{c}_p95'))}" for c in cols]
+        print(f"{name:<10} " + " ".join(f"{c:>15}" for c in cells)
+              + f" {_f(r.get('a_submit_s'), 1):>10}")  # fmt: skip
+    if "A alone" in results:
+        print(f"A alone: its submits took {_f(results['A alone'].get('a_submit_s'), 1)} s")
 
 
 def _f(value: float | None, digits: int = 0) -> str:
