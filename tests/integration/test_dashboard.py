@@ -20,7 +20,7 @@ from collections import Counter
 from collections.abc import Callable, Iterator
 from datetime import timedelta
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
@@ -430,6 +430,6 @@ def test_queue_depth_reads_every_priority_list_of_real_messages(database: str) -
         assert f"{prefix}:q:{queue}" in present  # kombu's priority 0: tierflow's 9
         assert f"{prefix}:q:{queue}:4" in present  # tierflow's default priority 5
         assert queue_depths([queue]) == {queue: 10}
-        assert sum(int(redis.llen(k)) for k in present) == 10
+        assert sum(int(cast(int, redis.llen(k))) for k in present) == 10
     finally:
         services.delete_prefix(prefix, "q:*")

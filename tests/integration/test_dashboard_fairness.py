@@ -10,6 +10,7 @@ reads the panel from a ``tierflow dashboard`` process: ``/api/overview``, the pa
 from __future__ import annotations
 
 import math
+import os
 import re
 import time
 import uuid
@@ -22,15 +23,18 @@ import pytest
 from sqlalchemy import select, text, update
 
 from router import submit_job
+from router.dispatch import fair_share
 from router.fairshare import BATCH_LINE, DEFAULT_DAEMON
 from schemas.jobs import JobRequest
 from schemas.tables import Attempt, Job
 from tests.integration.test_dashboard import Dashboard, _samples, http
+from tests.support import services
 from tests.support.services import fake_model, fleet_config
 from tierflow import store
-from tierflow.app.fairness import CACHE_S
-from tierflow.core.constants import BATCH_PRIORITY, STALE_AFTER_S
+from tierflow.app.fairness import CACHE_S, fairness, forget_cache
+from tierflow.core.constants import BATCH_PRIORITY, STALE_AFTER_S, Tier
 from tierflow.core.db import session_scope
+from tierflow.core.settings import get_settings
 from tierflow.store.activity import stuck_jobs
 from tierflow.store.overhead import daemon_attempts, recent_times
 
@@ -363,3 +367,37 @@ def _check_page_and_metrics(
     assert status == 200
     gauge = {s.labels["tier"]: s.value for s in _samples(metrics)["tierflow_stuck_jobs"]}
     assert gauge["local_fast"] == stuck
+
+
+def test_panel_reads_the_fair_share_lines_and_the_configured_daemons(
+    database: str, config_file: Any
+) -> None:
+    """The panel's composition without a worker: slots held and lines waiting in Redis (as the
+    admission leaves them), daemons' weights and caps from the config, one configured daemon
+    idle (no weight share: it competes for nothing)."""
+    tag = uuid.uuid4().hex[:6]
+    busy, queued, idle = f"busy-{tag}", f"queued-{tag}", f"idle-{tag}"
+    config = fleet_config(local_fast=[fake_model("f", limits={"max_concurrency": 1})])
+    config["daemons"] = {busy: {"weight": 2}, queued: {"weight": 0.5, "max_in_flight": 3}, idle: {}}
+    config_file(config)
+    share = fair_share()
+    try:
+        for i, daemon in enumerate([busy, queued, queued]):  # 1 slot: busy runs, 2 wait
+            payload = {"m": f"{tag}-{i}:0:0:0"}
+            share.offer(Tier.LOCAL_FAST, daemon, payload["m"], payload, 5)
+        forget_cache()
+        panel = fairness(get_settings().llm, {"tier.local_fast": 3}, {"local_fast": 1})
+    finally:
+        services.delete_prefix(os.environ["TIERFLOW_KEY_PREFIX"], "fair:*")
+    rows = {t["tier"]: t for t in panel["tiers"]}
+    assert rows["local_fast"]["waiting"] >= 3 + 2 and rows["local_fast"]["running"] == 1
+    assert [t["tier"] for t in panel["tiers"]][-1] == "router"
+    (fast,) = [s for s in panel["shares"] if s["tier"] == "local_fast"]
+    assert fast["capacity"] == 1
+    daemons = {d["daemon"]: d for d in fast["daemons"]}
+    assert (daemons[busy]["running"], daemons[busy]["waiting"]) == (1, 0)
+    assert (daemons[queued]["running"], daemons[queued]["waiting"]) == (0, 2)
+    assert (daemons[queued]["weight"], daemons[queued]["max_in_flight"]) == (0.5, 3)
+    assert daemons[busy]["weight_share"] == pytest.approx(4 * daemons[queued]["weight_share"])
+    assert daemons[idle]["weight_share"] is None and daemons[idle]["weight"] == 1
+    assert daemons[busy]["attempts"] == 0 and daemons[idle]["running"] == 0
