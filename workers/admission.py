@@ -1,5 +1,5 @@
 """A tier worker's side of the fair shares (:mod:`router.fairshare`): admit an attempt that
-came due after a countdown, and free an attempt's slot when its run ends.
+came due after a countdown, and free an attempt's slot once its outcome is stored.
 
 An attempt message sent with a countdown carries ``fair`` (its daemon, priority and action)
 and holds no slot while it waits; when it comes due the worker offers it (:func:`admit_on_arrival`):
