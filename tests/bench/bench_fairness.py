@@ -26,6 +26,7 @@ Not collected by pytest (``tests/bench`` is ignored).
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
 import os
 import re
@@ -211,6 +212,7 @@ def breakdown(jobs: list[BJob], workers: list[Any]) -> dict[str, float]:
     times = log_times(workers)
     parts: dict[str, list[float]] = {p: [] for p in PARTS}
     split: dict[str, list[float]] = {"queue_ms": [], "model_ms": [], "fleet_ms": []}
+    slowest = sorted(jobs, key=lambda j: j.wait)[-3:]
     for job in jobs:
         marks = [
             job.began,
@@ -221,8 +223,14 @@ def breakdown(jobs: list[BJob], workers: list[Any]) -> dict[str, float]:
             job.ended,
         ]
         if None not in marks:
-            for name, a, b in zip(PARTS, marks, marks[1:], strict=False):
-                parts[name].append(1000 * (cast(float, b) - cast(float, a)))
+            stamps = cast(list[float], marks)
+            spans = [1000 * (b - a) for a, b in itertools.pairwise(stamps)]
+            for name, span in zip(PARTS, spans, strict=True):
+                parts[name].append(span)
+            if job in slowest:  # the tail, job by job: which part made it
+                log(f"  slow B job {1000 * job.wait:.0f} ms: " + ", ".join(
+                    f"{name} {span:.0f}" for name, span in zip(PARTS, spans, strict=True)
+                ))  # fmt: skip
         result = store.job_result(job.job_id)
         for key, values in split.items():
             value = getattr(result, key, None) if result is not None else None
