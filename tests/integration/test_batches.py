@@ -230,7 +230,7 @@ def test_max_cost_stops_sending_at_the_ceiling_and_a_rerun_resumes(fleet) -> Non
 
 
 @pytest.mark.slow
-def test_dry_run_plans_and_estimates_without_sending(config_file, tmp_path) -> None:
+def test_dry_run_plans_and_estimates_without_sending(database, config_file, tmp_path) -> None:
     config_file(fleet_config())
     rows = [*specs(5), {"prompt": "ORCHESTRATE: build it", "action_type": "spawn_daemon"}]
     plan = estimate_batch(read_jsonl(write(tmp_path / "plan.jsonl", rows)), get_settings().llm)

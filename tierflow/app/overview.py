@@ -113,6 +113,17 @@ def cost_timeline(now: datetime) -> dict[str, Any]:
     }
 
 
+def local_state(models: list[dict[str, Any]]) -> tuple[list[str], str | None]:
+    """The local models available now, and why none is (None when one is)."""
+    local = [m for m in models if m["local"]]
+    ready = [m["model"] for m in local if m["available"]]
+    if ready:
+        return ready, None
+    if not local:
+        return ready, "no local model is configured"
+    return ready, "; ".join(f"{m['model']}: {m['reason'] or 'unavailable'}" for m in local)
+
+
 def build_overview(now: datetime | None = None) -> dict[str, Any]:
     """The whole picture; see the module docstring. Reads Redis and PostgreSQL, and probes each
     local model's availability (cached by its backend)."""
@@ -121,14 +132,7 @@ def build_overview(now: datetime | None = None) -> dict[str, Any]:
     mode = get_mode()
     auto = automatic_cloud()
     models = availability(config)
-    local = [m for m in models if m["local"]]
-    local_ready = [m["model"] for m in local if m["available"]]
-    if local_ready:
-        local_reason = None
-    elif not local:
-        local_reason = "no local model is configured"
-    else:
-        local_reason = "; ".join(f"{m['model']}: {m['reason'] or 'unavailable'}" for m in local)
+    local_ready, local_reason = local_state(models)
     down_since = local_down_since()
     history = [{**c.as_dict(), "ago": ago((now - c.at).total_seconds())} for c in mode_history(5)]
     fallbacks = [

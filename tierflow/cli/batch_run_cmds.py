@@ -70,14 +70,7 @@ def run(
         minimum = get_settings().llm.provider_batches.min_deadline_hours
         provider_batch = True if deadline_hours >= minimum else None
     if dry_run:
-        plan = estimate_batch(read_jsonl(file), get_settings().llm)
-        table = Table("first tier", "jobs", title=f"{plan['jobs']} jobs (dry run: nothing sent)")
-        for tier, count in sorted(plan["per_tier"].items()):
-            table.add_row(tier, str(count))
-        console.print(table)
-        console.print(
-            f"estimated cost ${plan['cost_usd']:.6f}  API-only ${plan['api_only_usd']:.6f}"
-        )
+        _print_plan(file)
         return
     adopt_running_fleet()
     done = submit_batch(
@@ -107,3 +100,13 @@ def cancel(batch: str) -> None:
     """Cancel every queued job of the batch; jobs in flight finish and are kept."""
     adopt_running_fleet()
     console.print(f"{BatchHandle.find(batch).cancel()} queued jobs cancelled")
+
+
+def _print_plan(file: Path) -> None:
+    """``--dry-run``: the first tier of each line and the estimated cost; nothing sent."""
+    plan = estimate_batch(read_jsonl(file), get_settings().llm)
+    table = Table("first tier", "jobs", title=f"{plan['jobs']} jobs (dry run: nothing sent)")
+    for tier, count in sorted(plan["per_tier"].items()):
+        table.add_row(tier, str(count))
+    console.print(table)
+    console.print(f"estimated cost ${plan['cost_usd']:.6f}  API-only ${plan['api_only_usd']:.6f}")
