@@ -14,14 +14,10 @@ config file's schema only, the others the whole config, as every other command d
 from __future__ import annotations
 
 import importlib
-from collections.abc import Iterator
-from contextlib import contextmanager
-from typing import Any
 
 import typer
-from typer.core import TyperCommand, TyperGroup
 
-from tierflow.cli.commands import CommandEntry
+from tierflow.cli.commands import CommandEntry, LazyGroup
 from tierflow.core.settings import get_settings
 
 BATCH_COMMANDS: dict[str, CommandEntry] = {
@@ -43,47 +39,11 @@ READS_ONLY = frozenset({"status", "results"})  # the store alone: no backend is 
 _CONFIG_CHECK = "tierflow.cli.base"  # the root's whole-config check (imports the backends)
 
 
-def load_batch_command(name: str) -> Any:
-    """Import the module that holds ``tierflow batch <name>`` and return its click command.
-    Raises ``KeyError`` for a name not in :data:`BATCH_COMMANDS`, ``LookupError`` when the
-    module does not register it."""
-    entry = BATCH_COMMANDS[name]
-    module = importlib.import_module(f"tierflow.cli.{entry.module}")
-    command = typer.main.get_group(module.app).commands.get(name)
-    if command is None:
-        raise LookupError(f"tierflow.cli.{entry.module} registers no command {name!r}")
-    return command
-
-
-class LazyBatchGroup(TyperGroup):
+class LazyBatchGroup(LazyGroup):
     """``tierflow batch``: resolves a sub-command through :data:`BATCH_COMMANDS` when it runs;
     its help lists them from the table's lines, importing none."""
 
-    _listing = False
-
-    @contextmanager
-    def _from_table(self) -> Iterator[None]:
-        self._listing = True
-        try:
-            yield
-        finally:
-            self._listing = False
-
-    def list_commands(self, ctx: Any) -> list[str]:
-        return list(BATCH_COMMANDS)
-
-    def get_command(self, ctx: Any, cmd_name: str) -> Any | None:
-        if cmd_name in self.commands or cmd_name not in BATCH_COMMANDS:
-            return self.commands.get(cmd_name)
-        if self._listing:
-            line = BATCH_COMMANDS[cmd_name].help
-            return TyperCommand(cmd_name, callback=None, help=line, short_help=line)
-        self.commands[cmd_name] = load_batch_command(cmd_name)
-        return self.commands[cmd_name]
-
-    def format_help(self, ctx: Any, formatter: Any) -> None:
-        with self._from_table():
-            super().format_help(ctx, formatter)
+    table = BATCH_COMMANDS
 
 
 app = typer.Typer()  # this module's commands, loaded by name (tierflow/cli/commands.py)

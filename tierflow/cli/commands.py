@@ -12,7 +12,7 @@ import importlib
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, ClassVar
 
 import typer
 from typer.core import TyperCommand, TyperGroup
@@ -94,13 +94,14 @@ COMMANDS: dict[str, CommandEntry] = {
 }
 
 
-def load_command(name: str) -> Any:
-    """Import the module that holds command ``name`` and return its click command.
+def load_command(name: str, table: dict[str, CommandEntry] = COMMANDS) -> Any:
+    """Import the module that holds command ``name`` of ``table`` (the root's by default) and
+    return its click command.
 
-    Raises ``KeyError`` for a name not in :data:`COMMANDS`, and ``LookupError`` when the
-    module does not register the command the table says it does.
+    Raises ``KeyError`` for a name not in ``table``, and ``LookupError`` when the module does
+    not register the command the table says it does.
     """
-    entry = COMMANDS[name]
+    entry = table[name]
     module = importlib.import_module(f"tierflow.cli.{entry.module}")
     group = typer.main.get_group(module.app)
     command = group.commands.get(name)
@@ -110,13 +111,15 @@ def load_command(name: str) -> Any:
 
 
 class LazyGroup(TyperGroup):
-    """The root command: resolves a name through :data:`COMMANDS`, importing its module then.
+    """A group whose commands are resolved through :attr:`table` (the root's: :data:`COMMANDS`),
+    each importing its module when it runs.
 
     While help is written, a command not yet loaded is shown from its table line, so listing
     the commands imports none of them. (Typer bundles its own Click, whose types it does not
     export: hence ``Any`` for contexts and commands.)
     """
 
+    table: ClassVar[dict[str, CommandEntry]] = COMMANDS
     _listing = False
 
     @contextmanager
@@ -128,15 +131,15 @@ class LazyGroup(TyperGroup):
             self._listing = False
 
     def list_commands(self, ctx: Any) -> list[str]:
-        return [*COMMANDS, *(name for name in self.commands if name not in COMMANDS)]
+        return [*self.table, *(name for name in self.commands if name not in self.table)]
 
     def get_command(self, ctx: Any, cmd_name: str) -> Any | None:
-        if cmd_name in self.commands or cmd_name not in COMMANDS:
+        if cmd_name in self.commands or cmd_name not in self.table:
             return self.commands.get(cmd_name)
         if self._listing:
-            line = COMMANDS[cmd_name].help
+            line = self.table[cmd_name].help
             return TyperCommand(cmd_name, callback=None, help=line, short_help=line)
-        self.commands[cmd_name] = load_command(cmd_name)
+        self.commands[cmd_name] = load_command(cmd_name, self.table)
         return self.commands[cmd_name]
 
     def format_help(self, ctx: Any, formatter: Any) -> None:
