@@ -4,15 +4,15 @@ A tier's Celery queue is first in, first out within a priority, so the broker al
 daemon's burst stand in front of every other daemon's next job. Here an attempt is **admitted**
 before its message reaches the tier's queue: the tier has ``capacity`` slots (the sum of its
 models' ``limits.max_concurrency``; no cap on any model: unbounded), each admitted attempt holds
-one until its outcome is stored (``workers.admission.SlotRelease``), and an attempt that finds
-no slot (or its daemon at ``max_in_flight``) waits in its daemon's line in Redis. When a slot
-frees, the next attempt is taken from the waiting daemons by **stride scheduling**: each daemon
-has a pass, the eligible daemon with the lowest pass goes next and its pass grows by
-``1/weight``; a daemon that starts waiting joins at the current virtual time (the last pass
-served), so idle time earns no credit. Within a daemon, higher priority first, then first come;
-batch lines (priority ``BATCH_PRIORITY``) wait in a line of their own that is served only when
-no daemon's is eligible, so batches yield to daemons as they did by priority. One daemon alone
-takes every free slot: a slot is never withheld while anyone eligible waits.
+one until its run ends, and an attempt that finds no slot (or its daemon at ``max_in_flight``)
+waits in its daemon's line in Redis. When a slot frees, the next attempt is taken from the
+waiting daemons by **stride scheduling**: each daemon has a pass, the eligible daemon with the
+lowest pass goes next and its pass grows by ``1 / weight``; a daemon that starts waiting joins
+at the current virtual time (the last pass served), so idle time earns no credit. Within a
+daemon, higher priority first, then first come; batch lines (priority ``BATCH_PRIORITY``) wait in
+a line of their own that is served only when no daemon's is eligible, so batches yield to
+daemons as they did by priority. One daemon alone takes every free slot: a slot
+is never withheld while anyone eligible waits.
 
 Every move (offer, release, pump) is one Lua script over the tier's keys, so it is atomic
 across processes and hosts; the script returns the messages to send now and the caller sends

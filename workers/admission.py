@@ -1,22 +1,12 @@
 """A tier worker's side of the fair shares (:mod:`router.fairshare`): admit an attempt that
-came due after a countdown, and free an attempt's slot once its outcome is stored.
+came due after a countdown, and free an attempt's slot when its run ends.
 
 An attempt message sent with a countdown carries ``fair`` (its daemon, priority and action)
 and holds no slot while it waits; when it comes due the worker offers it (:func:`admit_on_arrival`):
 it runs now if it is admitted, else it joins its daemon's line and the delivery ends. Every run
-of a contended tier's attempt frees its slot once its outcome is stored (:class:`SlotRelease`:
-a step right after ``Persist``, so the gate's verdict, the finish, the wake-up, the cache and
-the next attempt's send no longer hold the tier's slot), or at the run's end when it stopped
-before that; the release admits the next attempts in fair order and sends them. A run that ends
-by a Celery retry before its outcome was stored keeps its slot: the retry is the same message
-and runs on it.
-
-Why after ``Persist``: another daemon's next attempt waits for the next freed slot, so the time
-a slot is held past the model call is waiting added to every contended job (issue 34's bench:
-B's admission wait, p95 54 ms with 50 ms calls, went with the slot's hold). Freed earlier
-(after the call), the next attempt could be claimed before this one's row is written, and the
-tier would show more attempts at once than its slots; after ``Persist`` the stored attempts
-never overlap beyond them.
+of a contended tier's attempt frees its slot at its end (:func:`release_after`), which admits the
+next attempts in fair order and sends them. A run that ends by a Celery retry keeps its slot:
+the retry is the same message and runs on it.
 """
 
 from __future__ import annotations
@@ -27,9 +17,6 @@ from router.dispatch import attempt_payload, fair_share, send_all
 from router.fairshare import contended, slot_member
 from tierflow.core.constants import Tier, tier_of_queue
 from tierflow.core.settings import get_settings
-from workers.pipeline import STEPS
-from workers.pipeline.context import AttemptContext, Step
-from workers.pipeline.persist import Persist
 
 
 class Delivery(NamedTuple):
@@ -91,35 +78,6 @@ def admit_on_arrival(
 def release_after(delivery: Delivery) -> None:
     """Free the delivery's slot and send the attempts admitted in its place."""
     send_all(fair_share().release(delivery.tier, delivery.member))
-
-
-class SlotRelease(Step):
-    """One delivery's slot, freed once: as a pipeline step right after ``Persist`` (see the
-    module; :attr:`steps` are the attempt's steps with it there), else by :meth:`release` at
-    the run's end. A second release does nothing (no Redis call)."""
-
-    def __init__(self, delivery: Delivery) -> None:
-        self.delivery = delivery
-        self.released = False
-        at = [type(s) for s in STEPS].index(Persist) + 1
-        self.steps: tuple[Step, ...] = (*STEPS[:at], self, *STEPS[at:])
-
-    def applies(self, ctx: AttemptContext) -> bool:
-        # Stored (or stopped with nothing to store: a replay, a wait, a fenced-out write):
-        # from here on the attempt makes no model call on this slot.
-        return not self.released
-
-    def run(self, ctx: AttemptContext) -> None:
-        self.release()
-
-    def release(self) -> None:
-        """Free the slot and send what was admitted in its place (once)."""
-        if not self.released:
-            self.released = True
-            release_after(self.delivery)
-
-    def __repr__(self) -> str:
-        return f"SlotRelease({self.delivery.member!r})"
 
 
 def pump_all() -> int:

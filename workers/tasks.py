@@ -61,7 +61,7 @@ from tierflow.core.redis_client import get_keys, get_redis
 from tierflow.core.settings import get_settings
 from workers import admission, audit, outcome
 from workers.packs import run_pack_steps
-from workers.pipeline import STEPS, resume_attempt_steps, run_attempt_steps
+from workers.pipeline import resume_attempt_steps, run_attempt_steps
 from workers.pipeline.summary import summarize
 from workers.provider_batch.poll import poll_open
 from workers.provider_batch.submit import submit_ready
@@ -330,33 +330,22 @@ def run_attempt(
         )
     ):
         return "queued"  # it waits in its daemon's line; a freed slot sends it
-    slot = admission.SlotRelease(delivery) if delivery is not None else None
     try:
-        done = _run_attempt(self, job_id, step, attempt_no, retries_in_step, waits, slot)
+        done = _run_attempt(self, job_id, step, attempt_no, retries_in_step, waits)
     except (*INFRA_ERRORS, Retry):
-        # Retried as this same message: it keeps its slot, unless its outcome was already
-        # stored (then the retry replays the stored row and calls no model).
-        raise
+        raise  # retried as this same message: it keeps its slot
     except BaseException:
-        if slot is not None:
-            slot.release()
+        if delivery is not None:
+            admission.release_after(delivery)
         raise
-    if slot is not None:
-        slot.release()  # when the run stopped before the step that frees it
+    if delivery is not None:
+        admission.release_after(delivery)
     return done
 
 
 def _run_attempt(
-    self: Task,
-    job_id: str,
-    step: int,
-    attempt_no: int,
-    retries_in_step: int,
-    waits: int,
-    slot: admission.SlotRelease | None = None,
+    self: Task, job_id: str, step: int, attempt_no: int, retries_in_step: int, waits: int
 ) -> str | None:
-    """The attempt's pipeline; ``slot`` (a contended tier's delivery) frees its slot as soon as
-    the outcome is stored (:class:`workers.admission.SlotRelease`)."""
     worker = delivery_name(self)
     with job_fails_on_bug(self, job_id):
         config = get_settings().llm
@@ -370,7 +359,6 @@ def _run_attempt(
             config,
             waits=waits,
             delivery_retry=retry,
-            steps=slot.steps if slot is not None else STEPS,
         )
         if ctx.superseded:
             return "superseded"
