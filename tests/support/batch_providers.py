@@ -32,7 +32,6 @@ created, with its requests as the server received them.
 
 from __future__ import annotations
 
-import contextlib
 import json
 import re
 import threading
@@ -43,10 +42,10 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from email.parser import BytesParser
 from email.policy import HTTP
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from typing import Any, Self
+from typing import Any
 
 from tests.support.fake_providers import count_tokens
+from tests.support.http_fake import HTTPFake, QuietHandler, QuietServer
 
 Answer = Callable[[str], str]
 Failure = tuple[int, str, str]  # HTTP status, the provider's error type, its message
@@ -110,46 +109,29 @@ def default_answer(prompt: str) -> str:
     return f"Here is what I found about the question: {prompt[:80]}"
 
 
-class _Handler(BaseHTTPRequestHandler):
-    server: _Server
+class _Handler(QuietHandler):
+    server: QuietServer[_BatchServer]
 
-    def log_message(self, format: str, *args: Any) -> None:
-        pass
+    def read_body(self, raw: bytes) -> bytes:
+        return raw  # the fake parses it per route (JSON, multipart form data)
 
-    def do_GET(self) -> None:
-        self._serve("GET")
-
-    def do_POST(self) -> None:
-        self._serve("POST")
-
-    def _serve(self, method: str) -> None:
-        length = int(self.headers.get("content-length") or 0)
-        raw = self.rfile.read(length) if length else b""
-        headers = {k.lower(): v for k, v in self.headers.items()}
-        reply = self.server.fake.handle(method, self.path.split("?")[0], headers, raw)
+    def respond(self, method: str, headers: dict[str, str], body: Any) -> None:
+        reply = self.server.fake.handle(method, self.path.split("?")[0], headers, body)
         payload = reply.raw if reply.raw is not None else json.dumps(reply.body).encode()
-        with contextlib.suppress(BrokenPipeError, ConnectionResetError):
-            self.send_response(reply.status)
-            self.send_header("content-type", reply.content_type)
-            self.send_header("content-length", str(len(payload)))
-            self.end_headers()
-            self.wfile.write(payload)
+        self.send_response(reply.status)
+        self.send_header("content-type", reply.content_type)
+        self.send_header("content-length", str(len(payload)))
+        self.end_headers()
+        self.wfile.write(payload)
 
 
-class _Server(ThreadingHTTPServer):
-    daemon_threads = True
-    fake: _BatchServer
+class _BatchServer(HTTPFake):
+    """Knobs and records shared by both servers (lifecycle: HTTPFake)."""
 
-    def handle_error(self, request: Any, client_address: Any) -> None:
-        pass
-
-
-class _BatchServer:
-    """Lifecycle, knobs and records shared by both servers."""
-
-    url_suffix = ""
+    handler = _Handler
 
     def __init__(self, answer: Answer | None = None, *, delay_s: float = 0.0) -> None:
+        super().__init__()
         self.answer: Answer = answer or default_answer
         self.delay_s = delay_s
         self.expire = False
@@ -160,40 +142,6 @@ class _BatchServer:
         self.batches: dict[str, BatchState] = {}
         self.created: list[BatchState] = []
         self.lock = threading.RLock()
-        self._httpd: _Server | None = None
-        self._thread: threading.Thread | None = None
-
-    def start(self) -> Self:
-        self._httpd = _Server(("127.0.0.1", 0), _Handler)
-        self._httpd.fake = self
-        self._thread = threading.Thread(
-            target=self._httpd.serve_forever, kwargs={"poll_interval": 0.01}, daemon=True
-        )
-        self._thread.start()
-        return self
-
-    def close(self) -> None:
-        if self._httpd is not None:
-            self._httpd.shutdown()
-            self._httpd.server_close()
-        if self._thread is not None:
-            self._thread.join(timeout=5)
-        self._httpd = self._thread = None
-
-    def __enter__(self) -> Self:
-        return self.start()
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()
-
-    @property
-    def origin(self) -> str:
-        assert self._httpd is not None, "server not started"
-        return f"http://127.0.0.1:{self._httpd.server_address[1]}"
-
-    @property
-    def url(self) -> str:
-        return self.origin + self.url_suffix
 
     def requests_to(self, method: str, pattern: str) -> list[Seen]:
         """The requests received whose path matches ``pattern`` (a regular expression)."""

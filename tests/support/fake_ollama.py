@@ -27,16 +27,15 @@ Every request is recorded (:class:`~tests.support.fake_providers.RecordedRequest
 
 from __future__ import annotations
 
-import contextlib
 import json
 import threading
 import time
 from collections import deque
 from collections.abc import Callable, Iterable
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from typing import Any, Self
+from typing import Any
 
 from tests.support.fake_providers import RecordedRequest
+from tests.support.http_fake import HTTPFake, QuietHandler, QuietServer
 from tierflow.core.config import ModelConfig
 
 NOT_FOUND = "model '{}' not found, try pulling it first"
@@ -46,28 +45,11 @@ def tagged(name: str) -> str:
     return name if ":" in name.rsplit("/", 1)[-1] else f"{name}:latest"
 
 
-class _Handler(BaseHTTPRequestHandler):
-    server: _HTTPServer
+class _Handler(QuietHandler):
+    server: QuietServer[OllamaServer]
 
-    def log_message(self, format: str, *args: Any) -> None:  # keep test output clean
-        pass
-
-    def do_GET(self) -> None:
-        self._serve("GET")
-
-    def do_POST(self) -> None:
-        self._serve("POST")
-
-    def _serve(self, method: str) -> None:
-        length = int(self.headers.get("content-length") or 0)
-        raw = self.rfile.read(length) if length else b""
-        try:
-            body = json.loads(raw) if raw else None
-        except ValueError:
-            body = None
-        headers = {k.lower(): v for k, v in self.headers.items()}
-        with contextlib.suppress(BrokenPipeError, ConnectionResetError):
-            self.server.fake.serve(self, method, self.path.split("?")[0], headers, body)
+    def respond(self, method: str, headers: dict[str, str], body: Any) -> None:
+        self.server.fake.serve(self, method, self.path.split("?")[0], headers, body)
 
     def send_json(self, status: int, body: Any, headers: dict[str, str] | None = None) -> None:
         payload = json.dumps(body).encode()
@@ -91,18 +73,16 @@ class _Handler(BaseHTTPRequestHandler):
                 time.sleep(delay_s)
 
 
-class _HTTPServer(ThreadingHTTPServer):
-    daemon_threads = True
-    fake: OllamaServer
+class OllamaServer(HTTPFake):
+    """The fake Ollama server (see the module); ``with OllamaServer() as srv: srv.url``.
 
-    def handle_error(self, request: Any, client_address: Any) -> None:  # no tracebacks on stderr
-        pass
+    ``srv.url`` is the server's origin, as Ollama users write it (no ``/v1``).
+    """
 
-
-class OllamaServer:
-    """The fake Ollama server (see the module); ``with OllamaServer() as srv: srv.url``."""
+    handler = _Handler
 
     def __init__(self, answer: str | Callable[[str], str] | None = None) -> None:
+        super().__init__()
         self.answer = answer
         self.pulled: list[str] = ["fake-llama:latest"]
         self.trained_context = 8192
@@ -112,40 +92,6 @@ class OllamaServer:
         self.seen: list[str] = []  # per chat, the prompt text the model read after any cut
         self._script: deque[str] = deque()
         self._lock = threading.Lock()
-        self._stop = threading.Event()
-        self._httpd: _HTTPServer | None = None
-        self._thread: threading.Thread | None = None
-
-    # lifecycle
-    def start(self) -> Self:
-        self._httpd = _HTTPServer(("127.0.0.1", 0), _Handler)
-        self._httpd.fake = self
-        self._thread = threading.Thread(
-            target=self._httpd.serve_forever, kwargs={"poll_interval": 0.01}, daemon=True
-        )
-        self._thread.start()
-        return self
-
-    def close(self) -> None:
-        self._stop.set()
-        if self._httpd is not None:
-            self._httpd.shutdown()
-            self._httpd.server_close()
-        if self._thread is not None:
-            self._thread.join(timeout=5)
-        self._httpd = self._thread = None
-
-    def __enter__(self) -> Self:
-        return self.start()
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()
-
-    @property
-    def url(self) -> str:
-        """The server's origin, as Ollama users write it (no ``/v1``)."""
-        assert self._httpd is not None, "server not started"
-        return f"http://127.0.0.1:{self._httpd.server_address[1]}"
 
     # script and records
     def script(self, behaviours: Iterable[str]) -> None:

@@ -44,7 +44,6 @@ JSON body, monotonic time, tokens) so tests can assert on wire fields and on rat
 
 from __future__ import annotations
 
-import contextlib
 import email.utils
 import json
 import re
@@ -53,9 +52,9 @@ import time
 from collections import deque
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from typing import Any, Self
+from typing import Any
 
+from tests.support.http_fake import HTTPFake, QuietHandler, QuietServer
 from tierflow.core.config import ModelConfig
 
 Answer = str | Callable[[str], str] | None
@@ -90,29 +89,14 @@ class Reply:
     drop: bool = False
 
 
-class _Handler(BaseHTTPRequestHandler):
-    server: _HTTPServer
+class _Handler(QuietHandler):
+    server: QuietServer[_FakeServer]
 
-    def log_message(self, format: str, *args: Any) -> None:  # keep test output clean
-        pass
+    def non_json_body(self, raw: bytes) -> Any:
+        return raw.decode("utf-8", "replace")
 
-    def do_GET(self) -> None:
-        self._serve("GET")
-
-    def do_POST(self) -> None:
-        self._serve("POST")
-
-    def _serve(self, method: str) -> None:
-        length = int(self.headers.get("content-length") or 0)
-        raw = self.rfile.read(length) if length else b""
-        try:
-            body = json.loads(raw) if raw else None
-        except ValueError:
-            body = raw.decode("utf-8", "replace")
-        headers = {k.lower(): v for k, v in self.headers.items()}
-        reply = self.server.fake.handle(method, self.path, headers, body)
-        with contextlib.suppress(BrokenPipeError, ConnectionResetError):
-            self._send(reply)  # may fail: the client gave up (e.g. its timeout fired first)
+    def respond(self, method: str, headers: dict[str, str], body: Any) -> None:
+        self._send(self.server.fake.handle(method, self.path, headers, body))
 
     def _send(self, reply: Reply) -> None:
         if reply.drop:
@@ -138,22 +122,18 @@ class _Handler(BaseHTTPRequestHandler):
         self.wfile.write(payload)
 
 
-class _HTTPServer(ThreadingHTTPServer):
-    daemon_threads = True
-    fake: _FakeServer
-
-    def handle_error(self, request: Any, client_address: Any) -> None:  # no tracebacks on stderr
-        pass
+_HTTPServer = QuietServer  # the name tests that bind a fixed port use (test_automode)
 
 
-class _FakeServer:
-    """Shared machinery: lifecycle, script, recording and rolling-window counts."""
+class _FakeServer(HTTPFake):
+    """Shared machinery: script, recording and rolling-window counts (lifecycle: HTTPFake)."""
 
+    handler = _Handler
     completion_path = ""
     models_path = "/v1/models"
-    url_suffix = ""
 
     def __init__(self, answer: Answer = None, *, timeout_sleep: float = 5.0) -> None:
+        super().__init__()
         self.answer: Answer = answer
         self.timeout_sleep = timeout_sleep
         self.models: list[str] = ["fake-model"]
@@ -162,43 +142,6 @@ class _FakeServer:
         self.requests: list[RecordedRequest] = []
         self._script: deque[str] = deque()
         self._lock = threading.Lock()
-        self._stop = threading.Event()
-        self._httpd: _HTTPServer | None = None
-        self._thread: threading.Thread | None = None
-
-    # lifecycle
-    def start(self) -> Self:
-        self._httpd = _HTTPServer(("127.0.0.1", 0), _Handler)
-        self._httpd.fake = self
-        self._thread = threading.Thread(
-            target=self._httpd.serve_forever, kwargs={"poll_interval": 0.01}, daemon=True
-        )
-        self._thread.start()
-        return self
-
-    def close(self) -> None:
-        self._stop.set()  # wakes "timeout" handlers
-        if self._httpd is not None:
-            self._httpd.shutdown()
-            self._httpd.server_close()
-        if self._thread is not None:
-            self._thread.join(timeout=5)
-        self._httpd = self._thread = None
-
-    def __enter__(self) -> Self:
-        return self.start()
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()
-
-    @property
-    def port(self) -> int:
-        assert self._httpd is not None, "server not started"
-        return int(self._httpd.server_address[1])
-
-    @property
-    def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}{self.url_suffix}"
 
     # script and records
     def script(self, behaviours: Iterable[str]) -> None:
