@@ -347,8 +347,13 @@ def test_cancel_ends_jobs_waiting_for_a_provider_batch_and_cancels_it(fleet) -> 
             (attempt,) = store.attempts_of(job.id)
             assert job.status == "cancelled"
             assert (attempt.status, attempt.error_kind) == ("error", "cancelled")
-        tick(TASK_POLL_PROVIDER_BATCHES)
-        wait_for(lambda: oai.requests_to("POST", r"/v1/batches/[^/]+/cancel"), 30, "the cancel")
+
+        def cancel_sent() -> bool:  # a poll tick every 0.5 s, as beat would send them
+            tick(TASK_POLL_PROVIDER_BATCHES)
+            time.sleep(0.5)
+            return bool(oai.requests_to("POST", r"/v1/batches/[^/]+/cancel"))
+
+        wait_for(cancel_sent, 30, "the cancel")
 
         def ended() -> bool:
             tick(TASK_POLL_PROVIDER_BATCHES)
