@@ -282,7 +282,8 @@ def test_panel_shows_each_tiers_times_each_daemons_share_and_a_stuck_job(
         overview = _fresh_overview(dashboard, sum(counted.values()))
         _check_times(overview, _expected_times())
         _check_shares(overview, counted, heavy, light)
-        _check_page_and_metrics(dashboard, overview, before["local_fast"] + 1, heavy, light)
+        assert stuck_jobs(STALE_AFTER_S)["local_fast"] >= before["local_fast"] + 1 >= 1
+        _check_page_and_metrics(dashboard, overview, heavy, light)
     finally:
         dashboard.stop()
         if stuck_id is not None:
@@ -345,8 +346,11 @@ def _cells(html: str, row_start: str) -> dict[str, str]:
 
 
 def _check_page_and_metrics(
-    dashboard: Dashboard, overview: dict[str, Any], stuck: int, heavy: str, light: str
+    dashboard: Dashboard, overview: dict[str, Any], heavy: str, light: str
 ) -> None:
+    # The stuck count is the whole fleet's: a long suite's earlier jobs age past the threshold
+    # while this runs, so the page and the gauge must lie between reads taken around them.
+    low = stuck_jobs(STALE_AFTER_S)["local_fast"]
     status, page = http("GET", dashboard.url + "/")
     assert status == 200 and 'id="tier-times"' in page and "jobs submitted in the last hour" in page
     (row,) = [t for t in overview["fairness"]["tiers"] if t["tier"] == "local_fast"]
@@ -356,7 +360,7 @@ def _check_page_and_metrics(
     expected = [wait["p50_ms"], wait["p95_ms"], over["p50_ms"], over["p95_ms"]]
     assert shown == pytest.approx(expected, abs=0.001)  # the page writes milliseconds to 3 places
     assert int(cells["wait-n"]) == wait["n"] and int(cells["overhead-n"]) == over["n"]
-    assert int(cells["stuck"]) == stuck >= 1
+    page_stuck = int(cells["stuck"])
     for daemon, weight, cap in ((heavy, "3", "-"), (light, "1", "1")):
         cells = _cells(page, f'<tr data-tier="local_fast" data-daemon="{daemon}">')
         (d,) = [
@@ -372,7 +376,8 @@ def _check_page_and_metrics(
     status, metrics = http("GET", dashboard.url + "/metrics")
     assert status == 200
     gauge = {s.labels["tier"]: s.value for s in _samples(metrics)["tierflow_stuck_jobs"]}
-    assert gauge["local_fast"] == stuck
+    high = stuck_jobs(STALE_AFTER_S)["local_fast"]
+    assert 1 <= low <= page_stuck <= high and low <= gauge["local_fast"] <= high
 
 
 def test_panel_reads_the_fair_share_lines_and_the_configured_daemons(
