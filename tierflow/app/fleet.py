@@ -32,11 +32,11 @@ from tierflow.app.dashboard import dashboard_child
 from tierflow.app.embedded import EmbeddedServices
 from tierflow.app.metrics import prepare_multiprocess_dir
 from tierflow.app.supervisor import Event, Supervisor
-from tierflow.core.config import ModelConfig
 from tierflow.core.db import upgrade_database
 from tierflow.core.engine_state import record_engine_state
 from tierflow.core.errors import ConfigError
 from tierflow.core.settings import get_settings, redact_url, reset_settings
+from workers.engine.slots import engine_models
 from workers.pools import POOLS, worker_argv
 from workers.sweeper import release_dead_worker
 
@@ -76,18 +76,6 @@ def _record_engine_event(event: Event) -> None:
         record_engine_state("down", reason, restarting=True, restarts=event.restarts)
     elif event.kind == "ready":
         record_engine_state("up", "local engine ready", restarts=event.restarts)
-
-
-def engine_models() -> list[ModelConfig]:
-    """The enabled models served by the embedded engine (``base_url`` = its URL)."""
-    settings = get_settings()
-    target = settings.local_engine_url.rstrip("/")
-    return [
-        m
-        for tier in settings.llm.tiers.values()
-        for m in tier.models
-        if m.enabled and (m.base_url or "").rstrip("/") == target
-    ]
 
 
 def _engine_extra_buffers() -> str:

@@ -11,6 +11,7 @@ from __future__ import annotations
 import os
 
 from tierflow.core import errors
+from tierflow.core.config import ModelConfig
 from tierflow.core.settings import get_settings
 
 
@@ -24,17 +25,22 @@ def default_slots(cores: int | None = None) -> int:
     return max(4, min(16, 4 * cores))
 
 
+def engine_models(tier: str | None = None) -> list[ModelConfig]:
+    """The enabled models served by the embedded engine (``base_url`` = its URL), of ``tier``
+    or of every tier."""
+    settings = get_settings()
+    target = settings.local_engine_url.rstrip("/")
+    llm = settings.llm
+    tiers = list(llm.tiers) if tier is None else [tier]
+    return [
+        m for t in tiers for m in llm.tier_models(t) if (m.base_url or "").rstrip("/") == target
+    ]
+
+
 def configured_slots() -> int | None:
     """``options.slots`` of the models served at ``TIERFLOW_LOCAL_ENGINE_URL`` (one value), or
     None; ConfigError when they disagree or one is not a whole number."""
-    settings = get_settings()
-    target = settings.local_engine_url.rstrip("/")
-    values = {
-        m.options["slots"]
-        for tier in settings.llm.tiers.values()
-        for m in tier.models
-        if m.enabled and "slots" in m.options and (m.base_url or "").rstrip("/") == target
-    }
+    values = {m.options["slots"] for m in engine_models() if "slots" in m.options}
     if len(values) > 1 or any(not isinstance(v, int) or isinstance(v, bool) for v in values):
         raise errors.ConfigError(
             f"models served by the local engine need one whole options.slots: {sorted(values)}"
@@ -50,7 +56,4 @@ def engine_slots() -> int:
 
 def engine_serves(tier: str) -> bool:
     """Whether any enabled model of ``tier`` is served by the embedded engine."""
-    settings = get_settings()
-    target = settings.local_engine_url.rstrip("/")
-    models = settings.llm.tier_models(tier)  # the enabled ones
-    return any((m.base_url or "").rstrip("/") == target for m in models)
+    return bool(engine_models(tier))
